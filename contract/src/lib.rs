@@ -1,0 +1,12 @@
+//! The contract between the image (built by `rke2-image`) and the node (`rke2-init`,
+//! `rke2-firstboot`): partition types and labels, kernel command-line keys, paths inside the
+//! image and the build manifest schema. Both sides import this crate so they cannot drift apart.
+//! It also holds the two on-disk formats both sides read and write: GPT (the builder writes it,
+//! `rke2-init` grows it for the state partition) and the dm-verity superblock and hash tree.
+
+pub mod cmdline;
+pub mod gpt;
+pub mod manifest;
+pub mod partitions;
+pub mod paths;
+pub mod verity;

@@ -1,0 +1,107 @@
+//! `manifest.json`: what a build consumed and produced. Written next to the image and embedded
+//! in the ESP; read back by `rke2-image inspect`.
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "rke2-image.io/manifest/v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Manifest {
+    pub schema: String,
+    pub tool: Tool,
+    pub image: ImageInfo,
+    /// Every input, sorted by kind then path.
+    pub inputs: Vec<Input>,
+    pub disk: Disk,
+    pub verity: Verity,
+    pub boot: Boot,
+    /// Named checks the build ran and their outcome (e.g. `kernel-config`, `fips-supervisor`).
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageInfo {
+    pub name: String,
+    pub version: String,
+    /// Seconds since the epoch that every timestamp in the image is clamped to.
+    pub epoch: u64,
+    /// File name of the raw disk image next to the manifest.
+    pub file: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Input {
+    /// `definition`, `base`, `overlay`, `rke2-artifact`, `init`, ...
+    pub kind: String,
+    /// Path as given in the definition (relative to it), or a description for generated input.
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disk {
+    pub disk_guid: String,
+    pub sector_size: u64,
+    pub size: u64,
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Partition {
+    pub number: u32,
+    pub label: String,
+    pub type_guid: String,
+    pub guid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    /// Bytes of the partition actually used by its content.
+    pub used: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Verity {
+    pub root_hash: String,
+    pub salt: String,
+    pub uuid: String,
+    pub hash_algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    pub data_blocks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Boot {
+    pub kernel_version: String,
+    pub cmdline: String,
+    /// Loader entry file name on the ESP.
+    pub entry: String,
+    pub initrd_size: u64,
+    pub initrd_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Check {
+    pub name: String,
+    /// `passed`, `warned` or `skipped`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}

@@ -1,0 +1,1 @@
+//! QEMU boot-test harness (being written).
