@@ -14,6 +14,7 @@ pub mod esp;
 pub mod fat;
 pub mod initrd;
 pub mod inspect;
+pub mod kernel_check;
 pub mod pipeline;
 pub mod selinux;
 pub mod tree;
