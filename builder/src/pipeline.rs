@@ -224,13 +224,13 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         ));
     }
     let (init_sha, init_len) = file_sha256(&init_path).map_err(stage("compose"))?;
-    inputs.push(input("init", init_path.display().to_string(), init_sha, init_len));
+    inputs.push(input("init", display_path(def, &init_path), init_sha, init_len));
     let agent_path = opts.programs_dir.join("rke2-firstboot");
     if agent_path.is_file() {
         let (sha, len) = file_sha256(&agent_path).map_err(stage("compose"))?;
         let inode = Inode::new(Kind::File(Blob::HostFile { path: agent_path.clone(), len }), 0o755, 0, 0, epoch);
         tree.insert_resolved(b"usr/bin/rke2-firstboot", inode).map_err(stage("compose"))?;
-        inputs.push(input("node-agent", agent_path.display().to_string(), sha, len));
+        inputs.push(input("node-agent", display_path(def, &agent_path), sha, len));
     } else {
         log(&format!("compose: warning: {} not found; the image has no first-boot agent", agent_path.display()));
     }
@@ -289,10 +289,11 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     lap("kernel", &mut timings);
 
     // --- seed ----------------------------------------------------------------------------
-    // Every GUID and the salt derive from all inputs, so the same inputs give the same disk.
+    // Every GUID and the salt derive from the content of all inputs (not where they were on
+    // the build host), so the same inputs give the same disk.
     let mut seed_hasher = Sha256::new();
     for i in &inputs {
-        seed_hasher.update(format!("{}\0{}\0{}\n", i.kind, i.path, i.sha256).as_bytes());
+        seed_hasher.update(format!("{}\0{}\n", i.kind, i.sha256).as_bytes());
     }
     seed_hasher.update(epoch.to_le_bytes());
     let seed: [u8; 32] = seed_hasher.finalize().into();
