@@ -1,6 +1,9 @@
 //! GPT tables written by `contract::gpt`, checked against sgdisk and sfdisk (util-linux), and
 //! tables written by sgdisk read back by `contract::gpt`.
 
+// Tests may unwrap (the workspace lint also covers test helpers).
+#![allow(clippy::unwrap_used)]
+
 use std::fs::File;
 use std::path::Path;
 use std::process::Command;
