@@ -2,6 +2,8 @@
 //! devices and root hashes, `veritysetup verify` accepting our tree and catching a flipped byte,
 //! `veritysetup dump` reading our superblock.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap (helpers outside #[test] included)
+
 use std::fs::{self, File, OpenOptions};
 use std::path::Path;
 use std::process::Command;
