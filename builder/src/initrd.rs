@@ -63,6 +63,11 @@ pub enum InitrdError {
         line: usize,
         msg: String,
     },
+    #[error(
+        "kernel {kver}: modules.dep names {name:?} as a dependency but has no line for it; \
+         the module index is stale (run depmod in the base)"
+    )]
+    DependencyWithoutEntry { name: String, kver: String },
     #[error("reading {path} from the base tree: {source}")]
     Read { path: String, source: ReadError },
     #[error(
@@ -386,18 +391,20 @@ impl ModDb {
                 }
             }
         }
-        Ok(order
+        order
             .into_iter()
-            .filter_map(|name| {
-                // Only names from modules.dep get here; a dependency missing from it is
-                // reported when its file is copied.
-                let rel = self.deps.get(&name).map(|d| d.0.clone())?;
-                Some(Module {
+            .map(|name| match self.deps.get(&name) {
+                Some((rel, _)) => Ok(Module {
                     path: format!("{}/{rel}", self.dir),
                     name,
-                })
+                }),
+                // Named as a dependency in modules.dep without a line of its own.
+                None => Err(InitrdError::DependencyWithoutEntry {
+                    name,
+                    kver: self.kver.clone(),
+                }),
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -673,7 +680,8 @@ mod tests {
              kernel/c.ko:\n\
              kernel/gen.ko:\n\
              kernel/p.ko:\n\
-             kernel/q.ko: kernel/p.ko\n",
+             kernel/q.ko: kernel/p.ko\n\
+             kernel/stale.ko: kernel/gone.ko\n",
         );
         file(
             &mut t,
@@ -718,6 +726,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("zzz") && e.contains("9.9.9"), "{e}");
+        assert!(matches!(
+            module_closure(&t, "9.9.9", &["stale"]),
+            Err(InitrdError::DependencyWithoutEntry { .. })
+        ));
         assert!(matches!(
             module_closure(&t, "1.0", &["a"]),
             Err(InitrdError::NoModules { .. })
