@@ -61,7 +61,7 @@ fn tar_listing(path: &Path, extra: &[&str]) -> String {
         .arg("-tvf")
         .arg(path)
         .output()
-        .unwrap();
+        .expect("tar is installed");
     assert!(
         out.status.success(),
         "{}",
