@@ -386,6 +386,17 @@ pub fn mmdebstrap_args(req: &BaseRequest, no_initramfs_deb: &Path, output: &Path
 
 fn run_mmdebstrap(req: &BaseRequest, cache_dir: &Path, output: &Path) -> Result<(), BaseError> {
     let deb = cache_dir.join(format!("{NO_INITRAMFS_PACKAGE}_1_all.deb"));
+    // mmdebstrap splits --include at commas and whitespace, and the .deb path goes there.
+    if deb
+        .to_string_lossy()
+        .contains(|c: char| c == ',' || c.is_whitespace())
+    {
+        return Err(BaseError::BadRequest(format!(
+            "cache directory {} has a comma or whitespace in its path, which mmdebstrap's \
+             --include cannot carry; choose another cache directory",
+            cache_dir.display()
+        )));
+    }
     let bytes = dummy_deb(req.epoch)?;
     let tmp = cache_dir.join(format!(
         ".tmp-{}-{NO_INITRAMFS_PACKAGE}.deb",

@@ -39,15 +39,16 @@ fn inode<'a>(t: &'a Tree, p: &str) -> &'a Inode {
 fn merged_usr_tree() -> Tree {
     let mut t = Tree::new(EPOCH);
     for d in ["usr/lib", "usr/bin", "etc"] {
-        t.insert(d.as_bytes(), Inode::dir(0o755, 5)).unwrap();
+        t.insert(d.as_bytes(), Inode::dir(0o755, 5))
+            .expect("insert");
     }
-    t.insert(b"tmp", Inode::dir(0o1777, 5)).unwrap();
+    t.insert(b"tmp", Inode::dir(0o1777, 5)).expect("insert");
     for (l, target) in [("lib", "usr/lib"), ("bin", "usr/bin")] {
         t.insert(
             l.as_bytes(),
             Inode::new(Kind::Symlink(target.as_bytes().to_vec()), 0o777, 0, 0, 5),
         )
-        .unwrap();
+        .expect("insert");
     }
     t
 }
@@ -280,7 +281,7 @@ fn synthetic_debian_like() -> Tree {
         0o644,
     );
     osr.xattrs.insert(b"user.keep".to_vec(), b"yes".to_vec());
-    t.insert(b"usr/lib/os-release", osr).unwrap();
+    t.insert(b"usr/lib/os-release", osr).expect("insert");
     t.insert(
         b"etc/os-release",
         Inode::new(
@@ -291,50 +292,50 @@ fn synthetic_debian_like() -> Tree {
             5,
         ),
     )
-    .unwrap();
+    .expect("insert");
     t.insert(
         b"etc/machine-id",
         f(b"0123456789abcdef0123456789abcdef\n", 0o444),
     )
-    .unwrap();
+    .expect("insert");
     t.insert(b"etc/fstab", f(b"/dev/sda1 / ext4 rw 0 1\n", 0o644))
-        .unwrap();
+        .expect("insert");
     for k in [
         "ssh_host_rsa_key",
         "ssh_host_rsa_key.pub",
         "ssh_host_ed25519_key",
     ] {
         t.insert(format!("etc/ssh/{k}").as_bytes(), f(b"KEY", 0o600))
-            .unwrap();
+            .expect("insert");
     }
     t.insert(b"etc/ssh/sshd_config", f(b"# keep me\n", 0o644))
-        .unwrap();
+        .expect("insert");
     t.insert(b"etc/rancher/node/password", f(b"pw", 0o600))
-        .unwrap();
+        .expect("insert");
     t.insert(b"etc/rancher/rke2/config.yaml", f(b"a: b\n", 0o600))
-        .unwrap();
+        .expect("insert");
     t.insert(b"var/lib/rancher/rke2/server/token", f(b"K10..", 0o600))
-        .unwrap();
+        .expect("insert");
     t.insert(
         b"var/lib/rancher/rke2/server/node-token",
         Inode::new(Kind::Symlink(b"token".to_vec()), 0o777, 0, 0, 5),
     )
-    .unwrap();
+    .expect("insert");
     t.insert(
         b"var/lib/rancher/rke2/server/tls/server-ca.key",
         f(b"k", 0o600),
     )
-    .unwrap();
+    .expect("insert");
     t.insert(
         b"var/lib/rancher/rke2/server/manifests/x.yaml",
         f(b"m", 0o644),
     )
-    .unwrap();
+    .expect("insert");
     t.insert(
         b"var/lib/dbus/machine-id",
         f(b"0123456789abcdef0123456789abcdef\n", 0o444),
     )
-    .unwrap();
+    .expect("insert");
     t
 }
 
