@@ -128,7 +128,7 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
                 hash_block_size: p.hash_block_size,
                 algorithm: p.algorithm.clone(),
                 salt: hex::encode(&p.salt),
-                uuid: rke2_image_contract::gpt::Guid(p.uuid).to_string(),
+                uuid: verity::uuid_string(&p.uuid),
             }),
             Err(e) => problems.push(format!("{label}: verity superblock: {e}")),
         }

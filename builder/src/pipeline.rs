@@ -441,7 +441,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         verity: manifest::Verity {
             root_hash: root_hash_hex.clone(),
             salt: hex::encode(&params.salt),
-            uuid: Guid(params.uuid).to_string(),
+            uuid: verity::uuid_string(&params.uuid),
             hash_algorithm: params.algorithm.clone(),
             data_block_size: params.data_block_size,
             hash_block_size: params.hash_block_size,

@@ -482,3 +482,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The superblock UUID in the canonical text form `veritysetup dump` prints (bytes in order,
+/// unlike GPT GUIDs which are mixed-endian on disk).
+pub fn uuid_string(uuid: &[u8; 16]) -> String {
+    let h = hex::encode(uuid);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
