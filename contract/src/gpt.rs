@@ -222,6 +222,10 @@ impl Table {
         if self.get(number).is_some() {
             return Err(GptError::SlotUsed(number));
         }
+        // `entries` is public: tolerate a caller having shortened it.
+        if self.entries.len() < ENTRIES {
+            self.entries.resize(ENTRIES, None);
+        }
         if entry.type_guid.is_zero() {
             return Err(GptError::ZeroType { number });
         }
