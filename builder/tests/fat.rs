@@ -607,3 +607,26 @@ fn streams_host_file_blobs_and_detects_changed_length() {
     let err = fat::write(&wrong, &f, 0, size, &opts()).unwrap_err();
     assert!(err.to_string().contains("kernel.efi"), "{err}");
 }
+
+#[test]
+fn volume_without_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let path = dir.path().join("nolabel.img");
+    let f = image(&path, size);
+    let o = Options {
+        label: String::new(),
+        ..opts()
+    };
+    let content = vec![("EFI/BOOT/BOOTX64.EFI".to_string(), noise(11, 4000))];
+    fat::write(&blobs(&content), &f, 0, size, &o).unwrap();
+    let (files, _, _) = fsck_clean(&path);
+    // Two directories and one file, no label entry.
+    assert_eq!(files, 3);
+    let img = std::fs::read(&path).unwrap();
+    assert_eq!(&img[71..82], b"NO NAME    ");
+    assert_eq!(&dir_entries(&img, 2)[0][..11], b"EFI        ");
+    let (_, d) = run("mdir", &["-i", path.to_str().unwrap(), "::/"]);
+    assert!(d.contains("has no label"), "{d}");
+    assert_eq!(fat::read_all(&f, 0, size).unwrap(), as_map(&content));
+}

@@ -222,6 +222,10 @@ impl Table {
         if self.get(number).is_some() {
             return Err(GptError::SlotUsed(number));
         }
+        // `entries` is public: tolerate a caller having shortened it.
+        if self.entries.len() < ENTRIES {
+            self.entries.resize(ENTRIES, None);
+        }
         if entry.type_guid.is_zero() {
             return Err(GptError::ZeroType { number });
         }
@@ -394,10 +398,11 @@ impl Table {
     fn encode_mbr(&self) -> Vec<u8> {
         let mut m = vec![0u8; self.sector_size as usize];
         let p = &mut m[446..462];
-        // CHS fields: start 0/0/2 (LBA 1), end "beyond CHS range", as the UEFI spec shows.
+        // CHS fields (UEFI 2.x 5.2.3): start is LBA 1 = C0/H0/S2; end is the last LBA in a
+        // 255-head, 63-sector geometry, or FF FF FF when that is beyond CHS range.
         p[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
         p[4] = 0xEE;
-        p[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+        p[5..8].copy_from_slice(&chs(self.disk_sectors - 1));
         p[8..12].copy_from_slice(&1u32.to_le_bytes());
         let size = (self.disk_sectors - 1).min(0xFFFF_FFFF) as u32;
         p[12..16].copy_from_slice(&size.to_le_bytes());
@@ -405,6 +410,23 @@ impl Table {
         m[511] = 0xAA;
         m
     }
+}
+
+/// Cylinder/head/sector bytes of `lba` in the conventional 255-head, 63-sector geometry.
+fn chs(lba: u64) -> [u8; 3] {
+    const HEADS: u64 = 255;
+    const SECTORS: u64 = 63;
+    if lba >= 1024 * HEADS * SECTORS {
+        return [0xFF, 0xFF, 0xFF];
+    }
+    let cyl = lba / (HEADS * SECTORS);
+    let head = (lba / SECTORS) % HEADS;
+    let sector = lba % SECTORS + 1;
+    [
+        head as u8,
+        (sector as u8) | ((cyl >> 2) as u8 & 0xC0),
+        cyl as u8,
+    ]
 }
 
 fn check_geometry(disk_size: u64, sector_size: u64) -> Result<u64, GptError> {

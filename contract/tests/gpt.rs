@@ -210,13 +210,13 @@ fn protective_mbr_matches_uefi_layout() {
 #[test]
 fn writes_are_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    let size = 256 * MIB;
+    let size = 128 * MIB;
     let (f1, p1) = disk(dir.path(), "a.img", size);
     let (f2, p2) = disk(dir.path(), "b.img", size);
-    product_table(size, 64 * MIB, 64 * MIB, MIB)
+    product_table(size, 32 * MIB, 32 * MIB, MIB)
         .write(&f1)
         .unwrap();
-    product_table(size, 64 * MIB, 64 * MIB, MIB)
+    product_table(size, 32 * MIB, 32 * MIB, MIB)
         .write(&f2)
         .unwrap();
     assert!(std::fs::read(p1).unwrap() == std::fs::read(p2).unwrap());
@@ -503,4 +503,63 @@ fn sector_size_4096_round_trip() {
     assert_eq!(Table::read(&f, size, 4096).unwrap(), t);
     // Read with the wrong sector size: no table there.
     assert!(Table::read(&f, size, 512).is_err());
+}
+
+#[test]
+fn rewriting_an_sgdisk_table_reproduces_its_headers_and_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 GiB puts the last LBA beyond cylinder 255 (CHS high bits in the sector byte).
+    for size in [300 * MIB, 4096 * MIB] {
+        let (theirs, tpath) = disk(dir.path(), "theirs.img", size);
+        let (ok, text) = run(
+            "sgdisk",
+            &[
+                "-U",
+                "0F0E0D0C-0B0A-4908-8706-050403020100",
+                "-n",
+                "1:2048:+64M",
+                "-t",
+                "1:EF00",
+                "-c",
+                "1:esp",
+                "-u",
+                "1:11111111-2222-4333-8444-555555555555",
+                "-n",
+                "2:0:+100M",
+                "-t",
+                "2:8304",
+                "-c",
+                "2:root-a",
+                "-u",
+                "2:66666666-7777-4888-9999-AAAAAAAAAAAA",
+                "-A",
+                "2:set:60",
+                &tpath,
+            ],
+        );
+        assert!(ok, "{text}");
+        let t = Table::read(&theirs, size, SECTOR).unwrap();
+        let (ours, _) = disk(dir.path(), "ours.img", size);
+        t.write(&ours).unwrap();
+        // Only the table regions: the rest of these sparse files is zeros and large.
+        let region = |f: &File, at: u64, len: u64| {
+            use std::os::unix::fs::FileExt;
+            let mut v = vec![0u8; len as usize];
+            f.read_exact_at(&mut v, at).unwrap();
+            v
+        };
+        let s = SECTOR;
+        // Primary header and array (LBA 1..=33), backup array and header (the last 33 sectors).
+        assert!(
+            region(&theirs, s, 33 * s) == region(&ours, s, 33 * s),
+            "primary header/array differ from sgdisk's"
+        );
+        assert!(
+            region(&theirs, size - 33 * s, 33 * s) == region(&ours, size - 33 * s, 33 * s),
+            "backup array/header differ from sgdisk's"
+        );
+        // The protective MBR partition entry too (sgdisk may add boot code or a disk signature).
+        let (a, b) = (region(&theirs, 0, s), region(&ours, 0, s));
+        assert_eq!(a[446..512], b[446..512]);
+    }
 }
