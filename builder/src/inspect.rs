@@ -64,7 +64,8 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
     let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
     let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
     let table = Table::read(&file, size, partitions::SECTOR).map_err(|e| err(format!("partition table: {e}")))?;
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> =
+        table.damaged.iter().map(|(copy, why)| format!("GPT {copy:?} copy is damaged: {why}")).collect();
     let mut parts = Vec::new();
     for (i, e) in table.entries.iter().enumerate() {
         if let Some(e) = e {
