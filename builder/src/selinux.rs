@@ -1249,6 +1249,23 @@ mod tests {
             )
             .unwrap();
         };
+        // No config: libselinux's default type.
+        put(
+            &mut t,
+            "etc/selinux/targeted/contexts/files/file_contexts",
+            &format!("/ {C}:t_t:s0\n"),
+        );
+        let targeted = FileContexts::from_tree(&t).unwrap().unwrap();
+        assert_eq!(targeted.policy_type(), "targeted");
+        assert_eq!(
+            targeted.lookup(b"/", S_IFDIR),
+            Some("system_u:object_r:t_t:s0")
+        );
+        put(&mut t, "etc/selinux/config", "SELINUXTYPE=../x\n");
+        assert!(matches!(
+            FileContexts::from_tree(&t),
+            Err(SelinuxError::BadPolicyType(_))
+        ));
         put(&mut t, "etc/selinux/config", "SELINUXTYPE=mine\n");
         assert!(matches!(
             FileContexts::from_tree(&t),
