@@ -25,7 +25,10 @@
 //!   results (`/usr/?` never matches `/usr`), so it is reproduced, not just used as a filter;
 //! - the regex is compiled as PCRE2 `^<spec>$` with `PCRE2_DOTALL` on bytes and searched (not
 //!   anchored as a whole), so a top-level `|` splits the anchors and `$` also matches before a
-//!   final newline. [`translate`] turns that into the Rust `regex` dialect.
+//!   final newline. `translate` turns that into the Rust `regex` dialect (bytes, ASCII
+//!   classes, `{` literal unless it starts a counted repeat, PCRE class rules for `]` and
+//!   `-`); constructs Rust cannot express (lookaround, backreferences, possessive quantifiers,
+//!   `\p`, ...) make the spec an error instead of matching differently.
 //!
 //! Lookups are prefiltered by each spec's literal prefix (hash buckets per prefix length), and
 //! fully literal specs are compared without a regex, which gives the same answers as trying
