@@ -1,1 +1,125 @@
-fn main() {}
+//! `rke2-image` command line: a thin layer over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use rke2_image::{base, definition::Definition, inspect, pipeline};
+
+#[derive(Parser)]
+#[command(name = "rke2-image", version, about = "Build bootable, immutable, dm-verity protected RKE2 node images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a disk image from a definition (images/*.yaml).
+    Build {
+        definition: PathBuf,
+        /// Overrides the definition's output.directory.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Where built bases are cached (default: $RKE2_IMAGE_CACHE, $XDG_CACHE_HOME/rke2-image or ~/.cache/rke2-image).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Build (or reuse from the cache) a Debian base root filesystem tarball with mmdebstrap.
+    Base {
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Debian mirror URL (default: mmdebstrap's).
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Extra package (repeatable).
+        #[arg(long = "package")]
+        packages: Vec<String>,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// SOURCE_DATE_EPOCH for the base (default: the fixed epoch builds use, so they share the cache).
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+    /// Show an image's partition table, root hash, loader entries and embedded manifest.
+    Inspect {
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn cache_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = arg {
+        return Ok(d);
+    }
+    if let Some(d) = std::env::var_os("RKE2_IMAGE_CACHE") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(Path::new(&d).join("rke2-image"));
+    }
+    let home = std::env::var_os("HOME").context("no --cache-dir given and HOME is not set")?;
+    Ok(Path::new(&home).join(".cache/rke2-image"))
+}
+
+fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Ok(Some(v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?)),
+        Err(_) => Ok(None),
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Build { definition, output, cache_dir: cd } => {
+            let def = Definition::load(&definition)?;
+            let exe = std::env::current_exe().context("locating rke2-image")?;
+            let opts = pipeline::BuildOptions {
+                cache_dir: cache_dir(cd)?,
+                output_dir: output,
+                source_date_epoch: source_date_epoch()?,
+                programs_dir: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
+            };
+            let r = pipeline::build(&def, &opts, &mut |line| eprintln!("{line}"))?;
+            let total: f64 = r.timings.iter().map(|t| t.1.as_secs_f64()).sum();
+            let stages: Vec<String> = r.timings.iter().map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64())).collect();
+            eprintln!("built in {total:.1}s ({})", stages.join(", "));
+            println!("{}", r.image.display());
+        }
+        Command::Base { suite, mirror, packages, cache_dir: cd, epoch } => {
+            let epoch = epoch.unwrap_or(base::DEFAULT_EPOCH);
+            let mut req = base::BaseRequest::debian_default(epoch);
+            req.suite = suite;
+            req.mirror = mirror;
+            req.packages.extend(packages);
+            let r = base::ensure(&req, &cache_dir(cd)?)?;
+            eprintln!("{} base {} (sha256 {}, {} MiB)", if r.reused { "reused" } else { "built" }, r.key, r.sha256, r.size / (1024 * 1024));
+            println!("{}", r.path.display());
+        }
+        Command::Inspect { image, json } => {
+            let report = inspect::inspect(&image)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", inspect::render(&report));
+            }
+            if !report.problems.is_empty() {
+                anyhow::bail!("{}: {} problem(s) found", image.display(), report.problems.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

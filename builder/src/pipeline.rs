@@ -1,1 +1,571 @@
-//! (being written)
+//! The build: named stages run in a fixed order over one [`Build`] context.
+//!
+//! | stage     | does                                                                   |
+//! |-----------|------------------------------------------------------------------------|
+//! | `fetch`   | makes sure the base exists (mmdebstrap cache) and reads it as a stream  |
+//! | `compose` | overlays, generated files, node programs; clamps timestamps            |
+//! | `label`   | SELinux labels from the base's own `file_contexts`                     |
+//! | `kernel`  | picks the kernel, checks its configuration                             |
+//! | `layout`  | sizes every partition; refuses a tree that does not fit                |
+//! | `rootfs`  | EROFS written straight into the root-a region of the output file       |
+//! | `verity`  | hash tree + superblock into root-a-verity; root hash                   |
+//! | `initrd`  | cpio (zstd) with the init and the kernel-module closure                |
+//! | `esp`     | FAT32 with systemd-boot, kernel, initrd, loader entry, manifest        |
+//! | `disk`    | GPT + protective MBR                                                    |
+//! | `outputs` | fsync, rename into place, manifest.json                                 |
+//!
+//! Everything is written into a temporary file in the output directory that is renamed to
+//! `<name>-<version>.raw` only when complete; a failed build removes it, so no half image ever
+//! carries the final name. Every GUID and the verity salt derive from a seed over all inputs,
+//! and every timestamp is clamped to the build epoch: the same inputs give the same bytes.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rke2_image_contract::gpt::{Entry, Guid, Table};
+use rke2_image_contract::manifest::{self, Manifest};
+use rke2_image_contract::{partitions, paths, verity};
+use sha2::{Digest, Sha256};
+
+use crate::definition::{BaseSource, Definition, SelinuxMode};
+use crate::tree::{Blob, Inode, Kind, Tree};
+use crate::{archive, base, compose, erofs, esp, fat, initrd, selinux};
+
+const MIB: u64 = 1024 * 1024;
+const SECTOR: u64 = partitions::SECTOR;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("stage {stage}: {source}")]
+    Stage {
+        stage: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("stage {stage}: {message}")]
+    Invalid { stage: &'static str, message: String },
+}
+
+fn stage<E: Into<BoxError>>(stage: &'static str) -> impl FnOnce(E) -> BuildError {
+    move |e| BuildError::Stage { stage, source: e.into() }
+}
+
+fn invalid(stage: &'static str, message: impl Into<String>) -> BuildError {
+    BuildError::Invalid { stage, message: message.into() }
+}
+
+/// Settings that come from the command line and environment rather than the definition.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Where built bases are cached.
+    pub cache_dir: PathBuf,
+    /// Overrides the definition's `output.directory`.
+    pub output_dir: Option<PathBuf>,
+    /// `SOURCE_DATE_EPOCH`, when set; wins over the definition's `epoch`.
+    pub source_date_epoch: Option<u64>,
+    /// Where `rke2-init` and `rke2-firstboot` are looked for when the definition names none
+    /// (normally the directory of the running `rke2-image`).
+    pub programs_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct BuildResult {
+    pub image: PathBuf,
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// One partition region of the output file.
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    offset: u64,
+    size: u64,
+}
+
+impl Region {
+    fn first_lba(&self) -> u64 {
+        self.offset / SECTOR
+    }
+    fn last_lba(&self) -> u64 {
+        (self.offset + self.size) / SECTOR - 1
+    }
+}
+
+/// Removes the temporary image unless the build reached the rename.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h)?;
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Derives 16 deterministic bytes for `purpose` from the build seed.
+fn derive16(seed: &[u8; 32], purpose: &str) -> [u8; 16] {
+    let d = Sha256::new().chain_update(seed).chain_update(purpose.as_bytes()).finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
+fn align_up(n: u64, a: u64) -> u64 {
+    n.div_ceil(a) * a
+}
+
+fn input(kind: &str, path: impl Into<String>, sha256: String, size: u64) -> manifest::Input {
+    manifest::Input { kind: kind.into(), path: path.into(), sha256, size }
+}
+
+/// Path relative to the definition's directory when it is below it, for stable manifests.
+fn display_path(def: &Definition, p: &Path) -> String {
+    let dir = def.file.parent().unwrap_or(Path::new(""));
+    p.strip_prefix(dir).unwrap_or(p).display().to_string()
+}
+
+/// Runs every stage. `log` receives one line per stage.
+pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<BuildResult, BuildError> {
+    let mut timings = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, Duration)>| {
+        let now = Instant::now();
+        timings.push((name, now - clock));
+        clock = now;
+    };
+    let mut inputs: Vec<manifest::Input> = Vec::new();
+
+    for c in &def.cmdline {
+        if let Some(k) = esp::reserved_key(c) {
+            return Err(invalid(
+                "load",
+                format!(
+                    "{}: kernel.cmdline: {c:?} sets `{k}`, which the build derives from `security:` and the root hash; remove it",
+                    def.file.display()
+                ),
+            ));
+        }
+    }
+    let def_bytes = fs::read(&def.file).map_err(stage("load"))?;
+    inputs.push(input("definition", display_path(def, &def.file), sha256_hex(&def_bytes), def_bytes.len() as u64));
+
+    // --- fetch -------------------------------------------------------------------------
+    let base_path = match &def.base {
+        BaseSource::Archive(p) => p.clone(),
+        BaseSource::Debian { suite, mirror, packages } => {
+            // The base has its own fixed epoch so `rke2-image base` and every build share one cached
+            // base; the image's own epoch clamps timestamps later anyway.
+            let mut req = base::BaseRequest::debian_default(base::DEFAULT_EPOCH);
+            req.suite = suite.clone();
+            req.mirror = mirror.clone();
+            req.packages.extend(packages.iter().cloned());
+            log(&format!("fetch: base {} ({} packages), cache {}", req.suite, req.packages.len(), opts.cache_dir.display()));
+            let r = base::ensure(&req, &opts.cache_dir).map_err(stage("fetch"))?;
+            log(&format!("fetch: base {} {}", if r.reused { "reused" } else { "built" }, r.path.display()));
+            r.path
+        }
+    };
+    let mut tree = Tree::new(0);
+    let stats = archive::load(&base_path, &mut tree).map_err(stage("fetch"))?;
+    log(&format!("fetch: {} entries, {} MiB of file data", stats.entries, stats.content_bytes / MIB));
+    inputs.push(input("base", display_path(def, &base_path), stats.sha256.clone(), stats.size));
+    // Without an explicit epoch the newest timestamp in the base is used: still a function of
+    // the inputs only.
+    let epoch = opts
+        .source_date_epoch
+        .or(def.epoch)
+        .unwrap_or_else(|| tree.iter().map(|(_, id)| tree.inode(id).mtime).max().unwrap_or(0));
+    lap("fetch", &mut timings);
+
+    // --- compose -------------------------------------------------------------------------
+    for o in &def.overlays {
+        let spec = compose::Overlay {
+            source: o.source.clone(),
+            target: o.target.clone(),
+            uid: o.uid,
+            gid: o.gid,
+            modes: o.modes.clone(),
+        };
+        let s = compose::add_overlay(&mut tree, &spec, epoch).map_err(stage("compose"))?;
+        log(&format!("compose: overlay {} ({} files)", display_path(def, &o.source), s.files));
+        inputs.push(input("overlay", display_path(def, &o.source), s.sha256, s.bytes));
+    }
+    let init_path = match &def.init {
+        Some(p) => p.clone(),
+        None => opts.programs_dir.join("rke2-init"),
+    };
+    if !init_path.is_file() {
+        return Err(invalid(
+            "compose",
+            format!(
+                "init program {} not found: build it with `cargo build --release -p rke2-firstboot --bin rke2-init` or set `initrd.init` in {}",
+                init_path.display(),
+                def.file.display()
+            ),
+        ));
+    }
+    let (init_sha, init_len) = file_sha256(&init_path).map_err(stage("compose"))?;
+    inputs.push(input("init", display_path(def, &init_path), init_sha, init_len));
+    let agent_path = opts.programs_dir.join("rke2-firstboot");
+    if agent_path.is_file() {
+        let (sha, len) = file_sha256(&agent_path).map_err(stage("compose"))?;
+        let inode = Inode::new(Kind::File(Blob::HostFile { path: agent_path.clone(), len }), 0o755, 0, 0, epoch);
+        tree.insert_resolved(b"usr/bin/rke2-firstboot", inode).map_err(stage("compose"))?;
+        inputs.push(input("node-agent", display_path(def, &agent_path), sha, len));
+    } else {
+        log(&format!("compose: warning: {} not found; the image has no first-boot agent", agent_path.display()));
+    }
+    let identity = compose::Identity {
+        name: def.name.clone(),
+        version: def.version.clone(),
+        pretty_name: def.description.clone(),
+    };
+    for note in compose::add_generated(&mut tree, &identity, epoch).map_err(stage("compose"))? {
+        log(&format!("compose: {note}"));
+    }
+    set_selinux_config(&mut tree, def.selinux, epoch).map_err(stage("compose"))?;
+    tree.clamp_mtimes(epoch);
+    lap("compose", &mut timings);
+
+    // --- label ---------------------------------------------------------------------------
+    if def.selinux != SelinuxMode::Disabled {
+        let fc = selinux::FileContexts::from_tree(&tree).map_err(stage("label"))?.ok_or_else(|| {
+            invalid(
+                "label",
+                format!(
+                    "security.selinux is {:?} but the base has no SELinux policy (etc/selinux/config and file_contexts); add selinux-policy-default to the base or set `security.selinux: disabled` in {}",
+                    def.selinux,
+                    def.file.display()
+                ),
+            )
+        })?;
+        let s = selinux::label_tree(&mut tree, &fc);
+        log(&format!("label: {} inodes labelled from the {} policy, {} left unlabelled (<<none>>)", s.labelled, fc.policy_type(), s.unlabelled));
+    } else {
+        // A base archive may carry labels; an image without SELinux must not pretend to have them.
+        tree.for_each_inode_mut(|_, i| {
+            i.xattrs.remove(&b"security.selinux"[..]);
+        });
+    }
+    lap("label", &mut timings);
+
+    // --- kernel --------------------------------------------------------------------------
+    let kernels = initrd::kernel_versions(&tree);
+    let kver = match (&def.kernel_version, kernels.as_slice()) {
+        (Some(v), _) if kernels.contains(v) => v.clone(),
+        (Some(v), _) => {
+            return Err(invalid("kernel", format!("kernel.version {v:?} is not in the base (it has: {})", kernels.join(", "))))
+        }
+        (None, [one]) => one.clone(),
+        (None, []) => return Err(invalid("kernel", "the base has no kernel (usr/lib/modules/<version>/modules.dep); add linux-image-amd64")),
+        (None, many) => {
+            return Err(invalid("kernel", format!("the base has several kernels ({}); choose one with kernel.version", many.join(", "))))
+        }
+    };
+    let vmlinuz_path = format!("boot/vmlinuz-{kver}");
+    let kernel_blob = file_blob(&tree, &vmlinuz_path).ok_or_else(|| invalid("kernel", format!("/{vmlinuz_path} is missing from the base")))?;
+    let sdboot_blob = file_blob(&tree, paths::SYSTEMD_BOOT_EFI)
+        .ok_or_else(|| invalid("kernel", format!("/{} is missing: add systemd-boot-efi to the base", paths::SYSTEMD_BOOT_EFI)))?;
+    log(&format!("kernel: {kver}"));
+    lap("kernel", &mut timings);
+
+    // --- seed ----------------------------------------------------------------------------
+    // Every GUID and the salt derive from the content of all inputs (not where they were on
+    // the build host), so the same inputs give the same disk.
+    let mut seed_hasher = Sha256::new();
+    for i in &inputs {
+        seed_hasher.update(format!("{}\0{}\n", i.kind, i.sha256).as_bytes());
+    }
+    seed_hasher.update(epoch.to_le_bytes());
+    let seed: [u8; 32] = seed_hasher.finalize().into();
+
+    // --- layout --------------------------------------------------------------------------
+    let erofs_opts = erofs::Options {
+        uuid: derive16(&seed, "erofs-uuid"),
+        volume_name: "rke2-root".into(),
+        build_time: epoch,
+    };
+    let plan = erofs::plan(&tree, &erofs_opts).map_err(stage("layout"))?;
+    if plan.size() > def.root_size {
+        return Err(invalid(
+            "layout",
+            format!(
+                "the root filesystem needs {} MiB but disk.rootSize is {} MiB; raise disk.rootSize in {} to at least {}MiB",
+                plan.size().div_ceil(MIB),
+                def.root_size / MIB,
+                def.file.display(),
+                align_up(plan.size() + plan.size() / 10, MIB) / MIB
+            ),
+        ));
+    }
+    let slot_blocks = def.root_size / partitions::BLOCK;
+    let hash_size = align_up(verity::hash_device_size(slot_blocks, partitions::BLOCK as u32), MIB);
+    let mut cursor = MIB;
+    let mut next = |size: u64| {
+        let r = Region { offset: cursor, size };
+        cursor += size;
+        r
+    };
+    let esp_r = next(def.esp_size);
+    let root_a = next(def.root_size);
+    let verity_a = next(hash_size);
+    let root_b = next(def.root_size);
+    let verity_b = next(hash_size);
+    // 1 MiB after the last partition holds the backup GPT (and keeps the end aligned).
+    let disk_size = cursor + MIB;
+    lap("layout", &mut timings);
+
+    // --- output file ---------------------------------------------------------------------
+    let out_dir = opts.output_dir.clone().unwrap_or_else(|| def.output_dir.clone());
+    fs::create_dir_all(&out_dir).map_err(|e| invalid("outputs", format!("creating output directory {}: {e}", out_dir.display())))?;
+    let file_name = format!("{}-{}.raw", def.name, def.version);
+    let final_path = out_dir.join(&file_name);
+    let mut temp = TempFile { path: out_dir.join(format!(".{file_name}.partial-{}", std::process::id())), keep: false };
+    let out = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&temp.path)
+        .map_err(|e| invalid("outputs", format!("creating {}: {e}", temp.path.display())))?;
+    out.set_len(disk_size).map_err(stage("outputs"))?;
+
+    // --- rootfs --------------------------------------------------------------------------
+    let written = erofs::write(&tree, &plan, &out, root_a.offset, root_a.size).map_err(stage("rootfs"))?;
+    log(&format!("rootfs: EROFS {} MiB, {} inodes", written.size.div_ceil(MIB), written.inodes));
+    lap("rootfs", &mut timings);
+
+    // --- verity --------------------------------------------------------------------------
+    let params = verity::Params {
+        data_block_size: partitions::BLOCK as u32,
+        hash_block_size: partitions::BLOCK as u32,
+        data_blocks: written.size / partitions::BLOCK,
+        salt: Sha256::new().chain_update(seed).chain_update(b"verity-salt").finalize().to_vec(),
+        uuid: derive16(&seed, "verity-uuid"),
+        algorithm: "sha256".into(),
+    };
+    let root_hash = verity::format(&out, root_a.offset, &out, verity_a.offset, &params).map_err(stage("verity"))?;
+    let root_hash_hex = hex::encode(root_hash);
+    log(&format!("verity: root hash {root_hash_hex}"));
+    lap("verity", &mut timings);
+
+    // --- initrd --------------------------------------------------------------------------
+    let init_blob = Blob::HostFile { path: init_path.clone(), len: init_len };
+    let mut modules: Vec<&str> = initrd::BOOT_MODULES.to_vec();
+    modules.extend(def.extra_modules.iter().map(String::as_str));
+    let rd = initrd::build(
+        &tree,
+        &initrd::Spec { init: &init_blob, kver: &kver, modules: &modules, extra_files: &[], mtime: epoch },
+    )
+    .map_err(stage("initrd"))?;
+    let initrd_sha = sha256_hex(&rd.bytes);
+    log(&format!("initrd: {} modules, {} KiB (zstd)", rd.modules.len(), rd.bytes.len() / 1024));
+    lap("initrd", &mut timings);
+
+    // --- esp + manifest ------------------------------------------------------------------
+    let slot = 'a';
+    let cmdline = esp::command_line(&root_hash_hex, slot, def.fips, def.selinux, &def.cmdline);
+    let entry_name = esp::entry_file(&def.name, &def.version, slot);
+    let title = def.description.clone().unwrap_or_else(|| format!("{} {}", def.name, def.version));
+    let entry_text = esp::loader_entry(&esp::EntrySpec { title: &title, version: &def.version, slot, cmdline: &cmdline });
+
+    let disk_guid = Guid::from_hash(derive16(&seed, "disk-guid"));
+    let mut rh_first = [0u8; 16];
+    rh_first.copy_from_slice(&root_hash[..16]);
+    let mut rh_last = [0u8; 16];
+    rh_last.copy_from_slice(&root_hash[16..]);
+    // systemd's convention: the root partition's UUID is the first half of the root hash, the
+    // verity partition's the second half.
+    let guids: [(partitions::PartitionSpec, Region, Guid, u64); 5] = [
+        (partitions::ESP, esp_r, Guid::from_hash(derive16(&seed, "esp")), 0),
+        (partitions::ROOT_A, root_a, Guid::from_hash(rh_first), written.size),
+        (partitions::ROOT_A_VERITY, verity_a, Guid::from_hash(rh_last), verity::hash_device_size(params.data_blocks, params.hash_block_size)),
+        (partitions::ROOT_B, root_b, Guid::from_hash(derive16(&seed, "root-b")), 0),
+        (partitions::ROOT_B_VERITY, verity_b, Guid::from_hash(derive16(&seed, "root-b-verity")), 0),
+    ];
+    let mut esp_content = esp::EspContent::new();
+    esp_content.add(paths::ESP_FALLBACK_BOOT, sdboot_blob.clone());
+    esp_content.add(paths::ESP_SYSTEMD_BOOT, sdboot_blob);
+    esp_content.add(paths::ESP_LOADER_CONF, Blob::bytes(esp::loader_conf()));
+    esp_content.add(entry_name.clone(), Blob::bytes(entry_text));
+    esp_content.add(esp::kernel_path(slot), kernel_blob.clone());
+    esp_content.add(esp::initrd_path(slot), Blob::bytes(rd.bytes.clone()));
+    let esp_used: u64 = esp_content.files.iter().map(|(_, b)| b.len()).sum();
+
+    let manifest = Manifest {
+        schema: manifest::SCHEMA.into(),
+        tool: manifest::Tool { name: "rke2-image".into(), version: env!("CARGO_PKG_VERSION").into() },
+        image: manifest::ImageInfo {
+            name: def.name.clone(),
+            version: def.version.clone(),
+            epoch,
+            file: file_name.clone(),
+            size: disk_size,
+        },
+        inputs: inputs.clone(),
+        disk: manifest::Disk {
+            disk_guid: disk_guid.to_string(),
+            sector_size: SECTOR,
+            size: disk_size,
+            partitions: guids
+                .iter()
+                .map(|(spec, r, g, used)| manifest::Partition {
+                    number: spec.number,
+                    label: spec.label.into(),
+                    type_guid: spec.type_guid.into(),
+                    guid: g.to_string(),
+                    first_lba: r.first_lba(),
+                    last_lba: r.last_lba(),
+                    used: if spec.number == partitions::ESP.number { esp_used } else { *used },
+                })
+                .collect(),
+        },
+        verity: manifest::Verity {
+            root_hash: root_hash_hex.clone(),
+            salt: hex::encode(&params.salt),
+            uuid: Guid(params.uuid).to_string(),
+            hash_algorithm: params.algorithm.clone(),
+            data_block_size: params.data_block_size,
+            hash_block_size: params.hash_block_size,
+            data_blocks: params.data_blocks,
+        },
+        boot: manifest::Boot {
+            kernel_version: kver.clone(),
+            cmdline: cmdline.clone(),
+            entry: entry_name,
+            initrd_size: rd.bytes.len() as u64,
+            initrd_sha256: initrd_sha,
+        },
+        checks: Vec::new(),
+    };
+    let mut manifest_json = serde_json::to_vec_pretty(&manifest).map_err(stage("esp"))?;
+    manifest_json.push(b'\n');
+    esp_content.add(paths::ESP_MANIFEST, Blob::bytes(manifest_json.clone()));
+    let fat_opts = fat::Options {
+        label: partitions::ESP_FS_LABEL.into(),
+        volume_id: u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]),
+        mtime: epoch,
+    };
+    fat::write(&esp_content.sorted(), &out, esp_r.offset, esp_r.size, &fat_opts).map_err(stage("esp"))?;
+    lap("esp", &mut timings);
+
+    // --- disk ----------------------------------------------------------------------------
+    let mut table = Table::new(disk_guid, disk_size, SECTOR).map_err(stage("disk"))?;
+    for (spec, r, g, _) in &guids {
+        table
+            .add(
+                spec.number,
+                Entry {
+                    type_guid: Guid::parse(spec.type_guid).map_err(stage("disk"))?,
+                    guid: *g,
+                    first_lba: r.first_lba(),
+                    last_lba: r.last_lba(),
+                    attributes: 0,
+                    name: spec.label.into(),
+                },
+            )
+            .map_err(stage("disk"))?;
+    }
+    table.write(&out).map_err(stage("disk"))?;
+    lap("disk", &mut timings);
+
+    // --- outputs -------------------------------------------------------------------------
+    out.sync_all().map_err(stage("outputs"))?;
+    drop(out);
+    let manifest_path = out_dir.join(format!("{}-{}.manifest.json", def.name, def.version));
+    write_atomic(&manifest_path, &manifest_json).map_err(stage("outputs"))?;
+    fs::rename(&temp.path, &final_path).map_err(|e| invalid("outputs", format!("renaming to {}: {e}", final_path.display())))?;
+    temp.keep = true;
+    if let Ok(d) = File::open(&out_dir) {
+        let _ = d.sync_all();
+    }
+    lap("outputs", &mut timings);
+    log(&format!("outputs: {} ({} MiB), {}", final_path.display(), disk_size / MIB, manifest_path.display()));
+    Ok(BuildResult { image: final_path, manifest_path, manifest, timings })
+}
+
+/// A regular file of the tree (following symlinks) as a blob.
+fn file_blob(tree: &Tree, path: &str) -> Option<Blob> {
+    let real = tree.resolve(path.as_bytes(), true).ok()?;
+    match &tree.get(&real)?.kind {
+        Kind::File(b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+/// `/etc/selinux/config` must agree with the command line: systemd loads the policy only when
+/// the config asks for it.
+fn set_selinux_config(tree: &mut Tree, mode: SelinuxMode, epoch: u64) -> Result<(), BoxError> {
+    let path = b"etc/selinux/config";
+    let Some(id) = tree.lookup(path) else {
+        return Ok(());
+    };
+    let old = tree.read_file(path)?;
+    let want = match mode {
+        SelinuxMode::Enforcing => "enforcing",
+        SelinuxMode::Permissive => "permissive",
+        SelinuxMode::Disabled => "disabled",
+    };
+    let text = String::from_utf8_lossy(&old);
+    let mut found = false;
+    let mut out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("SELINUX=") {
+                found = true;
+                format!("SELINUX={want}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        out.push(format!("SELINUX={want}"));
+    }
+    let mut bytes = out.join("\n").into_bytes();
+    bytes.push(b'\n');
+    let inode = tree.inode(id).clone();
+    let mut new = Inode::new(Kind::File(Blob::bytes(bytes)), inode.mode, inode.uid, inode.gid, epoch);
+    new.xattrs = inode.xattrs;
+    tree.insert(path, new)?;
+    Ok(())
+}
+
+/// Temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let res = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}

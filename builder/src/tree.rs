@@ -488,8 +488,9 @@ impl Tree {
         wanted: &[(K, &Blob)],
         sink: &mut dyn FnMut(K, &mut dyn Read) -> io::Result<()>,
     ) -> io::Result<()> {
-        let mut by_source: BTreeMap<*const ArchiveSource, (Arc<ArchiveSource>, Vec<(u64, K)>)> =
-            BTreeMap::new();
+        // Keyed by the source's address so each archive is streamed once.
+        type Pending<K> = (Arc<ArchiveSource>, Vec<(u64, K)>);
+        let mut by_source: BTreeMap<*const ArchiveSource, Pending<K>> = BTreeMap::new();
         for &(key, blob) in wanted {
             match blob {
                 Blob::Bytes(b) => sink(key, &mut &b[..])?,

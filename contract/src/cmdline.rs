@@ -54,8 +54,8 @@ pub fn parse(cmdline: &str) -> Vec<Param<'_>> {
 pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     parse(cmdline)
         .into_iter()
-        .filter(|p| p.key == key)
-        .last()
+        .rev()
+        .find(|p| p.key == key)
         .map(|p| p.value.unwrap_or(""))
 }
 
