@@ -25,15 +25,20 @@
 //!   results (`/usr/?` never matches `/usr`), so it is reproduced, not just used as a filter;
 //! - the regex is compiled as PCRE2 `^<spec>$` with `PCRE2_DOTALL` on bytes and searched (not
 //!   anchored as a whole), so a top-level `|` splits the anchors and `$` also matches before a
-//!   final newline. [`translate`] turns that into the Rust `regex` dialect.
+//!   final newline. `translate` turns that into the Rust `regex` dialect (bytes, ASCII
+//!   classes, `{` literal unless it starts a counted repeat, PCRE class rules for `]` and
+//!   `-`); constructs Rust cannot express (lookaround, backreferences, possessive quantifiers,
+//!   `\p`, ...) make the spec an error instead of matching differently.
 //!
 //! Lookups are prefiltered by each spec's literal prefix (hash buckets per prefix length), and
 //! fully literal specs are compared without a regex, which gives the same answers as trying
 //! every spec in order.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use regex::bytes::{Regex, RegexBuilder};
+use regex_syntax::hir::{Class, Hir, HirKind};
 
 use crate::tree::{ReadError, Tree, TreeError, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK};
 use crate::tree::{S_IFMT, S_IFREG, S_IFSOCK};
@@ -84,7 +89,13 @@ struct Spec {
 enum Matcher {
     /// The whole pattern is this literal string.
     Literal(Vec<u8>),
-    Regex(Regex),
+    /// Checked at parse time, compiled on first use: only a few hundred of a policy's
+    /// thousands of regexes ever see a path with their prefix, and compiling is the bulk of
+    /// the cost. `None` if compiling failed, which [`validate`] rules out.
+    Regex {
+        pattern: String,
+        re: OnceLock<Option<Regex>>,
+    },
 }
 
 impl Matcher {
@@ -95,7 +106,10 @@ impl Matcher {
                 key == lit.as_slice()
                     || (key.len() == lit.len() + 1 && key.starts_with(lit) && key.ends_with(b"\n"))
             }
-            Matcher::Regex(re) => re.is_match(key),
+            Matcher::Regex { pattern, re } => re
+                .get_or_init(|| compile(pattern).ok())
+                .as_ref()
+                .is_some_and(|re| re.is_match(key)),
         }
     }
 }
@@ -590,11 +604,52 @@ fn translate(src: &[u8]) -> Result<Translated, String> {
     })
 }
 
-fn compile(t: &Translated) -> Result<Regex, String> {
-    RegexBuilder::new(&format!("(?s-u)^{}(?:\\n?\\z)", t.body))
+/// The full Rust pattern for a translated spec: libselinux compiles `^<spec>$`.
+fn full_pattern(t: &Translated) -> String {
+    format!("(?s-u)^{}(?:\\n?\\z)", t.body)
+}
+
+/// Upper bound on the compiled size of a regex, in NFA-state-like units.
+fn weight(h: &Hir) -> u64 {
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => 1,
+        HirKind::Literal(l) => l.0.len() as u64,
+        HirKind::Class(Class::Bytes(c)) => c.ranges().len() as u64,
+        HirKind::Class(Class::Unicode(c)) => c.ranges().len() as u64,
+        HirKind::Repetition(r) => {
+            weight(&r.sub).saturating_mul(u64::from(r.max.unwrap_or(r.min).max(1)))
+        }
+        HirKind::Capture(c) => weight(&c.sub),
+        HirKind::Concat(v) | HirKind::Alternation(v) => {
+            v.iter().map(weight).fold(0, u64::saturating_add)
+        }
+    }
+}
+
+/// Keeps every accepted pattern far below [`NFA_SIZE_LIMIT`], so the deferred compile cannot
+/// fail.
+const MAX_WEIGHT: u64 = 100_000;
+const NFA_SIZE_LIMIT: usize = 64 << 20;
+
+/// Everything compiling could complain about, at parse time.
+fn validate(pattern: &str) -> Result<(), String> {
+    let hir = regex_syntax::ParserBuilder::new()
         .unicode(false)
+        .utf8(false)
         .build()
-        .map_err(|e| e.to_string())
+        .parse(pattern)
+        .map_err(|e| e.to_string())?;
+    if weight(&hir) > MAX_WEIGHT {
+        return Err("counted repetitions make this regex too large".into());
+    }
+    Ok(())
+}
+
+fn compile(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .unicode(false)
+        .size_limit(NFA_SIZE_LIMIT)
+        .build()
 }
 
 /// Collapses runs of `/`, drops one trailing `/` (not from `/` itself), stops at a NUL byte, as
@@ -902,7 +957,12 @@ fn parse_specs(
         let matcher = if t.literal {
             Matcher::Literal(t.prefix.clone())
         } else {
-            Matcher::Regex(compile(&t).map_err(|e| bad(format!("regex {regex_str:?}: {e}")))?)
+            let pattern = full_pattern(&t);
+            validate(&pattern).map_err(|e| bad(format!("regex {regex_str:?}: {e}")))?;
+            Matcher::Regex {
+                pattern,
+                re: OnceLock::new(),
+            }
         };
         out.push(Spec {
             origin: (file_idx, lineno),
@@ -988,6 +1048,9 @@ mod tests {
         assert!(translate(br"/(a)\1").is_err());
         assert!(translate(b"/a[b").is_err());
         assert!(translate(b"/a)").is_err());
+        let full = |re: &[u8]| full_pattern(&translate(re).unwrap());
+        assert!(validate(&full(b"/a{1000}{1000}")).is_err());
+        assert!(validate(&full(b"/a{100}(/.*)?")).is_ok());
     }
 
     #[test]
@@ -1189,6 +1252,23 @@ mod tests {
             )
             .unwrap();
         };
+        // No config: libselinux's default type.
+        put(
+            &mut t,
+            "etc/selinux/targeted/contexts/files/file_contexts",
+            &format!("/ {C}:t_t:s0\n"),
+        );
+        let targeted = FileContexts::from_tree(&t).unwrap().unwrap();
+        assert_eq!(targeted.policy_type(), "targeted");
+        assert_eq!(
+            targeted.lookup(b"/", S_IFDIR),
+            Some("system_u:object_r:t_t:s0")
+        );
+        put(&mut t, "etc/selinux/config", "SELINUXTYPE=../x\n");
+        assert!(matches!(
+            FileContexts::from_tree(&t),
+            Err(SelinuxError::BadPolicyType(_))
+        ));
         put(&mut t, "etc/selinux/config", "SELINUXTYPE=mine\n");
         assert!(matches!(
             FileContexts::from_tree(&t),

@@ -223,6 +223,30 @@ fn matches_matchpathcon_on_tricky_specs() {
     );
 }
 
+const RKE2_PATHS: &[&str] = &[
+    "/usr/local/bin/rke2",
+    "/usr/bin/rke2",
+    "/usr/local/lib/systemd/system/rke2-server.service",
+    "/usr/lib/systemd/system/rke2-agent.service",
+    "/etc/rancher/rke2/config.yaml",
+    "/etc/rancher/rke2/registries.yaml",
+    "/var/lib/rancher/rke2/agent/images/rke2-images.linux-amd64.tar.zst",
+    "/var/lib/rancher/rke2/data/v1.31.2-rke2r1/bin/containerd",
+    "/var/lib/rancher/rke2/server/db/etcd/member",
+    "/var/lib/kubelet/pods",
+    "/var/log/pods/x/y/0.log",
+    "/var/log/containers/x.log",
+    "/opt/cni/bin/calico",
+    "/etc/cni/net.d/10-canal.conflist",
+    "/run/k3s/containerd/containerd.sock",
+    "/var/lib/cni/networks",
+    "/etc/systemd/system/rke2-server.service.d/override.conf",
+    "/usr/share/rke2-image/firstboot",
+    "/etc/os-release",
+    "/boot/efi/EFI/Linux/rke2.efi",
+    "/var/lib/rancher/rke2/../etc",
+];
+
 #[test]
 fn labels_debian_base_like_matchpathcon() {
     let Ok(base) = std::env::var("RKE2_TEST_BASE") else {
@@ -278,12 +302,28 @@ fn labels_debian_base_like_matchpathcon() {
         }
         probes.push((key, tree.inode(id).type_bits()));
     }
+    let own_type = probes.len();
+    // Every 16th path again with each other file type, to exercise the type restrictions.
+    for i in (0..own_type).step_by(16) {
+        for (t, _) in TYPES {
+            if t != probes[i].1 {
+                probes.push((probes[i].0.clone(), t));
+            }
+        }
+    }
+    // Paths the image adds on top of the base (RKE2, CNI, kubelet, overlays).
+    for p in RKE2_PATHS {
+        for (t, _) in TYPES {
+            probes.push((p.as_bytes().to_vec(), t));
+        }
+    }
     let (compared, bad) = compare(&fc, &dir.path().join("file_contexts"), &probes);
     println!(
-        "compared {compared} paths with matchpathcon: {} mismatches ({skipped} names with a newline skipped)",
+        "compared {compared} (path, type) pairs with matchpathcon ({own_type} base paths with their \
+         own type): {} mismatches ({skipped} names with a newline skipped)",
         bad.len()
     );
-    assert!(compared >= 1000, "only {compared} paths in the base");
+    assert!(own_type >= 1000, "only {own_type} paths in the base");
     assert!(
         bad.is_empty(),
         "{} mismatches:\n{}",
