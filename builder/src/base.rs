@@ -508,6 +508,10 @@ fn tar_gz(epoch: u64, files: &[(&str, &[u8])]) -> Result<Vec<u8>, BaseError> {
     gz.finish().map_err(io_err(mem))
 }
 
+/// SOURCE_DATE_EPOCH of bases built for image builds and by `rke2-image base` alike, so both
+/// share one cache entry (2026-01-01T00:00:00Z). Images clamp their own timestamps separately.
+pub const DEFAULT_EPOCH: u64 = 1_767_225_600;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,7 +719,3 @@ mod tests {
         assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
     }
 }
-
-/// SOURCE_DATE_EPOCH of bases built for image builds and by `rke2-image base` alike, so both
-/// share one cache entry (2026-01-01T00:00:00Z). Images clamp their own timestamps separately.
-pub const DEFAULT_EPOCH: u64 = 1_767_225_600;

@@ -18,14 +18,23 @@ pub fn initrd_path(slot: char) -> String {
 }
 
 pub fn entry_file(name: &str, version: &str, slot: char) -> String {
-    format!("{}/rke2-{name}-{version}-{slot}.conf", paths::ESP_ENTRIES_DIR)
+    format!(
+        "{}/rke2-{name}-{version}-{slot}.conf",
+        paths::ESP_ENTRIES_DIR
+    )
 }
 
 /// The kernel command line: our keys first, then security settings, then the definition's
 /// additions (so an operator can add, e.g., `console=` but the verity and security keys are
 /// always present; the kernel's last-wins rule is why additions cannot silently weaken them:
 /// the build refuses additions that override a security key).
-pub fn command_line(root_hash_hex: &str, slot: char, fips: bool, selinux: SelinuxMode, extra: &[String]) -> String {
+pub fn command_line(
+    root_hash_hex: &str,
+    slot: char,
+    fips: bool,
+    selinux: SelinuxMode,
+    extra: &[String],
+) -> String {
     let mut parts: Vec<String> = vec![
         format!("{}={root_hash_hex}", cmdline::ROOT_HASH),
         format!("{}={slot}", cmdline::SLOT),
@@ -35,8 +44,12 @@ pub fn command_line(root_hash_hex: &str, slot: char, fips: bool, selinux: Selinu
         parts.push("fips=1".into());
     }
     match selinux {
-        SelinuxMode::Enforcing => parts.extend(["security=selinux", "selinux=1", "enforcing=1"].map(String::from)),
-        SelinuxMode::Permissive => parts.extend(["security=selinux", "selinux=1", "enforcing=0"].map(String::from)),
+        SelinuxMode::Enforcing => {
+            parts.extend(["security=selinux", "selinux=1", "enforcing=1"].map(String::from))
+        }
+        SelinuxMode::Permissive => {
+            parts.extend(["security=selinux", "selinux=1", "enforcing=0"].map(String::from))
+        }
         SelinuxMode::Disabled => parts.push("selinux=0".into()),
     }
     parts.extend(extra.iter().cloned());
@@ -45,8 +58,17 @@ pub fn command_line(root_hash_hex: &str, slot: char, fips: bool, selinux: Selinu
 
 /// Keys the definition's `kernel.cmdline` may not set: they are the image's security and
 /// integrity settings and are derived from `security:` and the build itself.
-pub const RESERVED_KEYS: &[&str] =
-    &[cmdline::ROOT_HASH, cmdline::SLOT, "fips", "security", "selinux", "enforcing", "lsm", "init", "rdinit"];
+pub const RESERVED_KEYS: &[&str] = &[
+    cmdline::ROOT_HASH,
+    cmdline::SLOT,
+    "fips",
+    "security",
+    "selinux",
+    "enforcing",
+    "lsm",
+    "init",
+    "rdinit",
+];
 
 pub fn reserved_key(param: &str) -> Option<&'static str> {
     let key = param.split('=').next().unwrap_or(param);
@@ -91,7 +113,10 @@ pub struct ParsedEntry {
 }
 
 pub fn parse_entry(file: &str, text: &str) -> ParsedEntry {
-    let mut e = ParsedEntry { file: file.to_string(), ..Default::default() };
+    let mut e = ParsedEntry {
+        file: file.to_string(),
+        ..Default::default()
+    };
     for line in text.lines() {
         let line = line.trim();
         if line.starts_with('#') {
@@ -148,7 +173,13 @@ mod tests {
 
     #[test]
     fn cmdline_carries_security_settings() {
-        let c = command_line("ab", 'a', true, SelinuxMode::Enforcing, &["console=ttyS0".into()]);
+        let c = command_line(
+            "ab",
+            'a',
+            true,
+            SelinuxMode::Enforcing,
+            &["console=ttyS0".into()],
+        );
         assert_eq!(c, "rke2.roothash=ab rke2.slot=a ro fips=1 security=selinux selinux=1 enforcing=1 console=ttyS0");
         let c = command_line("ab", 'b', false, SelinuxMode::Permissive, &[]);
         assert!(c.ends_with("security=selinux selinux=1 enforcing=0"));
@@ -165,7 +196,12 @@ mod tests {
 
     #[test]
     fn entry_round_trip() {
-        let text = loader_entry(&EntrySpec { title: "rke2-node 1.0", version: "1.0", slot: 'a', cmdline: "a=1 b" });
+        let text = loader_entry(&EntrySpec {
+            title: "rke2-node 1.0",
+            version: "1.0",
+            slot: 'a',
+            cmdline: "a=1 b",
+        });
         let e = parse_entry("x.conf", &text);
         assert_eq!(e.linux, "/rke2/a/vmlinuz");
         assert_eq!(e.initrd, vec!["/rke2/a/initrd.zst".to_string()]);

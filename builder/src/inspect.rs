@@ -60,12 +60,19 @@ pub struct Report {
 }
 
 pub fn inspect(path: &Path) -> Result<Report, InspectError> {
-    let err = |message: String| InspectError::Image { path: path.display().to_string(), message };
+    let err = |message: String| InspectError::Image {
+        path: path.display().to_string(),
+        message,
+    };
     let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
     let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
-    let table = Table::read(&file, size, partitions::SECTOR).map_err(|e| err(format!("partition table: {e}")))?;
-    let mut problems: Vec<String> =
-        table.damaged.iter().map(|(copy, why)| format!("GPT {copy:?} copy is damaged: {why}")).collect();
+    let table = Table::read(&file, size, partitions::SECTOR)
+        .map_err(|e| err(format!("partition table: {e}")))?;
+    let mut problems: Vec<String> = table
+        .damaged
+        .iter()
+        .map(|(copy, why)| format!("GPT {copy:?} copy is damaged: {why}"))
+        .collect();
     let mut parts = Vec::new();
     for (i, e) in table.entries.iter().enumerate() {
         if let Some(e) = e {
@@ -81,22 +88,38 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
         }
     }
     let region = |label: &str| {
-        parts.iter().find(|p| p.label == label).map(|p| (p.first_lba * table.sector_size, p.size))
+        parts
+            .iter()
+            .find(|p| p.label == label)
+            .map(|p| (p.first_lba * table.sector_size, p.size))
     };
-    let (esp_off, esp_size) = region(partitions::ESP.label).ok_or_else(|| err("no partition labelled `esp`".into()))?;
+    let (esp_off, esp_size) =
+        region(partitions::ESP.label).ok_or_else(|| err("no partition labelled `esp`".into()))?;
     let files = fat::read_all(&file, esp_off, esp_size).map_err(|e| err(format!("ESP: {e}")))?;
-    let text = |p: &str| files.get(p).map(|b| String::from_utf8_lossy(b).into_owned());
+    let text = |p: &str| {
+        files
+            .get(p)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
     let loader_conf = text(paths::ESP_LOADER_CONF).unwrap_or_default();
     let entries: Vec<ParsedEntry> = files
         .iter()
-        .filter(|(p, _)| p.starts_with(&format!("{}/", paths::ESP_ENTRIES_DIR)) && p.ends_with(".conf"))
+        .filter(|(p, _)| {
+            p.starts_with(&format!("{}/", paths::ESP_ENTRIES_DIR)) && p.ends_with(".conf")
+        })
         .map(|(p, b)| esp::parse_entry(p, &String::from_utf8_lossy(b)))
         .collect();
-    let root_hash = entries.first().and_then(|e| cmdline::get(&e.options, cmdline::ROOT_HASH)).map(str::to_string);
+    let root_hash = entries
+        .first()
+        .and_then(|e| cmdline::get(&e.options, cmdline::ROOT_HASH))
+        .map(str::to_string);
     for e in &entries {
         for f in std::iter::once(&e.linux).chain(e.initrd.iter()) {
             if !files.contains_key(f.trim_start_matches('/')) {
-                problems.push(format!("{}: refers to {f}, which is not on the ESP", e.file));
+                problems.push(format!(
+                    "{}: refers to {f}, which is not on the ESP",
+                    e.file
+                ));
             }
         }
     }
@@ -114,10 +137,16 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
         },
     };
     let mut verity_views = Vec::new();
-    for label in [partitions::ROOT_A_VERITY.label, partitions::ROOT_B_VERITY.label] {
-        let Some((off, _)) = region(label) else { continue };
+    for label in [
+        partitions::ROOT_A_VERITY.label,
+        partitions::ROOT_B_VERITY.label,
+    ] {
+        let Some((off, _)) = region(label) else {
+            continue;
+        };
         let mut sb = vec![0u8; verity::SUPERBLOCK_SIZE as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut sb, off).map_err(|e| err(format!("{label}: {e}")))?;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut sb, off)
+            .map_err(|e| err(format!("{label}: {e}")))?;
         if sb.iter().all(|&b| b == 0) {
             continue; // empty slot
         }
@@ -141,9 +170,13 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
                 root_hash, m.verity.root_hash
             ));
         }
-        if let Some(v) = verity_views.iter().find(|v| v.partition == partitions::ROOT_A_VERITY.label) {
+        if let Some(v) = verity_views
+            .iter()
+            .find(|v| v.partition == partitions::ROOT_A_VERITY.label)
+        {
             if v.salt != m.verity.salt || v.data_blocks != m.verity.data_blocks {
-                problems.push("verity superblock of root-a-verity differs from the manifest".into());
+                problems
+                    .push("verity superblock of root-a-verity differs from the manifest".into());
             }
         }
         if m.disk.disk_guid != table.disk_guid.to_string() {
@@ -184,24 +217,56 @@ pub fn render(r: &Report) -> String {
             p.size / (1024 * 1024)
         );
     }
-    let _ = writeln!(s, "\nroot hash  {}", r.root_hash.as_deref().unwrap_or("(none)"));
+    let _ = writeln!(
+        s,
+        "\nroot hash  {}",
+        r.root_hash.as_deref().unwrap_or("(none)")
+    );
     for v in &r.verity {
         let _ = writeln!(
             s,
             "verity     {}: {} x {} B data blocks, {} B hash blocks, {}, salt {}, uuid {}",
-            v.partition, v.data_blocks, v.data_block_size, v.hash_block_size, v.algorithm, v.salt, v.uuid
+            v.partition,
+            v.data_blocks,
+            v.data_block_size,
+            v.hash_block_size,
+            v.algorithm,
+            v.salt,
+            v.uuid
         );
     }
     let _ = writeln!(s, "\nloader.conf\n{}", indent(&r.loader_conf));
     for e in &r.entries {
-        let _ = writeln!(s, "entry {}\n  title   {}\n  linux   {}\n  initrd  {}\n  options {}", e.file, e.title, e.linux, e.initrd.join(" "), e.options);
+        let _ = writeln!(
+            s,
+            "entry {}\n  title   {}\n  linux   {}\n  initrd  {}\n  options {}",
+            e.file,
+            e.title,
+            e.linux,
+            e.initrd.join(" "),
+            e.options
+        );
     }
     if let Some(m) = &r.manifest {
-        let _ = writeln!(s, "\nmanifest   {} {} (epoch {}), built by {} {}", m.image.name, m.image.version, m.image.epoch, m.tool.name, m.tool.version);
-        let _ = writeln!(s, "kernel     {}, initrd {} KiB sha256 {}", m.boot.kernel_version, m.boot.initrd_size / 1024, m.boot.initrd_sha256);
+        let _ = writeln!(
+            s,
+            "\nmanifest   {} {} (epoch {}), built by {} {}",
+            m.image.name, m.image.version, m.image.epoch, m.tool.name, m.tool.version
+        );
+        let _ = writeln!(
+            s,
+            "kernel     {}, initrd {} KiB sha256 {}",
+            m.boot.kernel_version,
+            m.boot.initrd_size / 1024,
+            m.boot.initrd_sha256
+        );
         let _ = writeln!(s, "inputs");
         for i in &m.inputs {
-            let _ = writeln!(s, "  {:<12} {} {} ({} bytes)", i.kind, i.sha256, i.path, i.size);
+            let _ = writeln!(
+                s,
+                "  {:<12} {} {} ({} bytes)",
+                i.kind, i.sha256, i.path, i.size
+            );
         }
         if !m.checks.is_empty() {
             let _ = writeln!(s, "checks");
@@ -222,5 +287,8 @@ pub fn render(r: &Report) -> String {
 }
 
 fn indent(t: &str) -> String {
-    t.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    t.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use rke2_image::{base, definition::Definition, inspect, pipeline};
 
 #[derive(Parser)]
-#[command(name = "rke2-image", version, about = "Build bootable, immutable, dm-verity protected RKE2 node images")]
+#[command(
+    name = "rke2-image",
+    version,
+    about = "Build bootable, immutable, dm-verity protected RKE2 node images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,9 @@ fn cache_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
 
 fn source_date_epoch() -> Result<Option<u64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => Ok(Some(v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?)),
+        Ok(v) => Ok(Some(v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+        })?)),
         Err(_) => Ok(None),
     }
 }
@@ -74,7 +80,11 @@ fn source_date_epoch() -> Result<Option<u64>> {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Build { definition, output, cache_dir: cd } => {
+        Command::Build {
+            definition,
+            output,
+            cache_dir: cd,
+        } => {
             let def = Definition::load(&definition)?;
             let exe = std::env::current_exe().context("locating rke2-image")?;
             let opts = pipeline::BuildOptions {
@@ -85,18 +95,34 @@ fn run() -> Result<()> {
             };
             let r = pipeline::build(&def, &opts, &mut |line| eprintln!("{line}"))?;
             let total: f64 = r.timings.iter().map(|t| t.1.as_secs_f64()).sum();
-            let stages: Vec<String> = r.timings.iter().map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64())).collect();
+            let stages: Vec<String> = r
+                .timings
+                .iter()
+                .map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64()))
+                .collect();
             eprintln!("built in {total:.1}s ({})", stages.join(", "));
             println!("{}", r.image.display());
         }
-        Command::Base { suite, mirror, packages, cache_dir: cd, epoch } => {
+        Command::Base {
+            suite,
+            mirror,
+            packages,
+            cache_dir: cd,
+            epoch,
+        } => {
             let epoch = epoch.unwrap_or(base::DEFAULT_EPOCH);
             let mut req = base::BaseRequest::debian_default(epoch);
             req.suite = suite;
             req.mirror = mirror;
             req.packages.extend(packages);
             let r = base::ensure(&req, &cache_dir(cd)?)?;
-            eprintln!("{} base {} (sha256 {}, {} MiB)", if r.reused { "reused" } else { "built" }, r.key, r.sha256, r.size / (1024 * 1024));
+            eprintln!(
+                "{} base {} (sha256 {}, {} MiB)",
+                if r.reused { "reused" } else { "built" },
+                r.key,
+                r.sha256,
+                r.size / (1024 * 1024)
+            );
             println!("{}", r.path.display());
         }
         Command::Inspect { image, json } => {
@@ -107,7 +133,11 @@ fn run() -> Result<()> {
                 print!("{}", inspect::render(&report));
             }
             if !report.problems.is_empty() {
-                anyhow::bail!("{}: {} problem(s) found", image.display(), report.problems.len());
+                anyhow::bail!(
+                    "{}: {} problem(s) found",
+                    image.display(),
+                    report.problems.len()
+                );
             }
         }
     }

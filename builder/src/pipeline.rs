@@ -47,15 +47,24 @@ pub enum BuildError {
         source: BoxError,
     },
     #[error("stage {stage}: {message}")]
-    Invalid { stage: &'static str, message: String },
+    Invalid {
+        stage: &'static str,
+        message: String,
+    },
 }
 
 fn stage<E: Into<BoxError>>(stage: &'static str) -> impl FnOnce(E) -> BuildError {
-    move |e| BuildError::Stage { stage, source: e.into() }
+    move |e| BuildError::Stage {
+        stage,
+        source: e.into(),
+    }
 }
 
 fn invalid(stage: &'static str, message: impl Into<String>) -> BuildError {
-    BuildError::Invalid { stage, message: message.into() }
+    BuildError::Invalid {
+        stage,
+        message: message.into(),
+    }
 }
 
 /// Settings that come from the command line and environment rather than the definition.
@@ -123,7 +132,10 @@ fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
 
 /// Derives 16 deterministic bytes for `purpose` from the build seed.
 fn derive16(seed: &[u8; 32], purpose: &str) -> [u8; 16] {
-    let d = Sha256::new().chain_update(seed).chain_update(purpose.as_bytes()).finalize();
+    let d = Sha256::new()
+        .chain_update(seed)
+        .chain_update(purpose.as_bytes())
+        .finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);
     out
@@ -134,7 +146,12 @@ fn align_up(n: u64, a: u64) -> u64 {
 }
 
 fn input(kind: &str, path: impl Into<String>, sha256: String, size: u64) -> manifest::Input {
-    manifest::Input { kind: kind.into(), path: path.into(), sha256, size }
+    manifest::Input {
+        kind: kind.into(),
+        path: path.into(),
+        sha256,
+        size,
+    }
 }
 
 /// Path relative to the definition's directory when it is below it, for stable manifests.
@@ -144,7 +161,11 @@ fn display_path(def: &Definition, p: &Path) -> String {
 }
 
 /// Runs every stage. `log` receives one line per stage.
-pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<BuildResult, BuildError> {
+pub fn build(
+    def: &Definition,
+    opts: &BuildOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<BuildResult, BuildError> {
     let mut timings = Vec::new();
     let mut clock = Instant::now();
     let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, Duration)>| {
@@ -166,34 +187,63 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         }
     }
     let def_bytes = fs::read(&def.file).map_err(stage("load"))?;
-    inputs.push(input("definition", display_path(def, &def.file), sha256_hex(&def_bytes), def_bytes.len() as u64));
+    inputs.push(input(
+        "definition",
+        display_path(def, &def.file),
+        sha256_hex(&def_bytes),
+        def_bytes.len() as u64,
+    ));
 
     // --- fetch -------------------------------------------------------------------------
     let base_path = match &def.base {
         BaseSource::Archive(p) => p.clone(),
-        BaseSource::Debian { suite, mirror, packages } => {
+        BaseSource::Debian {
+            suite,
+            mirror,
+            packages,
+        } => {
             // The base has its own fixed epoch so `rke2-image base` and every build share one cached
             // base; the image's own epoch clamps timestamps later anyway.
             let mut req = base::BaseRequest::debian_default(base::DEFAULT_EPOCH);
             req.suite = suite.clone();
             req.mirror = mirror.clone();
             req.packages.extend(packages.iter().cloned());
-            log(&format!("fetch: base {} ({} packages), cache {}", req.suite, req.packages.len(), opts.cache_dir.display()));
+            log(&format!(
+                "fetch: base {} ({} packages), cache {}",
+                req.suite,
+                req.packages.len(),
+                opts.cache_dir.display()
+            ));
             let r = base::ensure(&req, &opts.cache_dir).map_err(stage("fetch"))?;
-            log(&format!("fetch: base {} {}", if r.reused { "reused" } else { "built" }, r.path.display()));
+            log(&format!(
+                "fetch: base {} {}",
+                if r.reused { "reused" } else { "built" },
+                r.path.display()
+            ));
             r.path
         }
     };
     let mut tree = Tree::new(0);
     let stats = archive::load(&base_path, &mut tree).map_err(stage("fetch"))?;
-    log(&format!("fetch: {} entries, {} MiB of file data", stats.entries, stats.content_bytes / MIB));
-    inputs.push(input("base", display_path(def, &base_path), stats.sha256.clone(), stats.size));
+    log(&format!(
+        "fetch: {} entries, {} MiB of file data",
+        stats.entries,
+        stats.content_bytes / MIB
+    ));
+    inputs.push(input(
+        "base",
+        display_path(def, &base_path),
+        stats.sha256.clone(),
+        stats.size,
+    ));
     // Without an explicit epoch the newest timestamp in the base is used: still a function of
     // the inputs only.
-    let epoch = opts
-        .source_date_epoch
-        .or(def.epoch)
-        .unwrap_or_else(|| tree.iter().map(|(_, id)| tree.inode(id).mtime).max().unwrap_or(0));
+    let epoch = opts.source_date_epoch.or(def.epoch).unwrap_or_else(|| {
+        tree.iter()
+            .map(|(_, id)| tree.inode(id).mtime)
+            .max()
+            .unwrap_or(0)
+    });
     lap("fetch", &mut timings);
 
     // --- compose -------------------------------------------------------------------------
@@ -206,8 +256,17 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
             modes: o.modes.clone(),
         };
         let s = compose::add_overlay(&mut tree, &spec, epoch).map_err(stage("compose"))?;
-        log(&format!("compose: overlay {} ({} files)", display_path(def, &o.source), s.files));
-        inputs.push(input("overlay", display_path(def, &o.source), s.sha256, s.bytes));
+        log(&format!(
+            "compose: overlay {} ({} files)",
+            display_path(def, &o.source),
+            s.files
+        ));
+        inputs.push(input(
+            "overlay",
+            display_path(def, &o.source),
+            s.sha256,
+            s.bytes,
+        ));
     }
     let init_path = match &def.init {
         Some(p) => p.clone(),
@@ -224,15 +283,38 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         ));
     }
     let (init_sha, init_len) = file_sha256(&init_path).map_err(stage("compose"))?;
-    inputs.push(input("init", display_path(def, &init_path), init_sha, init_len));
+    inputs.push(input(
+        "init",
+        display_path(def, &init_path),
+        init_sha,
+        init_len,
+    ));
     let agent_path = opts.programs_dir.join("rke2-firstboot");
     if agent_path.is_file() {
         let (sha, len) = file_sha256(&agent_path).map_err(stage("compose"))?;
-        let inode = Inode::new(Kind::File(Blob::HostFile { path: agent_path.clone(), len }), 0o755, 0, 0, epoch);
-        tree.insert_resolved(b"usr/bin/rke2-firstboot", inode).map_err(stage("compose"))?;
-        inputs.push(input("node-agent", display_path(def, &agent_path), sha, len));
+        let inode = Inode::new(
+            Kind::File(Blob::HostFile {
+                path: agent_path.clone(),
+                len,
+            }),
+            0o755,
+            0,
+            0,
+            epoch,
+        );
+        tree.insert_resolved(b"usr/bin/rke2-firstboot", inode)
+            .map_err(stage("compose"))?;
+        inputs.push(input(
+            "node-agent",
+            display_path(def, &agent_path),
+            sha,
+            len,
+        ));
     } else {
-        log(&format!("compose: warning: {} not found; the image has no first-boot agent", agent_path.display()));
+        log(&format!(
+            "compose: warning: {} not found; the image has no first-boot agent",
+            agent_path.display()
+        ));
     }
     let identity = compose::Identity {
         name: def.name.clone(),
@@ -259,7 +341,12 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
             )
         })?;
         let s = selinux::label_tree(&mut tree, &fc);
-        log(&format!("label: {} inodes labelled from the {} policy, {} left unlabelled (<<none>>)", s.labelled, fc.policy_type(), s.unlabelled));
+        log(&format!(
+            "label: {} inodes labelled from the {} policy, {} left unlabelled (<<none>>)",
+            s.labelled,
+            fc.policy_type(),
+            s.unlabelled
+        ));
     } else {
         // A base archive may carry labels; an image without SELinux must not pretend to have them.
         tree.for_each_inode_mut(|_, i| {
@@ -273,18 +360,45 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     let kver = match (&def.kernel_version, kernels.as_slice()) {
         (Some(v), _) if kernels.contains(v) => v.clone(),
         (Some(v), _) => {
-            return Err(invalid("kernel", format!("kernel.version {v:?} is not in the base (it has: {})", kernels.join(", "))))
+            return Err(invalid(
+                "kernel",
+                format!(
+                    "kernel.version {v:?} is not in the base (it has: {})",
+                    kernels.join(", ")
+                ),
+            ))
         }
         (None, [one]) => one.clone(),
-        (None, []) => return Err(invalid("kernel", "the base has no kernel (usr/lib/modules/<version>/modules.dep); add linux-image-amd64")),
+        (None, []) => return Err(invalid(
+            "kernel",
+            "the base has no kernel (usr/lib/modules/<version>/modules.dep); add linux-image-amd64",
+        )),
         (None, many) => {
-            return Err(invalid("kernel", format!("the base has several kernels ({}); choose one with kernel.version", many.join(", "))))
+            return Err(invalid(
+                "kernel",
+                format!(
+                    "the base has several kernels ({}); choose one with kernel.version",
+                    many.join(", ")
+                ),
+            ))
         }
     };
     let vmlinuz_path = format!("boot/vmlinuz-{kver}");
-    let kernel_blob = file_blob(&tree, &vmlinuz_path).ok_or_else(|| invalid("kernel", format!("/{vmlinuz_path} is missing from the base")))?;
-    let sdboot_blob = file_blob(&tree, paths::SYSTEMD_BOOT_EFI)
-        .ok_or_else(|| invalid("kernel", format!("/{} is missing: add systemd-boot-efi to the base", paths::SYSTEMD_BOOT_EFI)))?;
+    let kernel_blob = file_blob(&tree, &vmlinuz_path).ok_or_else(|| {
+        invalid(
+            "kernel",
+            format!("/{vmlinuz_path} is missing from the base"),
+        )
+    })?;
+    let sdboot_blob = file_blob(&tree, paths::SYSTEMD_BOOT_EFI).ok_or_else(|| {
+        invalid(
+            "kernel",
+            format!(
+                "/{} is missing: add systemd-boot-efi to the base",
+                paths::SYSTEMD_BOOT_EFI
+            ),
+        )
+    })?;
     log(&format!("kernel: {kver}"));
     lap("kernel", &mut timings);
 
@@ -318,10 +432,16 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         ));
     }
     let slot_blocks = def.root_size / partitions::BLOCK;
-    let hash_size = align_up(verity::hash_device_size(slot_blocks, partitions::BLOCK as u32), MIB);
+    let hash_size = align_up(
+        verity::hash_device_size(slot_blocks, partitions::BLOCK as u32),
+        MIB,
+    );
     let mut cursor = MIB;
     let mut next = |size: u64| {
-        let r = Region { offset: cursor, size };
+        let r = Region {
+            offset: cursor,
+            size,
+        };
         cursor += size;
         r
     };
@@ -335,11 +455,22 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     lap("layout", &mut timings);
 
     // --- output file ---------------------------------------------------------------------
-    let out_dir = opts.output_dir.clone().unwrap_or_else(|| def.output_dir.clone());
-    fs::create_dir_all(&out_dir).map_err(|e| invalid("outputs", format!("creating output directory {}: {e}", out_dir.display())))?;
+    let out_dir = opts
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| def.output_dir.clone());
+    fs::create_dir_all(&out_dir).map_err(|e| {
+        invalid(
+            "outputs",
+            format!("creating output directory {}: {e}", out_dir.display()),
+        )
+    })?;
     let file_name = format!("{}-{}.raw", def.name, def.version);
     let final_path = out_dir.join(&file_name);
-    let mut temp = TempFile { path: out_dir.join(format!(".{file_name}.partial-{}", std::process::id())), keep: false };
+    let mut temp = TempFile {
+        path: out_dir.join(format!(".{file_name}.partial-{}", std::process::id())),
+        keep: false,
+    };
     let out = File::options()
         .read(true)
         .write(true)
@@ -349,8 +480,13 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     out.set_len(disk_size).map_err(stage("outputs"))?;
 
     // --- rootfs --------------------------------------------------------------------------
-    let written = erofs::write(&tree, &plan, &out, root_a.offset, root_a.size).map_err(stage("rootfs"))?;
-    log(&format!("rootfs: EROFS {} MiB, {} inodes", written.size.div_ceil(MIB), written.inodes));
+    let written =
+        erofs::write(&tree, &plan, &out, root_a.offset, root_a.size).map_err(stage("rootfs"))?;
+    log(&format!(
+        "rootfs: EROFS {} MiB, {} inodes",
+        written.size.div_ceil(MIB),
+        written.inodes
+    ));
     lap("rootfs", &mut timings);
 
     // --- verity --------------------------------------------------------------------------
@@ -358,34 +494,60 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         data_block_size: partitions::BLOCK as u32,
         hash_block_size: partitions::BLOCK as u32,
         data_blocks: written.size / partitions::BLOCK,
-        salt: Sha256::new().chain_update(seed).chain_update(b"verity-salt").finalize().to_vec(),
+        salt: Sha256::new()
+            .chain_update(seed)
+            .chain_update(b"verity-salt")
+            .finalize()
+            .to_vec(),
         uuid: derive16(&seed, "verity-uuid"),
         algorithm: "sha256".into(),
     };
-    let root_hash = verity::format(&out, root_a.offset, &out, verity_a.offset, &params).map_err(stage("verity"))?;
+    let root_hash = verity::format(&out, root_a.offset, &out, verity_a.offset, &params)
+        .map_err(stage("verity"))?;
     let root_hash_hex = hex::encode(root_hash);
     log(&format!("verity: root hash {root_hash_hex}"));
     lap("verity", &mut timings);
 
     // --- initrd --------------------------------------------------------------------------
-    let init_blob = Blob::HostFile { path: init_path.clone(), len: init_len };
+    let init_blob = Blob::HostFile {
+        path: init_path.clone(),
+        len: init_len,
+    };
     let mut modules: Vec<&str> = initrd::BOOT_MODULES.to_vec();
     modules.extend(def.extra_modules.iter().map(String::as_str));
     let rd = initrd::build(
         &tree,
-        &initrd::Spec { init: &init_blob, kver: &kver, modules: &modules, extra_files: &[], mtime: epoch },
+        &initrd::Spec {
+            init: &init_blob,
+            kver: &kver,
+            modules: &modules,
+            extra_files: &[],
+            mtime: epoch,
+        },
     )
     .map_err(stage("initrd"))?;
     let initrd_sha = sha256_hex(&rd.bytes);
-    log(&format!("initrd: {} modules, {} KiB (zstd)", rd.modules.len(), rd.bytes.len() / 1024));
+    log(&format!(
+        "initrd: {} modules, {} KiB (zstd)",
+        rd.modules.len(),
+        rd.bytes.len() / 1024
+    ));
     lap("initrd", &mut timings);
 
     // --- esp + manifest ------------------------------------------------------------------
     let slot = 'a';
     let cmdline = esp::command_line(&root_hash_hex, slot, def.fips, def.selinux, &def.cmdline);
     let entry_name = esp::entry_file(&def.name, &def.version, slot);
-    let title = def.description.clone().unwrap_or_else(|| format!("{} {}", def.name, def.version));
-    let entry_text = esp::loader_entry(&esp::EntrySpec { title: &title, version: &def.version, slot, cmdline: &cmdline });
+    let title = def
+        .description
+        .clone()
+        .unwrap_or_else(|| format!("{} {}", def.name, def.version));
+    let entry_text = esp::loader_entry(&esp::EntrySpec {
+        title: &title,
+        version: &def.version,
+        slot,
+        cmdline: &cmdline,
+    });
 
     let disk_guid = Guid::from_hash(derive16(&seed, "disk-guid"));
     let mut rh_first = [0u8; 16];
@@ -395,11 +557,36 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     // systemd's convention: the root partition's UUID is the first half of the root hash, the
     // verity partition's the second half.
     let guids: [(partitions::PartitionSpec, Region, Guid, u64); 5] = [
-        (partitions::ESP, esp_r, Guid::from_hash(derive16(&seed, "esp")), 0),
-        (partitions::ROOT_A, root_a, Guid::from_hash(rh_first), written.size),
-        (partitions::ROOT_A_VERITY, verity_a, Guid::from_hash(rh_last), verity::hash_device_size(params.data_blocks, params.hash_block_size)),
-        (partitions::ROOT_B, root_b, Guid::from_hash(derive16(&seed, "root-b")), 0),
-        (partitions::ROOT_B_VERITY, verity_b, Guid::from_hash(derive16(&seed, "root-b-verity")), 0),
+        (
+            partitions::ESP,
+            esp_r,
+            Guid::from_hash(derive16(&seed, "esp")),
+            0,
+        ),
+        (
+            partitions::ROOT_A,
+            root_a,
+            Guid::from_hash(rh_first),
+            written.size,
+        ),
+        (
+            partitions::ROOT_A_VERITY,
+            verity_a,
+            Guid::from_hash(rh_last),
+            verity::hash_device_size(params.data_blocks, params.hash_block_size),
+        ),
+        (
+            partitions::ROOT_B,
+            root_b,
+            Guid::from_hash(derive16(&seed, "root-b")),
+            0,
+        ),
+        (
+            partitions::ROOT_B_VERITY,
+            verity_b,
+            Guid::from_hash(derive16(&seed, "root-b-verity")),
+            0,
+        ),
     ];
     let mut esp_content = esp::EspContent::new();
     esp_content.add(paths::ESP_FALLBACK_BOOT, sdboot_blob.clone());
@@ -412,7 +599,10 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
 
     let manifest = Manifest {
         schema: manifest::SCHEMA.into(),
-        tool: manifest::Tool { name: "rke2-image".into(), version: env!("CARGO_PKG_VERSION").into() },
+        tool: manifest::Tool {
+            name: "rke2-image".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
         image: manifest::ImageInfo {
             name: def.name.clone(),
             version: def.version.clone(),
@@ -434,7 +624,11 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
                     guid: g.to_string(),
                     first_lba: r.first_lba(),
                     last_lba: r.last_lba(),
-                    used: if spec.number == partitions::ESP.number { esp_used } else { *used },
+                    used: if spec.number == partitions::ESP.number {
+                        esp_used
+                    } else {
+                        *used
+                    },
                 })
                 .collect(),
         },
@@ -464,7 +658,14 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         volume_id: u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]),
         mtime: epoch,
     };
-    fat::write(&esp_content.sorted(), &out, esp_r.offset, esp_r.size, &fat_opts).map_err(stage("esp"))?;
+    fat::write(
+        &esp_content.sorted(),
+        &out,
+        esp_r.offset,
+        esp_r.size,
+        &fat_opts,
+    )
+    .map_err(stage("esp"))?;
     lap("esp", &mut timings);
 
     // --- disk ----------------------------------------------------------------------------
@@ -492,14 +693,29 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     drop(out);
     let manifest_path = out_dir.join(format!("{}-{}.manifest.json", def.name, def.version));
     write_atomic(&manifest_path, &manifest_json).map_err(stage("outputs"))?;
-    fs::rename(&temp.path, &final_path).map_err(|e| invalid("outputs", format!("renaming to {}: {e}", final_path.display())))?;
+    fs::rename(&temp.path, &final_path).map_err(|e| {
+        invalid(
+            "outputs",
+            format!("renaming to {}: {e}", final_path.display()),
+        )
+    })?;
     temp.keep = true;
     if let Ok(d) = File::open(&out_dir) {
         let _ = d.sync_all();
     }
     lap("outputs", &mut timings);
-    log(&format!("outputs: {} ({} MiB), {}", final_path.display(), disk_size / MIB, manifest_path.display()));
-    Ok(BuildResult { image: final_path, manifest_path, manifest, timings })
+    log(&format!(
+        "outputs: {} ({} MiB), {}",
+        final_path.display(),
+        disk_size / MIB,
+        manifest_path.display()
+    ));
+    Ok(BuildResult {
+        image: final_path,
+        manifest_path,
+        manifest,
+        timings,
+    })
 }
 
 /// A regular file of the tree (following symlinks) as a blob.
@@ -543,7 +759,13 @@ fn set_selinux_config(tree: &mut Tree, mode: SelinuxMode, epoch: u64) -> Result<
     let mut bytes = out.join("\n").into_bytes();
     bytes.push(b'\n');
     let inode = tree.inode(id).clone();
-    let mut new = Inode::new(Kind::File(Blob::bytes(bytes)), inode.mode, inode.uid, inode.gid, epoch);
+    let mut new = Inode::new(
+        Kind::File(Blob::bytes(bytes)),
+        inode.mode,
+        inode.uid,
+        inode.gid,
+        epoch,
+    );
     new.xattrs = inode.xattrs;
     tree.insert(path, new)?;
     Ok(())
@@ -554,7 +776,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let res = (|| {

@@ -5,6 +5,9 @@
 //! Needs `RKE2_TEST_BASE` (a base tarball, see `rke2-image base`) and `RKE2_TEST_PROGRAMS`
 //! (the directory holding the static `rke2-init`); `scripts/test` sets both.
 
+// Test code: a failed unwrap is a failed test with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,13 +22,23 @@ struct Fixture {
 }
 
 fn fixture() -> Option<Fixture> {
-    let (Some(base), Some(progs)) = (std::env::var_os("RKE2_TEST_BASE"), std::env::var_os("RKE2_TEST_PROGRAMS")) else {
+    let (Some(base), Some(progs)) = (
+        std::env::var_os("RKE2_TEST_BASE"),
+        std::env::var_os("RKE2_TEST_PROGRAMS"),
+    ) else {
         eprintln!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball and RKE2_TEST_PROGRAMS to the directory with rke2-init)");
         return None;
     };
     let init = Path::new(&progs).join("rke2-init");
-    assert!(init.is_file(), "{} missing: run scripts/build-programs", init.display());
-    Some(Fixture { base: PathBuf::from(base), init })
+    assert!(
+        init.is_file(),
+        "{} missing: run scripts/build-programs",
+        init.display()
+    );
+    Some(Fixture {
+        base: PathBuf::from(base),
+        init,
+    })
 }
 
 const EPOCH: u64 = 1_767_225_600;
@@ -34,7 +47,10 @@ const EPOCH: u64 = 1_767_225_600;
 /// base (hard-linked when possible), a definition and an overlay, all referenced relatively so
 /// two workspaces give the same image.
 fn workspace(fx: &Fixture, extra: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new().prefix("rke2-build-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("rke2-build-")
+        .tempdir()
+        .unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let bin = dir.path().join("bin");
     fs::create_dir(&bin).unwrap();
@@ -89,7 +105,10 @@ fn run_ok(c: &mut Command) -> Output {
 }
 
 fn tool(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e} (install it: scripts/setup-host)"))
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e} (install it: scripts/setup-host)"))
 }
 
 /// Copies one partition out of the image (the oracles want a whole device).
@@ -117,9 +136,15 @@ fn built() -> Option<&'static Built> {
         let (dir, def) = workspace(&fx, "");
         let out = run_ok(&mut rke2_image_in(&def, &["build", def.to_str().unwrap()]));
         let image = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        let manifest: Manifest =
-            serde_json::from_slice(&fs::read(dir.path().join("out/test-node-1.2.3.manifest.json")).unwrap()).unwrap();
-        Some(Built { _dir: dir, image, manifest })
+        let manifest: Manifest = serde_json::from_slice(
+            &fs::read(dir.path().join("out/test-node-1.2.3.manifest.json")).unwrap(),
+        )
+        .unwrap();
+        Some(Built {
+            _dir: dir,
+            image,
+            manifest,
+        })
     })
     .as_ref()
 }
@@ -128,11 +153,16 @@ fn built() -> Option<&'static Built> {
 fn output_names_and_no_leftovers() {
     let Some(b) = built() else { return };
     assert_eq!(b.image.file_name().unwrap(), "test-node-1.2.3.raw");
-    let names: Vec<String> =
-        fs::read_dir(b.image.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = fs::read_dir(b.image.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     let mut names = names;
     names.sort();
-    assert_eq!(names, vec!["test-node-1.2.3.manifest.json", "test-node-1.2.3.raw"]);
+    assert_eq!(
+        names,
+        vec!["test-node-1.2.3.manifest.json", "test-node-1.2.3.raw"]
+    );
     assert_eq!(fs::metadata(&b.image).unwrap().len(), b.manifest.disk.size);
 }
 
@@ -141,7 +171,10 @@ fn gpt_passes_sgdisk_verify() {
     let Some(b) = built() else { return };
     let out = tool("sgdisk", &["-v", b.image.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("No problems found"), "sgdisk -v: {text}");
+    assert!(
+        out.status.success() && text.contains("No problems found"),
+        "sgdisk -v: {text}"
+    );
     let out = tool("sgdisk", &["-p", b.image.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     for label in ["esp", "root-a", "root-a-verity", "root-b", "root-b-verity"] {
@@ -158,12 +191,33 @@ fn esp_passes_fsck_fat_and_carries_the_security_cmdline() {
     let tmp = tempfile::tempdir().unwrap();
     let esp = extract(&b.image, &b.manifest, "esp", tmp.path());
     let out = tool("fsck.fat", &["-n", esp.to_str().unwrap()]);
-    assert!(out.status.success(), "fsck.fat -n: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let entry = tool("mtype", &["-i", esp.to_str().unwrap(), &format!("::/{}", b.manifest.boot.entry)]);
+    assert!(
+        out.status.success(),
+        "fsck.fat -n: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entry = tool(
+        "mtype",
+        &[
+            "-i",
+            esp.to_str().unwrap(),
+            &format!("::/{}", b.manifest.boot.entry),
+        ],
+    );
     let entry = String::from_utf8_lossy(&entry.stdout).into_owned();
     let options = entry.lines().find(|l| l.starts_with("options ")).unwrap();
-    for want in ["fips=1", "security=selinux", "selinux=1", "enforcing=1", "console=ttyS0,115200"] {
-        assert!(options.split_whitespace().any(|w| w == want), "{want} missing from {options}");
+    for want in [
+        "fips=1",
+        "security=selinux",
+        "selinux=1",
+        "enforcing=1",
+        "console=ttyS0,115200",
+    ] {
+        assert!(
+            options.split_whitespace().any(|w| w == want),
+            "{want} missing from {options}"
+        );
     }
     assert!(options.contains(&format!("rke2.roothash={}", b.manifest.verity.root_hash)));
     let boot = tool("mdir", &["-i", esp.to_str().unwrap(), "::/EFI/BOOT"]);
@@ -182,27 +236,59 @@ fn root_passes_fsck_erofs_and_verity_verify() {
     f.set_len(fs_len).unwrap();
     drop(f);
     let out = tool("fsck.erofs", &[root.to_str().unwrap()]);
-    assert!(out.status.success(), "fsck.erofs: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let out = tool("veritysetup", &["verify", root.to_str().unwrap(), hash.to_str().unwrap(), &b.manifest.verity.root_hash]);
-    assert!(out.status.success(), "veritysetup verify: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fsck.erofs: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tool(
+        "veritysetup",
+        &[
+            "verify",
+            root.to_str().unwrap(),
+            hash.to_str().unwrap(),
+            &b.manifest.verity.root_hash,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "veritysetup verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // One flipped byte in the data is detected.
     let mut data = fs::read(&root).unwrap();
     let i = data.len() / 2 + 123;
     data[i] ^= 0x01;
     fs::write(&root, &data).unwrap();
-    let out = tool("veritysetup", &["verify", root.to_str().unwrap(), hash.to_str().unwrap(), &b.manifest.verity.root_hash]);
+    let out = tool(
+        "veritysetup",
+        &[
+            "verify",
+            root.to_str().unwrap(),
+            hash.to_str().unwrap(),
+            &b.manifest.verity.root_hash,
+        ],
+    );
     assert!(!out.status.success(), "veritysetup accepted corrupted data");
 }
 
 #[test]
 fn inspect_reads_everything_back() {
     let Some(b) = built() else { return };
-    let out = run_ok(&mut rke2_image(&["inspect", "--json", b.image.to_str().unwrap()]));
+    let out = run_ok(&mut rke2_image(&[
+        "inspect",
+        "--json",
+        b.image.to_str().unwrap(),
+    ]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rootHash"], b.manifest.verity.root_hash.as_str());
     assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
     assert_eq!(v["partitions"].as_array().unwrap().len(), 5);
-    assert_eq!(v["manifest"]["verity"]["rootHash"], b.manifest.verity.root_hash.as_str());
+    assert_eq!(
+        v["manifest"]["verity"]["rootHash"],
+        b.manifest.verity.root_hash.as_str()
+    );
     assert_eq!(v["verity"][0]["dataBlocks"], b.manifest.verity.data_blocks);
     let text = run_ok(&mut rke2_image(&["inspect", b.image.to_str().unwrap()]));
     assert!(String::from_utf8_lossy(&text.stdout).contains("consistent"));
@@ -231,13 +317,24 @@ fn reproducible_and_rootless() {
     let (dir, def) = workspace(&fx, "");
     let exe = dir.path().join("bin/rke2-image");
     let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe.to_str().unwrap(), "build", def.to_str().unwrap()])
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env("HOME", dir.path());
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        exe.to_str().unwrap(),
+        "build",
+        def.to_str().unwrap(),
+    ])
+    .env_remove("SOURCE_DATE_EPOCH")
+    .env("HOME", dir.path());
     let out = run_ok(&mut c);
     let image = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     let meta = fs::metadata(&image).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534, "built by the unprivileged user");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        65534,
+        "built by the unprivileged user"
+    );
     let a = fs::read(&b.image).unwrap();
     let c2 = fs::read(&image).unwrap();
     assert!(a == c2, "two builds of the same inputs differ");
@@ -251,7 +348,9 @@ fn failing_build(fx: &Fixture, edit: impl Fn(&str) -> String) -> String {
     let (dir, def) = workspace(fx, "");
     let text = edit(&fs::read_to_string(&def).unwrap());
     fs::write(&def, text).unwrap();
-    let out = rke2_image_in(&def, &["build", def.to_str().unwrap()]).output().unwrap();
+    let out = rke2_image_in(&def, &["build", def.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let out_dir = dir.path().join("out");
     if out_dir.exists() {
@@ -264,13 +363,22 @@ fn failing_build(fx: &Fixture, edit: impl Fn(&str) -> String) -> String {
 #[test]
 fn bad_definitions_fail_clearly_and_leave_nothing() {
     let Some(fx) = fixture() else { return };
-    let e = failing_build(&fx, |t| t.replace("kind: Image\n", "kind: Image\nflavour: x\n"));
+    let e = failing_build(&fx, |t| {
+        t.replace("kind: Image\n", "kind: Image\nflavour: x\n")
+    });
     assert!(e.contains("image.yaml:3: flavour: unknown field"), "{e}");
     let e = failing_build(&fx, |t| t.replace("version: 1.2.3", "version: [1]"));
     assert!(e.contains("image.yaml:4"), "{e}");
-    let e = failing_build(&fx, |t| t.replace("archive: base.tar.zst", "archive: missing-base.tar.zst"));
-    assert!(e.contains("base.archive") && e.contains("does not exist"), "{e}");
-    let e = failing_build(&fx, |t| t.replace("archive: base.tar.zst", "archive: bin/rke2-init"));
+    let e = failing_build(&fx, |t| {
+        t.replace("archive: base.tar.zst", "archive: missing-base.tar.zst")
+    });
+    assert!(
+        e.contains("base.archive") && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = failing_build(&fx, |t| {
+        t.replace("archive: base.tar.zst", "archive: bin/rke2-init")
+    });
     assert!(e.contains("not a tar, tar.gz or tar.zst archive"), "{e}");
     let e = failing_build(&fx, |t| format!("{t}disk:\n  rootSize: 64MiB\n"));
     assert!(e.contains("disk.rootSize") && e.contains("raise"), "{e}");

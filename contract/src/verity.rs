@@ -405,6 +405,20 @@ pub fn table(params: &Params, data_dev: &str, hash_dev: &str, root_hash: &[u8; 3
     )
 }
 
+/// The superblock UUID in the canonical text form `veritysetup dump` prints (bytes in order,
+/// unlike GPT GUIDs which are mixed-endian on disk).
+pub fn uuid_string(uuid: &[u8; 16]) -> String {
+    let h = hex::encode(uuid);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,11 +495,4 @@ mod tests {
         assert!(matches!(e, VerityError::Read { .. }), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// The superblock UUID in the canonical text form `veritysetup dump` prints (bytes in order,
-/// unlike GPT GUIDs which are mixed-endian on disk).
-pub fn uuid_string(uuid: &[u8; 16]) -> String {
-    let h = hex::encode(uuid);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
