@@ -532,8 +532,8 @@ pub fn build(tree: &Tree, spec: &Spec) -> Result<Initrd, InitrdError> {
         )?;
         load_order.push_str(&format!("/{mod_dir}/{rel}\n"));
     }
-    // modules.dep in the base's line order, restricted to the closure (whose dependencies are
-    // all in it by construction).
+    // modules.dep restricted to the closure (whose dependencies are all in it by construction),
+    // sorted by module path.
     let mut dep_lines: Vec<(&String, &String)> = db
         .dep_lines
         .iter()
