@@ -39,6 +39,9 @@ pub fn command_line(
         format!("{}={root_hash_hex}", cmdline::ROOT_HASH),
         format!("{}={slot}", cmdline::SLOT),
         "ro".into(),
+        // rke2-init owns every mount; systemd must not auto-mount partitions it discovers on
+        // the boot disk (the ESP, the empty B slot, the state partition).
+        "systemd.gpt_auto=0".into(),
     ];
     if fips {
         parts.push("fips=1".into());
@@ -180,7 +183,7 @@ mod tests {
             SelinuxMode::Enforcing,
             &["console=ttyS0".into()],
         );
-        assert_eq!(c, "rke2.roothash=ab rke2.slot=a ro fips=1 security=selinux selinux=1 enforcing=1 console=ttyS0");
+        assert_eq!(c, "rke2.roothash=ab rke2.slot=a ro systemd.gpt_auto=0 fips=1 security=selinux selinux=1 enforcing=1 console=ttyS0");
         let c = command_line("ab", 'b', false, SelinuxMode::Permissive, &[]);
         assert!(c.ends_with("security=selinux selinux=1 enforcing=0"));
         assert!(!c.contains("fips"));
