@@ -41,7 +41,9 @@ pub const STATE_LABELS: &str = "usr/share/rke2-image/state-labels";
 /// `file_contexts` to write [`STATE_LABELS`]). Overlay upper and work directories take the
 /// label of the directory they overlay, so the merged directory keeps it.
 pub const STATE_DIRS: [(&str, &str); 11] = [
-    (".", "/run/rke2-state"),
+    // The state root is mounted under /run, whose entries file_contexts leaves unlabelled
+    // (`<<none>>`); it holds /var's data, so it takes /var's label.
+    (".", "/var"),
     ("etc", "/etc"),
     ("etc/upper", "/etc"),
     ("etc/work", "/etc"),

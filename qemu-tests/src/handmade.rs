@@ -19,6 +19,7 @@ pub const INITRD_MODULES: [&str; 8] = [
     "ext4",
     "overlay",
     "crc32c_generic",
+    // Built into the Debian kernel: exercises rke2-init's modules.builtin handling.
     "sha256_generic",
 ];
 
@@ -226,6 +227,7 @@ pub fn build(base: &Path, work: &Path, init_bin: &Path) -> Result<Image> {
         .collect();
     fs::write(idir.join("modules.dep"), dep)?;
     fs::copy(moddir.join("modules.softdep"), idir.join("modules.softdep"))?;
+    fs::copy(moddir.join("modules.builtin"), idir.join("modules.builtin"))?;
     let alias = fs::read_to_string(moddir.join("modules.alias"))?;
     let alias: String = alias
         .lines()

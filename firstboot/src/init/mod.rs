@@ -129,7 +129,8 @@ pub fn load_modules(root: &Path) -> Result<usize, Failure> {
         &read("modules.dep", true)?,
         &read("modules.softdep", false)?,
         &read("modules.alias", false)?,
-    );
+    )
+    .with_builtin(&read("modules.builtin", false)?);
     let order = db
         .load_order(&modules::parse_wanted(&list))
         .map_err(|e| fail("resolving module dependencies", list_path.display(), e))?;

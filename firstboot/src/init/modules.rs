@@ -17,6 +17,8 @@ pub struct ModuleDb {
     /// alias -> normalised module names in `modules.alias` order (modprobe's preference
     /// order); exact aliases only, wildcard aliases are for devices.
     aliases: BTreeMap<String, Vec<String>>,
+    /// Names of modules built into the kernel (`modules.builtin`): nothing to load.
+    builtin: BTreeSet<String>,
 }
 
 /// Module name as the kernel sees it: file name without `.ko[.xz|.zst|.gz]`, `-` -> `_`.
@@ -75,6 +77,12 @@ impl ModuleDb {
         db
     }
 
+    /// Adds `modules.builtin` (one path per line); wanted modules found there are skipped.
+    pub fn with_builtin(mut self, text: &str) -> ModuleDb {
+        self.builtin = text.lines().map(module_name).filter(|n| !n.is_empty()).collect();
+        self
+    }
+
     /// Names a soft dependency resolves to: the module itself, or every module providing
     /// that alias (as modprobe loads all providers of e.g. `crypto-crc32c`).
     fn resolve_soft(&self, name: &str) -> Vec<String> {
@@ -93,6 +101,9 @@ impl ModuleDb {
         let mut seen = BTreeSet::new();
         for w in wanted {
             let name = module_name(w);
+            if self.builtin.contains(&name) && !self.by_name.contains_key(&name) {
+                continue;
+            }
             if !self.by_name.contains_key(&name) {
                 return Err(format!("module {w} is not listed in modules.dep"));
             }
@@ -197,6 +208,13 @@ kernel/lib/reed_solomon/reed_solomon.ko:\n";
             ]
         );
         assert!(order[0].optional && order[1].optional && !order[2].optional);
+    }
+
+    #[test]
+    fn builtin_modules_are_skipped() {
+        let db = ModuleDb::parse(DEP, "", "").with_builtin("kernel/crypto/sha256_generic.ko\n");
+        let order = db.load_order(&["sha256_generic".into(), "dm-mod".into()]).unwrap();
+        assert_eq!(paths(&order), ["dm-mod.ko"]);
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
                 i + 1
             ));
         };
+        // What matchpathcon/selabel_lookup print for paths the policy leaves unlabelled.
+        if ctx == "<<none>>" {
+            continue;
+        }
         if ctx.split(':').count() < 3 {
             return Err(format!(
                 "{} line {}: {ctx:?} is not an SELinux context (user:role:type[:level])",
@@ -68,6 +72,7 @@ mod tests {
         .unwrap();
         assert_eq!(m["."], "system_u:object_r:var_run_t:s0");
         assert_eq!(m["etc/upper"], "system_u:object_r:etc_t:s0");
+        assert!(!parse_labels("srv <<none>>\n").unwrap().contains_key("srv"));
         assert!(parse_labels("etc\n").unwrap_err().contains("line 1"));
         assert!(parse_labels("etc etc_t\n")
             .unwrap_err()
