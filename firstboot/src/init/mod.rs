@@ -308,11 +308,14 @@ fn move_api() -> Result<(), Failure> {
 
 /// Runs a program of the verified root (chrooted), e.g. mkfs.ext4.
 fn run_in_root(argv: &[&str]) -> Result<(), Failure> {
+    // /dev now lives inside the new root (std's Stdio::null would open the missing /dev/null).
+    let null = File::open(format!("{SYSROOT}/dev/null"))
+        .map_err(|e| fail("opening", format!("{SYSROOT}/dev/null"), e))?;
     let out = std::process::Command::new(argv[0])
         .args(&argv[1..])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(std::process::Stdio::null())
+        .stdin(null)
         .current_dir("/")
         .chroot_compat(SYSROOT)
         .output()
@@ -375,6 +378,9 @@ fn set_label(path: &Path, ctx: &str) -> Result<(), Failure> {
 /// persistent directories and /tmp.
 fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
     let disk_dev = devnode(&root.disk);
+    // The API filesystems have moved into the new root by now.
+    let class_block = PathBuf::from(format!("{SYSROOT}/sys/class/block"));
+    let disk_path = format!("{SYSROOT}{disk_dev}");
     let labels_path = Path::new(SYSROOT).join(paths::STATE_LABELS);
     let labels = match fs::read_to_string(&labels_path) {
         Ok(t) => state::parse_labels(&t)
@@ -389,7 +395,7 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
         Err(e) => return Err(fail("reading state labels", labels_path.display(), e)),
     };
     let same_disk = |label: &str| {
-        disk::list_partitions(Path::new("/sys/class/block"))
+        disk::list_partitions(&class_block)
             .into_iter()
             .find(|p| p.disk == root.disk && p.label == label)
     };
@@ -400,7 +406,7 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(&disk_dev)
+                .open(&disk_path)
                 .map_err(|e| fail("opening boot disk for writing", &disk_dev, e))?;
             let size = device_bytes(&f).map_err(|e| fail("reading disk size", &disk_dev, e))?;
             let range = g.free_tail(size, partitions::ALIGN, MIN_STATE_BYTES).ok_or_else(|| {
@@ -431,7 +437,7 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
             wait_for(Duration::from_secs(10), || {
                 same_disk(partitions::STATE.label)
                     .or_else(|| {
-                        disk::list_partitions(Path::new("/sys/class/block"))
+                        disk::list_partitions(&class_block)
                             .into_iter()
                             .find(|p| p.disk == root.disk && p.number == partitions::STATE.number)
                     })
@@ -442,7 +448,7 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
     };
     let dev = devnode(&part.name);
     let mut sb = vec![0u8; 2048];
-    File::open(&dev)
+    File::open(format!("{SYSROOT}{dev}"))
         .and_then(|f| f.read_exact_at(&mut sb, 1024))
         .map_err(|e| fail("reading state partition", &dev, e))?;
     if !state::is_ext4_superblock(&sb) {
