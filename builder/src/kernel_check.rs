@@ -91,7 +91,9 @@ pub fn parse_fragment(name: &str, text: &str) -> Result<Fragment, KernelCheckErr
         let (opt, val) = line.split_once('=').ok_or_else(bad)?;
         let valid_name = opt.starts_with("CONFIG_")
             && opt.len() > 7
-            && opt[7..].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            && opt[7..]
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
         let want = match val {
             "y" => Want::BuiltIn,
             "m" => Want::Enabled,
@@ -137,7 +139,10 @@ pub fn load_fragments(dir: &Path) -> Result<Vec<Fragment>, KernelCheckError> {
                 path: p.display().to_string(),
                 source,
             })?;
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             parse_fragment(&name, &text)
         })
         .collect()
@@ -172,11 +177,17 @@ pub struct Report {
 impl Report {
     /// Unmet requirements of non-optional fragments: these fail the build.
     pub fn missing(&self) -> Vec<&Finding> {
-        self.findings.iter().filter(|f| !f.optional && !f.met()).collect()
+        self.findings
+            .iter()
+            .filter(|f| !f.optional && !f.met())
+            .collect()
     }
     /// Unmet requirements of optional fragments.
     pub fn warnings(&self) -> Vec<&Finding> {
-        self.findings.iter().filter(|f| f.optional && !f.met()).collect()
+        self.findings
+            .iter()
+            .filter(|f| f.optional && !f.met())
+            .collect()
     }
     pub fn is_ok(&self) -> bool {
         self.missing().is_empty()
@@ -319,8 +330,16 @@ mod tests {
         );
         assert!(!r.is_ok());
         let text = r.to_string();
-        assert!(text.contains("missing: CONFIG_B: needs built-in (=y), kernel has module (=m) [boot.config]"), "{text}");
-        assert!(text.contains("missing: CONFIG_C: needs built-in or module (=y/=m), kernel has absent"), "{text}");
+        assert!(
+            text.contains(
+                "missing: CONFIG_B: needs built-in (=y), kernel has module (=m) [boot.config]"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("missing: CONFIG_C: needs built-in or module (=y/=m), kernel has absent"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -334,20 +353,36 @@ mod tests {
     #[test]
     fn syntax_errors_name_file_and_line() {
         let e = parse_fragment("x.config", "CONFIG_A=y\nCONFIG_B=n\n").unwrap_err();
-        assert_eq!(e.to_string(), "x.config line 2: \"CONFIG_B=n\" is not `CONFIG_NAME=y` or `CONFIG_NAME=m`");
+        assert_eq!(
+            e.to_string(),
+            "x.config line 2: \"CONFIG_B=n\" is not `CONFIG_NAME=y` or `CONFIG_NAME=m`"
+        );
         assert!(parse_fragment("x.config", "FOO=y").is_err());
     }
 
     #[test]
     fn config_from_tree_picks_newest_kernel() {
         let mut t = Tree::new(0);
-        for (v, body) in [("6.1.0-9-amd64", "CONFIG_OLD=y\n"), ("6.1.0-10-amd64", "CONFIG_NEW=y\n")] {
-            let ino = Inode::new(Kind::File(Blob::bytes(body.as_bytes().to_vec())), 0o644, 0, 0, 0);
-            t.insert(format!("boot/config-{v}").as_bytes(), ino).unwrap();
+        for (v, body) in [
+            ("6.1.0-9-amd64", "CONFIG_OLD=y\n"),
+            ("6.1.0-10-amd64", "CONFIG_NEW=y\n"),
+        ] {
+            let ino = Inode::new(
+                Kind::File(Blob::bytes(body.as_bytes().to_vec())),
+                0o644,
+                0,
+                0,
+                0,
+            );
+            t.insert(format!("boot/config-{v}").as_bytes(), ino)
+                .unwrap();
         }
         let (v, text) = config_from_tree(&t).unwrap();
         assert_eq!(v, "6.1.0-10-amd64");
         assert_eq!(text, "CONFIG_NEW=y\n");
-        assert!(matches!(config_from_tree(&Tree::new(0)), Err(KernelCheckError::NoConfig)));
+        assert!(matches!(
+            config_from_tree(&Tree::new(0)),
+            Err(KernelCheckError::NoConfig)
+        ));
     }
 }

@@ -86,7 +86,12 @@ pub fn accel() -> &'static str {
             Ok("tcg") => return "tcg",
             _ => {}
         }
-        if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+        {
             return "tcg";
         }
         match (probe_accel("kvm"), probe_accel("tcg")) {
@@ -102,8 +107,22 @@ pub fn accel() -> &'static str {
 fn probe_accel(accel: &str) -> Option<Duration> {
     let start = Instant::now();
     let mut child = Command::new(QEMU)
-        .args(["-accel", accel, "-M", "pc", "-nodefaults", "-display", "none"])
-        .args(["-no-reboot", "-boot", "strict=on,reboot-timeout=0", "-serial", "none"])
+        .args([
+            "-accel",
+            accel,
+            "-M",
+            "pc",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args([
+            "-no-reboot",
+            "-boot",
+            "strict=on,reboot-timeout=0",
+            "-serial",
+            "none",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

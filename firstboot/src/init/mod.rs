@@ -468,13 +468,7 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
     let state_root = PathBuf::from(SYSROOT).join(paths::STATE_MOUNT);
     let state_s = state_root.to_string_lossy().into_owned();
     use nix::mount::MsFlags as F;
-    mount(
-        &format!("{SYSROOT}{dev}"),
-        &state_s,
-        Some("ext4"),
-        F::MS_NOSUID | F::MS_NODEV,
-        None,
-    )?;
+    mount_ext4_as_dev(&part, &dev, &state_s)?;
     let stamp = state_root.join(paths::STATE_CREATED_STAMP);
     for (rel, _) in paths::STATE_DIRS {
         let p = state_root.join(rel);
@@ -528,6 +522,32 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
         say(&format!("state: mounted existing {dev}"));
     }
     Ok(())
+}
+
+/// Mounts the state filesystem under its real name `/dev/<name>` (what the running system
+/// sees in /proc/mounts and resolves), through a temporary node in the initrd's now empty
+/// /dev: the API filesystems have already moved into the new root.
+fn mount_ext4_as_dev(part: &disk::PartDev, dev: &str, target: &str) -> Result<(), Failure> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let (major, minor) = disk::parse_dev(&part.dev).ok_or_else(|| {
+        fail(
+            "reading device number",
+            dev,
+            format!("bad dev {:?}", part.dev),
+        )
+    })?;
+    let _ = fs::remove_file(dev);
+    mknod(
+        dev,
+        SFlag::S_IFBLK,
+        Mode::from_bits_truncate(0o600),
+        makedev(major, minor),
+    )
+    .map_err(|e| fail("creating device node", dev, e.desc()))?;
+    use nix::mount::MsFlags as F;
+    let r = mount(dev, target, Some("ext4"), F::MS_NOSUID | F::MS_NODEV, None);
+    let _ = fs::remove_file(dev);
+    r
 }
 
 /// Copies the image's `/<dir>` (with owners, modes and SELinux labels) into state, via a

@@ -79,7 +79,11 @@ impl ModuleDb {
 
     /// Adds `modules.builtin` (one path per line); wanted modules found there are skipped.
     pub fn with_builtin(mut self, text: &str) -> ModuleDb {
-        self.builtin = text.lines().map(module_name).filter(|n| !n.is_empty()).collect();
+        self.builtin = text
+            .lines()
+            .map(module_name)
+            .filter(|n| !n.is_empty())
+            .collect();
         self
     }
 
@@ -213,7 +217,9 @@ kernel/lib/reed_solomon/reed_solomon.ko:\n";
     #[test]
     fn builtin_modules_are_skipped() {
         let db = ModuleDb::parse(DEP, "", "").with_builtin("kernel/crypto/sha256_generic.ko\n");
-        let order = db.load_order(&["sha256_generic".into(), "dm-mod".into()]).unwrap();
+        let order = db
+            .load_order(&["sha256_generic".into(), "dm-mod".into()])
+            .unwrap();
         assert_eq!(paths(&order), ["dm-mod.ko"]);
     }
 
