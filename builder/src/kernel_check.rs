@@ -160,11 +160,10 @@ pub struct Finding {
 
 impl Finding {
     pub fn met(&self) -> bool {
-        match (self.want, &self.have) {
-            (_, Have::BuiltIn) => true,
-            (Want::Enabled, Have::Module) => true,
-            _ => false,
-        }
+        matches!(
+            (self.want, &self.have),
+            (_, Have::BuiltIn) | (Want::Enabled, Have::Module)
+        )
     }
 }
 
@@ -278,7 +277,7 @@ pub fn config_from_tree(tree: &Tree) -> Result<(String, String), KernelCheckErro
         .filter(|v| !v.contains(&b'/'))
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .collect();
-    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions.sort_by_key(|v| version_key(v));
     let v = versions.pop().ok_or(KernelCheckError::NoConfig)?;
     let path = format!("boot/config-{v}");
     let bytes = tree

@@ -3,6 +3,8 @@
 //! `modinfo`/`modules.builtin` of the same kernel as an independent oracle for "module"
 //! versus "built-in".
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use rke2_image::kernel_check::{check, config_from_tree, load_fragments, Have};
 use rke2_image::tree::Tree;
 use std::path::{Path, PathBuf};

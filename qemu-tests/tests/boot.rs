@@ -5,6 +5,8 @@
 //! pipeline is complete; each check is a function over a disk image path and a [`Boot`],
 //! so pipeline-built images (UEFI boot) plug in unchanged.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use rke2_qemu_tests::handmade::{self, Image};
 use rke2_qemu_tests::probe;
 use rke2_qemu_tests::vm::{accel, Boot, Config, Vm};
