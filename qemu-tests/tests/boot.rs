@@ -287,3 +287,63 @@ fn tampered_root_is_refused() {
     assert!(!c.contains("RKE2-PROBE"));
     assert!(!c.contains("handing off to /sbin/init"));
 }
+
+/// Kernel timestamp (seconds) of the first console line containing `needle`.
+fn stamp(console: &str, needle: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(needle))?;
+    let inner = line.split_once('[')?.1.split_once(']')?.0;
+    inner.trim().parse().ok()
+}
+
+/// Measurement, not a check (run with `--ignored`): our initrd against Debian's
+/// initramfs-tools initrd of the same kernel, same QEMU settings, same disk. Prints the
+/// kernel timestamps of the initrd milestones. Debian's initrd has no EROFS or dm-verity
+/// module, so it cannot mount this root; it is timed to "Mounting root file system".
+#[test]
+#[ignore]
+fn measure_initrd_handoff() {
+    let img = need_image!();
+    let disk = work_dir().join("measure.raw");
+    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // First boot creates state; the second is the steady state we time.
+    for round in 0..2 {
+        let mut vm = Vm::start(&Config::new(&disk, direct(img))).unwrap();
+        vm.wait_for("SELinux:  policy capability", &FATAL, BOOT_TIMEOUT).unwrap();
+        let c = vm.console();
+        println!(
+            "rke2-init round {round}: initrd {} bytes; Run /init at {:?} s, verity root at {:?} s, hand-off at {:?} s, policy load at {:?} s",
+            img.initrd_size,
+            stamp(&c, "Run /init"),
+            stamp(&c, "rke2-init: verity root"),
+            stamp(&c, "rke2-init: handing off"),
+            stamp(&c, "SELinux:  policy capability")
+        );
+    }
+    let root = std::fs::read_dir(work_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("root-")))
+        .unwrap();
+    let debian = std::fs::read_dir(root.join("boot"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("initrd.img-")))
+        .unwrap();
+    let size = std::fs::metadata(&debian).unwrap().len();
+    let boot = Boot::Direct {
+        kernel: img.kernel.clone(),
+        initrd: debian,
+        cmdline: "console=ttyS0,115200 root=/dev/vda2 rootfstype=erofs ro rootdelay=1 fips=1 security=selinux selinux=1 enforcing=1".into(),
+    };
+    let mut vm = Vm::start(&Config::new(&disk, boot)).unwrap();
+    vm.wait_for("Mounting root file system", &["Kernel panic"], BOOT_TIMEOUT).unwrap();
+    let c = vm.console();
+    println!(
+        "debian initramfs-tools: initrd {size} bytes; Run /init at {:?} s, Mounting root file system at {:?} s",
+        stamp(&c, "Run /init"),
+        stamp(&c, "Mounting root file system")
+    );
+}

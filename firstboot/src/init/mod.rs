@@ -11,7 +11,6 @@ pub mod dm;
 pub mod gpt;
 pub mod modules;
 pub mod state;
-pub mod verity;
 
 use rke2_image_contract::{partitions, paths};
 use std::fmt;
@@ -238,16 +237,26 @@ fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Gpt), Failu
     File::open(&hash_dev)
         .and_then(|f| f.read_exact_at(&mut sb, 0))
         .map_err(|e| fail("reading verity superblock", &hash_dev, e))?;
-    let params = verity::parse_superblock(&sb)
+    let params = rke2_image_contract::verity::Superblock::parse(&sb)
         .map_err(|e| fail("parsing verity superblock", &hash_dev, e))?;
-    let (sectors, table) = verity::table(&params, &root.dev, &hash.dev, &p.root_hash);
+    let mut root_hash = [0u8; 32];
+    hex::decode_to_slice(&p.root_hash, &mut root_hash)
+        .map_err(|e| fail("decoding root hash", "/proc/cmdline", e))?;
+    let line = rke2_image_contract::verity::table(&params, &root.dev, &hash.dev, &root_hash);
+    let (sectors, target, table) = split_table(&line).ok_or_else(|| {
+        fail(
+            "building verity table",
+            &hash_dev,
+            format!("malformed {line:?}"),
+        )
+    })?;
     let name = format!("rke2-root-{}", p.slot);
     let (major, minor) = dm::create_readonly(
         &name,
         &format!("RKE2-VERITY-{name}"),
         sectors,
-        "verity",
-        &table,
+        target,
+        table,
     )
     .map_err(|e| {
         fail(
@@ -288,6 +297,16 @@ fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Gpt), Failu
         e
     })?;
     Ok((root, g))
+}
+
+/// Splits a one-target table line `<start> <sectors> <type> <params>` (start must be 0).
+pub fn split_table(line: &str) -> Option<(u64, &str, &str)> {
+    let mut it = line.splitn(4, ' ');
+    if it.next()? != "0" {
+        return None;
+    }
+    let sectors = it.next()?.parse().ok()?;
+    Some((sectors, it.next()?, it.next()?))
 }
 
 /// Moves the API filesystems into the new root (they stay mounted across switch_root).
@@ -719,3 +738,15 @@ pub fn fail_and_halt(f: &Failure) -> ! {
 
 /// Time to read the failure line before the reboot.
 pub const REBOOT_DELAY: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn splits_table_line() {
+        assert_eq!(
+            super::split_table("0 80 verity 1 8:2 8:3 4096 4096 10 1 sha256 ab -"),
+            Some((80, "verity", "1 8:2 8:3 4096 4096 10 1 sha256 ab -"))
+        );
+        assert_eq!(super::split_table("8 80 verity x"), None);
+    }
+}
