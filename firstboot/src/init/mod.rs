@@ -146,6 +146,14 @@ pub fn load_modules(root: &Path) -> Result<usize, Failure> {
             Err(nix::errno::Errno::EEXIST) => {}
             // Optional providers (e.g. crc32c-intel without SSE4.2) may not fit this CPU.
             Err(_) if item.optional => {}
+            // CPU-feature-gated modules refuse with ENODEV; the load list may name them
+            // directly (a builder resolving softdeps itself), so this is not fatal.
+            Err(nix::errno::Errno::ENODEV) => {
+                say(&format!(
+                    "warning: {} does not support this machine (ENODEV), skipped",
+                    item.path
+                ));
+            }
             Err(e) => return Err(fail("loading kernel module", path.display(), e.desc())),
         }
     }
