@@ -30,3 +30,32 @@ pub const IMAGE_INFO: &str = "usr/share/rke2-image/image-info.json";
 pub const STATE_MOUNT: &str = "run/rke2-state";
 /// Stamp written on the state filesystem when it was created (first boot).
 pub const STATE_CREATED_STAMP: &str = ".rke2-state-created";
+
+/// SELinux labels for the directories `rke2-init` creates on the state filesystem, written
+/// by the builder (computed from the image's own `file_contexts`). One line per directory:
+/// `<path relative to the state root, "." for the root> <context>`; `#` starts a comment.
+pub const STATE_LABELS: &str = "usr/share/rke2-image/state-labels";
+
+/// Directories `rke2-init` creates on the state filesystem, relative to its root, each with
+/// the path in the running system whose label it must carry (what the builder looks up in
+/// `file_contexts` to write [`STATE_LABELS`]). Overlay upper and work directories take the
+/// label of the directory they overlay, so the merged directory keeps it.
+pub const STATE_DIRS: [(&str, &str); 11] = [
+    // The state root is mounted under /run, whose entries file_contexts leaves unlabelled
+    // (`<<none>>`); it holds /var's data, so it takes /var's label.
+    (".", "/var"),
+    ("etc", "/etc"),
+    ("etc/upper", "/etc"),
+    ("etc/work", "/etc"),
+    ("opt", "/opt"),
+    ("opt/upper", "/opt"),
+    ("opt/work", "/opt"),
+    ("var", "/var"),
+    ("root", "/root"),
+    ("home", "/home"),
+    ("srv", "/srv"),
+];
+
+/// Load list of the initrd: one module per line (path relative to `lib/modules/<kver>`, or
+/// name); `rke2-init` loads them and their dependencies in `modules.dep` order.
+pub const INITRD_MODULE_LIST: &str = "etc/rke2-init/modules";

@@ -1,1 +1,19 @@
-//! QEMU boot-test harness (being written).
+//! QEMU boot-test harness.
+//!
+//! - [`vm`]: start QEMU (UEFI through OVMF pflash, or direct kernel boot), capture the serial
+//!   console, wait for markers with timeouts; every failure carries the console tail.
+//! - [`probe`]: parse the `RKE2-PROBE key=value` lines printed by the test-only overlay
+//!   `overlays/qemu-test` (a unit that reports facts and powers off).
+//! - [`handmade`]: until the `rke2-image build` pipeline is complete, make verity-protected
+//!   EROFS disks by hand from a Debian base tarball with the reference tools
+//!   (`mkfs.erofs`, `veritysetup`, `sgdisk`, `mkfs.vfat`/`mcopy`, `cpio`).
+//!
+//! The tests in `tests/boot.rs` take a disk image path, so they run unchanged against
+//! pipeline-built images.
+
+pub mod handmade;
+pub mod probe;
+pub mod vm;
+
+/// Message printed by tests that need a Debian base and do not have one.
+pub const SKIP_NO_BASE: &str = "SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)";

@@ -1,0 +1,399 @@
+//! One QEMU virtual machine with its serial console captured.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Lines of console printed with every failure.
+pub const TAIL_LINES: usize = 80;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("starting {QEMU}: {0} (install qemu-system-x86)")]
+    Spawn(std::io::Error),
+    #[error("copying {OVMF_VARS} to {1}: {0} (install ovmf)")]
+    Vars(std::io::Error, PathBuf),
+    #[error("timed out after {secs} s waiting for {what}; console tail:\n{tail}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        tail: String,
+    },
+    #[error("QEMU exited ({status}) while waiting for {what}; console tail:\n{tail}")]
+    Exited {
+        what: String,
+        status: String,
+        tail: String,
+    },
+    #[error("console showed {bad:?} while waiting for {what}; console tail:\n{tail}")]
+    Forbidden {
+        what: String,
+        bad: String,
+        tail: String,
+    },
+}
+
+/// How the machine starts.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// UEFI firmware (OVMF) from the disk's ESP, as real machines boot the image.
+    Uefi,
+    /// QEMU loads kernel and initrd itself (no firmware, faster; for hand-made disks).
+    Direct {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub disk: PathBuf,
+    pub boot: Boot,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Also write the console to this file (kept for inspection after the test).
+    pub log: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn new(disk: impl Into<PathBuf>, boot: Boot) -> Config {
+        Config {
+            disk: disk.into(),
+            boot,
+            memory_mib: 2048,
+            cpus: 2,
+            log: None,
+        }
+    }
+}
+
+/// `kvm` when KVM really works here, else `tcg`. `RKE2_QEMU_ACCEL=tcg|kvm` overrides.
+///
+/// KVM has been seen to be present but broken on these machines (guests hang or crawl), so
+/// it is only used when a tiny guest (SeaBIOS finding nothing to boot and exiting) finishes
+/// under KVM within a few seconds and faster than under TCG.
+pub fn accel() -> &'static str {
+    static ACCEL: OnceLock<&'static str> = OnceLock::new();
+    ACCEL.get_or_init(|| {
+        match std::env::var("RKE2_QEMU_ACCEL").as_deref() {
+            Ok("kvm") => return "kvm",
+            Ok("tcg") => return "tcg",
+            _ => {}
+        }
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+        {
+            return "tcg";
+        }
+        match (probe_accel("kvm"), probe_accel("tcg")) {
+            (Some(k), Some(t)) if k <= t => "kvm",
+            (Some(_), None) => "kvm",
+            _ => "tcg",
+        }
+    })
+}
+
+/// Time a firmware-only guest takes to start, find no boot device and exit; None when it
+/// fails or takes longer than 5 s.
+fn probe_accel(accel: &str) -> Option<Duration> {
+    let start = Instant::now();
+    let mut child = Command::new(QEMU)
+        .args([
+            "-accel",
+            accel,
+            "-M",
+            "pc",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args([
+            "-no-reboot",
+            "-boot",
+            "strict=on,reboot-timeout=0",
+            "-serial",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.success().then(|| start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A running VM. Dropping it kills QEMU.
+pub struct Vm {
+    child: Child,
+    console: Arc<Mutex<Vec<u8>>>,
+    started: Instant,
+    _vars: Option<tempfile::TempDir>,
+    status: Option<ExitStatus>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("pid", &self.child.id()).finish()
+    }
+}
+
+/// The QEMU command line for `cfg` (without the OVMF vars copy path, passed separately).
+pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
+    let mut c = Command::new(QEMU);
+    let accel = accel();
+    c.args([
+        "-accel",
+        accel,
+        "-M",
+        "q35",
+        "-m",
+        &cfg.memory_mib.to_string(),
+    ]);
+    c.args(["-smp", &cfg.cpus.to_string()]);
+    if accel == "kvm" {
+        c.args(["-cpu", "host"]);
+    } else {
+        // A CPU model with SSE4.2/AES so the kernel's accelerated crypto and FIPS self-tests
+        // behave as on real hardware.
+        c.args(["-cpu", "max"]);
+    }
+    c.args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-nic",
+        "none",
+    ]);
+    c.arg("-drive").arg(format!(
+        "file={},format=raw,if=virtio,cache=unsafe",
+        cfg.disk.display()
+    ));
+    match &cfg.boot {
+        Boot::Uefi => {
+            c.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ));
+            if let Some(v) = vars {
+                c.arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=1,file={}", v.display()));
+            }
+        }
+        Boot::Direct {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+            c.arg("-append").arg(cmdline);
+        }
+    }
+    c
+}
+
+impl Vm {
+    pub fn start(cfg: &Config) -> Result<Vm, VmError> {
+        let (vars_dir, vars) = match cfg.boot {
+            Boot::Uefi => {
+                let d = tempfile::tempdir().map_err(|e| VmError::Vars(e, PathBuf::from("tmp")))?;
+                let v = d.path().join("OVMF_VARS.fd");
+                std::fs::copy(OVMF_VARS, &v).map_err(|e| VmError::Vars(e, v.clone()))?;
+                (Some(d), Some(v))
+            }
+            Boot::Direct { .. } => (None, None),
+        };
+        let mut child = command(cfg, vars.as_deref())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(VmError::Spawn)?;
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let mut log = cfg.log.as_ref().and_then(|p| std::fs::File::create(p).ok());
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let console = Arc::clone(&console);
+            let mut log = log.as_mut().and_then(|f| f.try_clone().ok());
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Some(f) = log.as_mut() {
+                        let _ = f.write_all(&buf[..n]);
+                    }
+                    if let Ok(mut c) = console.lock() {
+                        c.extend_from_slice(&buf[..n]);
+                    }
+                }
+            });
+        }
+        Ok(Vm {
+            child,
+            console,
+            started: Instant::now(),
+            _vars: vars_dir,
+            status: None,
+        })
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        let c = self.console.lock().map(|c| c.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&c).into_owned()
+    }
+
+    /// The last [`TAIL_LINES`] console lines.
+    pub fn tail(&self) -> String {
+        tail(&self.console(), TAIL_LINES)
+    }
+
+    /// Time since QEMU started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Waits until the console contains `marker`; fails early when QEMU exits or any of
+    /// `forbidden` appears. Returns the time since start.
+    pub fn wait_for(
+        &mut self,
+        marker: &str,
+        forbidden: &[&str],
+        timeout: Duration,
+    ) -> Result<Duration, VmError> {
+        let start = Instant::now();
+        loop {
+            let text = self.console();
+            if text.contains(marker) {
+                return Ok(self.elapsed());
+            }
+            if let Some(bad) = forbidden.iter().find(|f| text.contains(**f)) {
+                return Err(VmError::Forbidden {
+                    what: marker.into(),
+                    bad: bad.to_string(),
+                    tail: tail(&text, TAIL_LINES),
+                });
+            }
+            if let Some(st) = self.exited() {
+                std::thread::sleep(Duration::from_millis(200)); // let readers drain
+                let text = self.console();
+                if text.contains(marker) {
+                    return Ok(self.elapsed());
+                }
+                return Err(VmError::Exited {
+                    what: marker.into(),
+                    status: st.to_string(),
+                    tail: tail(&text, TAIL_LINES),
+                });
+            }
+            if start.elapsed() > timeout {
+                return Err(VmError::Timeout {
+                    what: marker.into(),
+                    secs: timeout.as_secs(),
+                    tail: self.tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for QEMU to exit (guest power-off or reboot with `-no-reboot`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.exited() {
+                std::thread::sleep(Duration::from_millis(200));
+                return Ok(st);
+            }
+            if start.elapsed() > timeout {
+                return Err(VmError::Timeout {
+                    what: "QEMU to exit".into(),
+                    secs: timeout.as_secs(),
+                    tail: self.tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+
+    #[test]
+    fn command_line_uses_pflash_copy_for_uefi() {
+        let cfg = Config::new("/d.img", Boot::Uefi);
+        let args: Vec<String> = command(&cfg, Some(Path::new("/v.fd")))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains(
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+        ));
+        assert!(joined.contains("unit=1,file=/v.fd"));
+        assert!(joined.contains("-nic none"));
+        assert!(joined.contains("file=/d.img,format=raw,if=virtio"));
+    }
+}

@@ -1,0 +1,351 @@
+//! Boot tests: the image boots under QEMU to multi-user with a verified root, FIPS and
+//! SELinux enforcing; state persists; a larger disk is used; a tampered root never boots.
+//!
+//! Disks are hand-made from `RKE2_TEST_BASE` (see `rke2_qemu_tests::handmade`) until the
+//! pipeline is complete; each check is a function over a disk image path and a [`Boot`],
+//! so pipeline-built images (UEFI boot) plug in unchanged.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use rke2_qemu_tests::handmade::{self, Image};
+use rke2_qemu_tests::probe;
+use rke2_qemu_tests::vm::{accel, Boot, Config, Vm};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// Generous: TCG on a shared 2-core machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+const FATAL: [&str; 3] = ["Kernel panic", "rke2-init: FAILED", "emergency mode"];
+
+/// One VM at a time: the machines these run on have few cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("handmade")
+}
+
+/// The hand-made image, built once per test run; None (test skipped) without a base.
+fn image() -> Option<&'static Image> {
+    static IMG: OnceLock<Option<Image>> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let base = std::env::var_os("RKE2_TEST_BASE")?;
+        let init = handmade::rke2_init_binary().expect("building rke2-init");
+        let start = std::time::Instant::now();
+        let img =
+            handmade::build(Path::new(&base), &work_dir(), &init).expect("building test disk");
+        eprintln!(
+            "hand-made disk {} in {:.0} s (initrd {} bytes)",
+            img.disk.display(),
+            start.elapsed().as_secs_f64(),
+            img.initrd_size
+        );
+        Some(img)
+    })
+    .as_ref()
+}
+
+macro_rules! need_image {
+    () => {
+        match image() {
+            Some(i) => i,
+            None => {
+                println!("{}", rke2_qemu_tests::SKIP_NO_BASE);
+                return;
+            }
+        }
+    };
+}
+
+fn direct(img: &Image) -> Boot {
+    Boot::Direct {
+        kernel: img.kernel.clone(),
+        initrd: img.initrd.clone(),
+        cmdline: img.cmdline.clone(),
+    }
+}
+
+struct Booted {
+    facts: BTreeMap<String, String>,
+    console: String,
+    secs: f64,
+}
+
+/// Boots `disk` until the probe reports and the guest powers off.
+fn boot_to_probe(disk: &Path, boot: Boot, name: &str) -> Booted {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = Config::new(disk, boot);
+    cfg.log = Some(work_dir().join(format!("{name}.console.log")));
+    let mut vm = Vm::start(&cfg).unwrap();
+    let t = vm
+        .wait_for("RKE2-PROBE done=1", &FATAL, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name} ({}): {e}", accel()));
+    vm.wait_exit(Duration::from_secs(120)).unwrap();
+    let console = vm.console();
+    eprintln!(
+        "{name}: probe done {:.1} s after QEMU start ({})",
+        t.as_secs_f64(),
+        accel()
+    );
+    Booted {
+        facts: probe::facts(&console),
+        console,
+        secs: t.as_secs_f64(),
+    }
+}
+
+fn fact<'a>(b: &'a Booted, k: &str) -> &'a str {
+    b.facts
+        .get(k)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("probe fact {k} missing; facts: {:?}", b.facts))
+}
+
+/// Asserts everything the default boot must show from inside.
+fn check_default_boot(b: &Booted) {
+    assert_eq!(fact(b, "root_fstype"), "erofs");
+    assert!(
+        fact(b, "root_dm_name").starts_with("rke2-root-a"),
+        "{:?}",
+        b.facts
+    );
+    assert!(fact(b, "root_dm_uuid").starts_with("RKE2-VERITY-"));
+    assert_ne!(fact(b, "verity_refcnt"), "0");
+    assert_ne!(fact(b, "verity_refcnt"), "");
+    assert!(fact(b, "root_options").split(',').any(|o| o == "ro"));
+    assert_eq!(fact(b, "root_writable"), "0");
+    assert_eq!(fact(b, "fips"), "1");
+    assert_eq!(fact(b, "selinux_enforce"), "1");
+    assert!(!fact(b, "selinux_policyvers").is_empty());
+    assert!(b.console.contains("fips mode: enabled"));
+    assert_eq!(fact(b, "writable:/etc"), "1");
+    assert_eq!(fact(b, "writable:/var"), "1");
+    assert_eq!(fact(b, "fstype:/etc"), "overlay");
+    assert_eq!(fact(b, "fstype:/var"), "ext4");
+    assert_eq!(fact(b, "fstype:/tmp"), "tmpfs");
+    assert!(
+        fact(b, "state_source").starts_with("/dev/"),
+        "{:?}",
+        b.facts
+    );
+    assert!(fact(b, "label:/etc").contains(":etc_t:"), "{:?}", b.facts);
+    assert!(fact(b, "label:/var").contains(":var_t:"), "{:?}", b.facts);
+    let denials: Vec<&str> = b
+        .console
+        .lines()
+        .filter(|l| l.contains("avc:  denied"))
+        .collect();
+    for d in &denials {
+        eprintln!("observed: {d}");
+    }
+    // A path rke2-init created without a proper label shows up with one of these types (the
+    // denial the throwaway init of the early measurements caused was `tmpfs_t` on /etc).
+    let unlabelled: Vec<&&str> = denials
+        .iter()
+        .filter(|d| {
+            [":unlabeled_t:", ":file_t:", ":default_t:", ":tmpfs_t:"]
+                .iter()
+                .any(|t| d.contains(&format!("tcontext=system_u:object_r{t}")))
+        })
+        .collect();
+    assert!(
+        unlabelled.is_empty(),
+        "AVC denials on unlabelled paths: {unlabelled:#?}"
+    );
+    let ours: Vec<&&str> = denials.iter().filter(|d| d.contains("rke2")).collect();
+    assert!(ours.is_empty(), "AVC denials for our units: {ours:#?}");
+    assert!(b.console.contains("rke2-init: handing off to /sbin/init"));
+}
+
+#[test]
+fn default_image_boots_uefi_to_multi_user_verified_fips_selinux() {
+    let img = need_image!();
+    let disk = work_dir().join("default.raw");
+    // Written to a disk with room for state, as on a real machine; the bare image file
+    // has none, and rke2-init refuses it with a clear line (seen in an earlier run).
+    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
+    let b = boot_to_probe(&disk, Boot::Uefi, "default-uefi");
+    check_default_boot(&b);
+    eprintln!(
+        "startup: {} (probe at {:.1} s)",
+        fact(&b, "startup"),
+        b.secs
+    );
+}
+
+#[test]
+fn state_persists_across_boots_and_is_created_once() {
+    let img = need_image!();
+    let disk = work_dir().join("persist.raw");
+    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
+    let first = boot_to_probe(&disk, direct(img), "persist-1");
+    check_default_boot(&first);
+    assert!(first
+        .console
+        .contains("rke2-init: state: created and formatted"));
+    assert_eq!(fact(&first, "counter:/etc/rke2-test-counter"), "0");
+    assert_eq!(fact(&first, "counter:/var/lib/rke2-test-counter"), "0");
+    let second = boot_to_probe(&disk, direct(img), "persist-2");
+    assert!(second
+        .console
+        .contains("rke2-init: state: mounted existing"));
+    assert!(!second.console.contains("created state partition"));
+    assert_eq!(fact(&second, "counter:/etc/rke2-test-counter"), "1");
+    assert_eq!(fact(&second, "counter:/var/lib/rke2-test-counter"), "1");
+    assert_eq!(
+        fact(&first, "state_fs_uuid"),
+        fact(&second, "state_fs_uuid")
+    );
+    assert_eq!(fact(&first, "state_stamp"), fact(&second, "state_stamp"));
+    // Oracle: sgdisk finds the table rke2-init grew consistent.
+    let v = std::process::Command::new("sgdisk")
+        .arg("-v")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(out.contains("No problems found"), "{out}");
+}
+
+fn img_size(img: &Image) -> u64 {
+    std::fs::metadata(&img.disk).unwrap().len()
+}
+
+#[test]
+fn image_on_larger_disk_boots_and_state_fills_it() {
+    let img = need_image!();
+    let disk = work_dir().join("large.raw");
+    let size = img_size(img) + (3 << 30);
+    handmade::copy_disk(&img.disk, &disk, Some(size)).unwrap();
+    let b = boot_to_probe(&disk, direct(img), "large");
+    let state: u64 = fact(&b, "state_bytes").parse().unwrap();
+    let disk_bytes: u64 = fact(&b, "disk_bytes").parse().unwrap();
+    assert_eq!(disk_bytes, size);
+    // Everything after the built partitions, minus alignment and the backup GPT.
+    let used_by_image = img_size(img);
+    assert!(state + used_by_image <= size);
+    assert!(
+        state >= size - used_by_image - (2 << 20),
+        "state {state} of disk {size}"
+    );
+    // Oracle: sgdisk sees partition 6 labelled state with the DPS var type.
+    let o = std::process::Command::new("sgdisk")
+        .args(["-i", "6"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        info.contains(rke2_image_contract::partitions::VAR_TYPE),
+        "{info}"
+    );
+    assert!(info.contains("Partition name: 'state'"), "{info}");
+}
+
+#[test]
+fn tampered_root_is_refused() {
+    let img = need_image!();
+    let disk = work_dir().join("tampered.raw");
+    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        // The EROFS superblock (offset 1024) and a block in the middle of the root.
+        for off in [
+            img.root_part.0 + 1024 + 8,
+            (img.root_part.0 + img.root_part.1) / 2,
+        ] {
+            let mut b = [0u8; 16];
+            f.read_exact_at(&mut b, off).unwrap();
+            for x in b.iter_mut() {
+                *x ^= 0xff;
+            }
+            f.write_all_at(&b, off).unwrap();
+        }
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = Config::new(&disk, direct(img));
+    cfg.log = Some(work_dir().join("tampered.console.log"));
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for(
+        "rke2-init: FAILED",
+        &["RKE2-PROBE", "Reached target"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    // rke2-init reboots after its delay; -no-reboot turns that into an exit.
+    vm.wait_exit(Duration::from_secs(120)).unwrap();
+    let c = vm.console();
+    assert!(
+        c.contains("is corrupted"),
+        "no verity error on the console:\n{}",
+        vm.tail()
+    );
+    assert!(!c.contains("RKE2-PROBE"));
+    assert!(!c.contains("handing off to /sbin/init"));
+}
+
+/// Kernel timestamp (seconds) of the first console line containing `needle`.
+fn stamp(console: &str, needle: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(needle))?;
+    let inner = line.split_once('[')?.1.split_once(']')?.0;
+    inner.trim().parse().ok()
+}
+
+/// Measurement, not a check (run with `--ignored`): our initrd against Debian's
+/// initramfs-tools initrd of the same kernel, same QEMU settings, same disk. Prints the
+/// kernel timestamps of the initrd milestones. Debian's initrd has no EROFS or dm-verity
+/// module, so it cannot mount this root; it is timed to "Mounting root file system".
+#[test]
+#[ignore]
+fn measure_initrd_handoff() {
+    let img = need_image!();
+    let disk = work_dir().join("measure.raw");
+    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // First boot creates state; the second is the steady state we time.
+    for round in 0..2 {
+        let mut vm = Vm::start(&Config::new(&disk, direct(img))).unwrap();
+        vm.wait_for("SELinux:  policy capability", &FATAL, BOOT_TIMEOUT).unwrap();
+        let c = vm.console();
+        println!(
+            "rke2-init round {round}: initrd {} bytes; Run /init at {:?} s, verity root at {:?} s, hand-off at {:?} s, policy load at {:?} s",
+            img.initrd_size,
+            stamp(&c, "Run /init"),
+            stamp(&c, "rke2-init: verity root"),
+            stamp(&c, "rke2-init: handing off"),
+            stamp(&c, "SELinux:  policy capability")
+        );
+    }
+    let root = std::fs::read_dir(work_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("root-")))
+        .unwrap();
+    let debian = std::fs::read_dir(root.join("boot"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("initrd.img-")))
+        .unwrap();
+    let size = std::fs::metadata(&debian).unwrap().len();
+    let boot = Boot::Direct {
+        kernel: img.kernel.clone(),
+        initrd: debian,
+        cmdline: "console=ttyS0,115200 root=/dev/vda2 rootfstype=erofs ro rootdelay=1 fips=1 security=selinux selinux=1 enforcing=1".into(),
+    };
+    let mut vm = Vm::start(&Config::new(&disk, boot)).unwrap();
+    vm.wait_for("Mounting root file system", &["Kernel panic"], BOOT_TIMEOUT).unwrap();
+    let c = vm.console();
+    println!(
+        "debian initramfs-tools: initrd {size} bytes; Run /init at {:?} s, Mounting root file system at {:?} s",
+        stamp(&c, "Run /init"),
+        stamp(&c, "Mounting root file system")
+    );
+}
