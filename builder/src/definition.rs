@@ -208,6 +208,10 @@ struct RawDisk {
     esp_size: Spanned<Size>,
     #[serde(default = "default_root")]
     root_size: Spanned<Size>,
+    /// Free space left after the last partition for the state partition `rke2-init` creates
+    /// on first boot (more when the image is written to a larger disk). Sparse in the file.
+    #[serde(default = "default_state")]
+    state_size: Spanned<Size>,
 }
 
 fn default_esp() -> Spanned<Size> {
@@ -216,12 +220,16 @@ fn default_esp() -> Spanned<Size> {
 fn default_root() -> Spanned<Size> {
     Spanned::new(Size(2048 * MIB), Location::UNKNOWN, Location::UNKNOWN)
 }
+fn default_state() -> Spanned<Size> {
+    Spanned::new(Size(1024 * MIB), Location::UNKNOWN, Location::UNKNOWN)
+}
 
 impl Default for RawDisk {
     fn default() -> Self {
         RawDisk {
             esp_size: default_esp(),
             root_size: default_root(),
+            state_size: default_state(),
         }
     }
 }
@@ -294,6 +302,7 @@ pub struct Definition {
     pub selinux: SelinuxMode,
     pub esp_size: u64,
     pub root_size: u64,
+    pub state_size: u64,
     pub init: Option<PathBuf>,
     pub extra_modules: Vec<String>,
     pub output_dir: PathBuf,
@@ -560,6 +569,14 @@ impl Definition {
                 ));
             }
         }
+        if raw.disk.state_size.value.0 < 256 * MIB {
+            return Err(err(
+                line_of(&raw.disk.state_size.referenced),
+                "disk.stateSize",
+                "must be at least 256MiB (rke2-init needs that much to create the state partition)"
+                    .into(),
+            ));
+        }
         if raw.disk.esp_size.value.0 < 64 * MIB {
             return Err(err(
                 line_of(&raw.disk.esp_size.referenced),
@@ -611,6 +628,7 @@ impl Definition {
             selinux: raw.security.selinux,
             esp_size: raw.disk.esp_size.value.0,
             root_size: raw.disk.root_size.value.0,
+            state_size: raw.disk.state_size.value.0,
             init,
             extra_modules: raw.initrd.modules,
             output_dir: resolve(&raw.output.directory),

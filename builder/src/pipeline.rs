@@ -340,6 +340,7 @@ pub fn build(
                 ),
             )
         })?;
+        add_state_labels(&mut tree, &fc, epoch).map_err(stage("label"))?;
         let s = selinux::label_tree(&mut tree, &fc);
         log(&format!(
             "label: {} inodes labelled from the {} policy, {} left unlabelled (<<none>>)",
@@ -450,8 +451,9 @@ pub fn build(
     let verity_a = next(hash_size);
     let root_b = next(def.root_size);
     let verity_b = next(hash_size);
-    // 1 MiB after the last partition holds the backup GPT (and keeps the end aligned).
-    let disk_size = cursor + MIB;
+    // Free space for the state partition rke2-init creates on first boot, then 1 MiB for the
+    // backup GPT (keeping the end aligned). Zeros: sparse in the file.
+    let disk_size = cursor + def.state_size + MIB;
     lap("layout", &mut timings);
 
     // --- output file ---------------------------------------------------------------------
@@ -725,6 +727,29 @@ fn file_blob(tree: &Tree, path: &str) -> Option<Blob> {
         Kind::File(b) => Some(b.clone()),
         _ => None,
     }
+}
+
+/// Labels for the directories rke2-init creates on the state partition, from the image's own
+/// policy (the node has no policy tools in the initrd).
+fn add_state_labels(
+    tree: &mut Tree,
+    fc: &selinux::FileContexts,
+    epoch: u64,
+) -> Result<(), BoxError> {
+    let mut text = String::from(
+        "# <state path> <context>: written by rke2-image from this image's file_contexts\n",
+    );
+    for (state_path, system_path) in paths::STATE_DIRS {
+        let label = fc.lookup(system_path.as_bytes(), crate::tree::S_IFDIR | 0o755).ok_or_else(|| {
+            format!("the image's SELinux policy has no label for {system_path}, which rke2-init creates on the state partition")
+        })?;
+        text.push_str(&format!("{state_path} {label}\n"));
+    }
+    tree.insert_resolved(
+        paths::STATE_LABELS.as_bytes(),
+        Inode::new(Kind::File(Blob::bytes(text)), 0o644, 0, 0, epoch),
+    )?;
+    Ok(())
 }
 
 /// `/etc/selinux/config` must agree with the command line: systemd loads the policy only when

@@ -311,7 +311,8 @@ fn measure_initrd_handoff() {
     // First boot creates state; the second is the steady state we time.
     for round in 0..2 {
         let mut vm = Vm::start(&Config::new(&disk, direct(img))).unwrap();
-        vm.wait_for("SELinux:  policy capability", &FATAL, BOOT_TIMEOUT).unwrap();
+        vm.wait_for("SELinux:  policy capability", &FATAL, BOOT_TIMEOUT)
+            .unwrap();
         let c = vm.console();
         println!(
             "rke2-init round {round}: initrd {} bytes; Run /init at {:?} s, verity root at {:?} s, hand-off at {:?} s, policy load at {:?} s",
@@ -326,13 +327,19 @@ fn measure_initrd_handoff() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("root-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("root-"))
+        })
         .unwrap();
     let debian = std::fs::read_dir(root.join("boot"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("initrd.img-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("initrd.img-"))
+        })
         .unwrap();
     let size = std::fs::metadata(&debian).unwrap().len();
     let boot = Boot::Direct {
@@ -341,7 +348,8 @@ fn measure_initrd_handoff() {
         cmdline: "console=ttyS0,115200 root=/dev/vda2 rootfstype=erofs ro rootdelay=1 fips=1 security=selinux selinux=1 enforcing=1".into(),
     };
     let mut vm = Vm::start(&Config::new(&disk, boot)).unwrap();
-    vm.wait_for("Mounting root file system", &["Kernel panic"], BOOT_TIMEOUT).unwrap();
+    vm.wait_for("Mounting root file system", &["Kernel panic"], BOOT_TIMEOUT)
+        .unwrap();
     let c = vm.console();
     println!(
         "debian initramfs-tools: initrd {size} bytes; Run /init at {:?} s, Mounting root file system at {:?} s",
