@@ -51,12 +51,12 @@ fn main() {
         .arg(&staged));
     let mkfs_img = tmp.path().join("mkfs.erofs");
     let mkfs = run(Command::new("mkfs.erofs")
-        .arg("-Uclear")
+        .arg("-U00000000-0000-0000-0000-000000000000")
         .arg(&mkfs_img)
         .arg(&staged));
     let mkfs_t0_img = tmp.path().join("mkfs-t0.erofs");
     let mkfs_t0 = run(Command::new("mkfs.erofs")
-        .args(["-T0", "-Uclear"])
+        .args(["-T0", "-U00000000-0000-0000-0000-000000000000"])
         .arg(&mkfs_t0_img)
         .arg(&staged));
 

@@ -83,6 +83,19 @@ fn sample_tree(host_dir: &Path) -> Tree {
     crowded.xattrs.insert(b"user.big".to_vec(), pattern(300, 9));
     t.insert(b"crowded", crowded).unwrap();
 
+    // All-zero blocks inside data (left as holes in a fresh output file) and an all-zero tail.
+    let holes = [pattern(4096, 21), vec![0; 3 * 4096], pattern(10, 22)].concat();
+    t.insert(
+        b"holes",
+        Inode::new(Kind::File(Blob::bytes(holes)), 0o644, 0, 0, 5),
+    )
+    .unwrap();
+    t.insert(
+        b"zeros",
+        Inode::new(Kind::File(Blob::bytes(vec![0; 10_000])), 0o644, 0, 0, 5),
+    )
+    .unwrap();
+
     // A host file (streamed from disk, not memory).
     let host = host_dir.join("host.bin");
     fs::write(&host, pattern(3 * 1024 * 1024 + 123, 42)).unwrap();
@@ -609,6 +622,77 @@ fn refuses_what_erofs_cannot_hold() {
         erofs::plan(&Tree::new(0), &o),
         Err(ErofsError::VolumeName { .. })
     ));
+}
+
+#[test]
+fn file_over_4_gib() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A sparse source: 4 GiB + 12289 bytes with data at the start, around the 4 GiB mark and
+    // in the last (partial) block.
+    let src = tmp.path().join("big.src");
+    let len: u64 = (4 << 30) + 12_289;
+    let f = File::create(&src).unwrap();
+    f.set_len(len).unwrap();
+    let marks: [(u64, Vec<u8>); 3] = [
+        (0, pattern(4096, 1)),
+        ((4 << 30) - 4096, pattern(8192, 2)),
+        (len - 5000, pattern(5000, 3)),
+    ];
+    for (at, data) in &marks {
+        f.write_all_at(data, *at).unwrap();
+    }
+    drop(f);
+    let mut t = Tree::new(BUILD_TIME);
+    t.insert(
+        b"big",
+        Inode::new(
+            Kind::File(Blob::HostFile {
+                path: src.clone(),
+                len,
+            }),
+            0o644,
+            0,
+            0,
+            9,
+        ),
+    )
+    .unwrap();
+    t.insert(b"zz-after", file(5000, 4, 0o644, 9)).unwrap();
+    let img = tmp.path().join("big.erofs");
+    let w = write_image(&t, &img);
+    assert!(w.size > len);
+    // Holes stay holes: only the marked blocks and metadata take space.
+    let used = fs::metadata(&img).unwrap().blocks() * 512;
+    assert!(used < 1 << 20, "image uses {used} bytes on disk");
+
+    let out = run(Command::new("dump.erofs").arg("--path=/big").arg(&img));
+    assert_eq!(dump_field(&out, "Size:"), len.to_string(), "{out}");
+    assert_eq!(dump_field(&out, "Inode size:"), "64", "{out}");
+    run(Command::new("fsck.erofs").arg(&img));
+
+    let mnt = tmp.path().join("mnt");
+    let Some(_m) = Mount::new(&img, &mnt) else {
+        return;
+    };
+    let big = File::open(mnt.join("big")).unwrap();
+    assert_eq!(big.metadata().unwrap().len(), len);
+    for (at, data) in &marks {
+        let mut got = vec![0u8; data.len() + 8192];
+        let start = at.saturating_sub(4096);
+        let n = big.read_at(&mut got, start).unwrap();
+        let want_len = ((len - start) as usize).min(got.len());
+        let mut want = vec![0u8; want_len];
+        File::open(&src)
+            .unwrap()
+            .read_exact_at(&mut want, start)
+            .unwrap();
+        assert!(n > 0 && got[..n] == want[..n], "bytes at {start}");
+    }
+    assert_eq!(
+        fs::read(mnt.join("zz-after")).unwrap(),
+        pattern(5000, 4),
+        "file after the big one"
+    );
 }
 
 /// Loop-mounts an image read-only; unmounts on drop.
