@@ -82,6 +82,14 @@ fn sample_tree(host_dir: &Path) -> Tree {
     let mut crowded = file(8192 + 4000, 7, 0o644, 1_650_000_001);
     crowded.xattrs.insert(b"user.big".to_vec(), pattern(300, 9));
     t.insert(b"crowded", crowded).unwrap();
+    // Inline xattrs larger than a block: the inode's metadata spans blocks.
+    let mut heavy = file(100, 8, 0o644, 1_650_000_001);
+    for i in 0..4 {
+        heavy
+            .xattrs
+            .insert(format!("user.heavy{i}").into_bytes(), pattern(2000, i));
+    }
+    t.insert(b"heavy", heavy).unwrap();
 
     // All-zero blocks inside data (left as holes in a fresh output file) and an all-zero tail.
     let holes = [pattern(4096, 21), vec![0; 3 * 4096], pattern(10, 22)].concat();
@@ -303,6 +311,23 @@ fn run(cmd: &mut Command) -> String {
     )
 }
 
+/// fsck.erofs 1.5 prints nothing and exits 0 on some failures (a bad superblock checksum)
+/// unless given a message level, so errors are also looked for in its output.
+fn fsck(img: &Path, extract: Option<&Path>) -> String {
+    let mut cmd = Command::new("fsck.erofs");
+    cmd.arg("-d2");
+    if let Some(dir) = extract {
+        cmd.arg(format!("--extract={}", dir.display()))
+            .arg("--preserve");
+    }
+    let out = run(cmd.arg(img));
+    assert!(
+        !out.contains("<E>"),
+        "fsck.erofs found errors in {img:?}:\n{out}"
+    );
+    out
+}
+
 fn write_image(tree: &Tree, img: &Path) -> erofs::Written {
     let plan = erofs::plan(tree, &opts()).unwrap();
     let f = File::create(img).unwrap();
@@ -397,12 +422,9 @@ fn fsck_extract_reproduces_tree() {
     assert_eq!(w.inodes as usize, tree.unique_inodes().len());
     assert_eq!(w.blocks * 4096, w.size);
 
-    run(Command::new("fsck.erofs").arg(&img));
+    fsck(&img, None);
     let out = tmp.path().join("out");
-    run(Command::new("fsck.erofs")
-        .arg(format!("--extract={}", out.display()))
-        .arg("--preserve")
-        .arg(&img));
+    fsck(&img, Some(&out));
     // fsck.erofs 1.5 sets directory times before filling them and extracts hard links as
     // separate files; dump_erofs_agrees_on_inodes and the mount test cover those.
     compare(&tree, &out, false);
@@ -577,7 +599,44 @@ fn output_is_deterministic_and_overwrites_old_bytes() {
     assert!(diff
         .iter()
         .all(|&i| (1024 + 4..1024 + 8).contains(&i) || i == 1024 + 48));
-    run(Command::new("fsck.erofs").arg(&c));
+    fsck(&c, None);
+}
+
+#[test]
+fn superblock_checksum_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tree::new(BUILD_TIME);
+    t.insert(b"a", file(100, 1, 0o644, 1)).unwrap();
+    let img = tmp.path().join("sb.erofs");
+    write_image(&t, &img);
+    fsck(&img, None);
+    // The last byte of the volume name: unused by any reader, covered only by the checksum.
+    let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(b"!", 1024 + 79).unwrap();
+    drop(f);
+    let out = Command::new("fsck.erofs")
+        .arg("-d2")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("chksum doesn't match"),
+        "fsck.erofs accepted a corrupted superblock: {text}"
+    );
+    // The kernel refuses it too.
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    if mounted.success() {
+        let _ = Command::new("umount").arg(&mnt).status();
+        panic!("the kernel mounted an image with a corrupted superblock");
+    }
 }
 
 #[test]
@@ -668,7 +727,7 @@ fn file_over_4_gib() {
     let out = run(Command::new("dump.erofs").arg("--path=/big").arg(&img));
     assert_eq!(dump_field(&out, "Size:"), len.to_string(), "{out}");
     assert_eq!(dump_field(&out, "Inode size:"), "64", "{out}");
-    run(Command::new("fsck.erofs").arg(&img));
+    fsck(&img, None);
 
     let mnt = tmp.path().join("mnt");
     let Some(_m) = Mount::new(&img, &mnt) else {
@@ -773,11 +832,9 @@ fn debian_base_passes_fsck_and_extracts() {
     let img = tmp.path().join("base.erofs");
     let w = write_image(&tree, &img);
     println!("base: {} inodes, {} bytes", w.inodes, w.size);
-    run(Command::new("fsck.erofs").arg(&img));
+    fsck(&img, None);
     let out = tmp.path().join("out");
-    run(Command::new("fsck.erofs")
-        .arg(format!("--extract={}", out.display()))
-        .arg(&img));
+    fsck(&img, Some(&out));
 
     // A sample of paths (every 37th, plus well-known ones) against the tarball's tree; file
     // contents come from one more pass over the archive.
