@@ -48,6 +48,8 @@ const FT_FIFO: u8 = 5;
 const FT_SOCK: u8 = 6;
 const FT_SYMLINK: u8 = 7;
 
+static ZERO_BLOCK: [u8; BLKSZ] = [0; BLKSZ];
+
 /// Copy buffer for file contents (bounded memory whatever the file sizes).
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -640,7 +642,7 @@ impl Region<'_> {
         }
         let mut run_start: Option<usize> = None;
         for (i, chunk) in data.chunks(BLKSZ).enumerate() {
-            let zero = chunk.iter().all(|&b| b == 0);
+            let zero = chunk == &ZERO_BLOCK[..chunk.len()];
             match (zero, run_start) {
                 (false, None) => run_start = Some(i * BLKSZ),
                 (true, Some(s)) => {
