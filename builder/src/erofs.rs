@@ -48,6 +48,8 @@ const FT_FIFO: u8 = 5;
 const FT_SOCK: u8 = 6;
 const FT_SYMLINK: u8 = 7;
 
+static ZERO_BLOCK: [u8; BLKSZ] = [0; BLKSZ];
+
 /// Copy buffer for file contents (bounded memory whatever the file sizes).
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -627,9 +629,35 @@ fn dir_bytes(
 struct Region<'a> {
     out: &'a File,
     offset: u64,
+    /// The region lies past the end of a regular file, so it already reads as zeros and
+    /// all-zero data blocks can be left as holes (a sparse image, and a cheap > 4 GiB file).
+    fresh: bool,
 }
 
 impl Region<'_> {
+    /// Writes whole data blocks, skipping all-zero ones when the region is fresh.
+    fn put_data(&self, at: u64, data: &[u8]) -> Result<(), ErofsError> {
+        if !self.fresh {
+            return self.put(at, data);
+        }
+        let mut run_start: Option<usize> = None;
+        for (i, chunk) in data.chunks(BLKSZ).enumerate() {
+            let zero = chunk == &ZERO_BLOCK[..chunk.len()];
+            match (zero, run_start) {
+                (false, None) => run_start = Some(i * BLKSZ),
+                (true, Some(s)) => {
+                    self.put(at + s as u64, &data[s..i * BLKSZ])?;
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = run_start {
+            self.put(at + s as u64, &data[s..])?;
+        }
+        Ok(())
+    }
+
     fn put(&self, at: u64, data: &[u8]) -> Result<(), ErofsError> {
         self.out
             .write_all_at(data, self.offset + at)
@@ -669,7 +697,11 @@ pub fn write(
             ),
         });
     }
-    let region = Region { out, offset };
+    let fresh = match out.metadata() {
+        Ok(m) => m.is_file() && m.len() <= offset,
+        Err(_) => false,
+    };
+    let region = Region { out, offset, fresh };
     let children = tree.children();
 
     // Metadata, one block at a time in nid order; directory and symlink data go out as well.
@@ -772,6 +804,21 @@ pub fn write(
         source,
     })?;
 
+    if fresh {
+        // Trailing holes: make the file cover the whole region.
+        let end = offset + plan.size();
+        let len = out.metadata().map_err(|source| ErofsError::Io {
+            what: "reading the output file's length".into(),
+            source,
+        })?;
+        if len.len() < end {
+            out.set_len(end).map_err(|source| ErofsError::Io {
+                what: format!("extending the output file to {end} bytes"),
+                source,
+            })?;
+        }
+    }
+
     Ok(Written {
         size: plan.size(),
         blocks: plan.total_blocks,
@@ -816,10 +863,10 @@ fn copy_file(
         if got < want {
             return Err(short(done + got as u64));
         }
-        region.put(p.blkaddr as u64 * BLOCK_SIZE + done, &buf[..want])?;
+        region.put_data(p.blkaddr as u64 * BLOCK_SIZE + done, &buf[..want])?;
         done += want as u64;
     }
-    if !p.inline && done & (BLOCK_SIZE - 1) != 0 {
+    if !p.inline && !region.fresh && done & (BLOCK_SIZE - 1) != 0 {
         // Zero the rest of the last block: the region may hold old bytes.
         let pad = (BLOCK_SIZE - done % BLOCK_SIZE) as usize;
         buf[..pad].fill(0);
