@@ -543,6 +543,9 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Table) -> Result<(), Failure> 
     if created {
         fs::write(&stamp, format!("created by rke2-init on {dev}\n"))
             .map_err(|e| fail("writing state stamp", stamp.display(), e))?;
+        // Make the new partition, filesystem and seeded directories durable before anything
+        // else runs: a power loss now must not leave a half-seeded state to be reused.
+        nix::unistd::sync();
         say(&format!("state: created and formatted {dev}"));
     } else {
         say(&format!("state: mounted existing {dev}"));
