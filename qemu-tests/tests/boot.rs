@@ -172,8 +172,8 @@ fn default_image_boots_uefi_to_multi_user_verified_fips_selinux() {
     let b = boot_to_probe(&disk, Boot::Uefi, "default-uefi");
     check_default_boot(&b);
     eprintln!(
-        "startup: {} (probe at {:.1} s)",
-        fact(&b, "startup"),
+        "multi-user reached (probe start) at {} s guest uptime, {:.1} s after QEMU start (UEFI)",
+        fact(&b, "uptime"),
         b.secs
     );
 }
