@@ -8,11 +8,10 @@
 pub mod cmdline;
 pub mod disk;
 pub mod dm;
-pub mod gpt;
 pub mod modules;
 pub mod state;
 
-use rke2_image_contract::{partitions, paths};
+use rke2_image_contract::{gpt, partitions, paths};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -187,24 +186,26 @@ fn check_types(
     disk: &str,
     root: &disk::PartDev,
     hash: &disk::PartDev,
-) -> Result<gpt::Gpt, Failure> {
+) -> Result<gpt::Table, Failure> {
     let dev = devnode(disk);
     let f = File::open(&dev).map_err(|e| fail("opening boot disk", &dev, e))?;
-    let g = gpt::Gpt::read(&f, sector_size(&f)).map_err(|e| fail("reading GPT", &dev, e))?;
-    let parts = g.parts();
+    let size = device_bytes(&f).map_err(|e| fail("reading disk size", &dev, e))?;
+    let g =
+        gpt::Table::read(&f, size, sector_size(&f)).map_err(|e| fail("reading GPT", &dev, e))?;
     for (p, want) in [
         (root, partitions::ROOT_X86_64_TYPE),
         (hash, partitions::ROOT_VERITY_X86_64_TYPE),
     ] {
-        let ty = parts
-            .iter()
-            .find(|e| e.number == p.number)
-            .map(|e| e.type_guid.as_str());
-        if ty != Some(want) {
+        let want_guid = gpt::Guid::parse(want).map_err(|e| fail("parsing type GUID", want, e))?;
+        let ty = g.get(p.number).map(|e| e.type_guid);
+        if ty != Some(want_guid) {
             return Err(fail(
                 "checking partition type",
                 devnode(&p.name),
-                format!("GPT type {} is not {want}", ty.unwrap_or("(none)")),
+                format!(
+                    "GPT type {} is not {want}",
+                    ty.map(|t| t.to_string()).unwrap_or_else(|| "(none)".into())
+                ),
             ));
         }
     }
@@ -231,7 +232,7 @@ fn device_bytes(f: &File) -> Result<u64, String> {
 }
 
 /// Sets up dm-verity for the slot and mounts the EROFS root read-only at [`SYSROOT`].
-fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Gpt), Failure> {
+fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Table), Failure> {
     let (root, hash) = wait_for(p.device_timeout, || {
         disk::find_root(
             &disk::list_partitions(Path::new("/sys/class/block")),
@@ -403,7 +404,7 @@ fn set_label(path: &Path, ctx: &str) -> Result<(), Failure> {
 
 /// Finds, creates on first boot, and mounts the state partition; then the overlays,
 /// persistent directories and /tmp.
-fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
+fn setup_state(root: &disk::PartDev, g: &mut gpt::Table) -> Result<(), Failure> {
     let disk_dev = devnode(&root.disk);
     // The API filesystems have moved into the new root by now.
     let class_block = PathBuf::from(format!("{SYSROOT}/sys/class/block"));
@@ -436,30 +437,28 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
                 .open(&disk_path)
                 .map_err(|e| fail("opening boot disk for writing", &disk_dev, e))?;
             let size = device_bytes(&f).map_err(|e| fail("reading disk size", &disk_dev, e))?;
-            let range = g.free_tail(size, partitions::ALIGN, MIN_STATE_BYTES).ok_or_else(|| {
+            g.resize(size)
+                .map_err(|e| fail("growing GPT to the disk size", &disk_dev, e))?;
+            let range = state::state_range(g, partitions::ALIGN, MIN_STATE_BYTES).ok_or_else(|| {
                 fail("creating state partition", &disk_dev, format!(
                     "less than {} MiB free after the last partition (disk is {} MiB); write the image to a larger disk",
                     MIN_STATE_BYTES >> 20, size >> 20))
             })?;
-            g.add_and_write(
-                &f,
-                size,
-                partitions::STATE.number,
-                partitions::STATE.type_guid,
-                partitions::STATE.label,
-                range,
-            )
-            .map_err(|e| fail("writing GPT", &disk_dev, e))?;
+            let entry = state::state_entry(g, range)
+                .map_err(|e| fail("creating state partition entry", &disk_dev, e))?;
+            g.add(partitions::STATE.number, entry)
+                .map_err(|e| fail("adding state partition to GPT", &disk_dev, e))?;
+            g.write(&f).map_err(|e| fail("writing GPT", &disk_dev, e))?;
             f.sync_all()
                 .map_err(|e| fail("syncing GPT", &disk_dev, e))?;
-            add_kernel_partition(&f, partitions::STATE.number, range, g.sector)
+            add_kernel_partition(&f, partitions::STATE.number, range, g.sector_size)
                 .map_err(|e| fail("telling the kernel about the state partition", &disk_dev, e))?;
             say(&format!(
                 "created state partition {} on {disk_dev}: sectors {}..{} ({} MiB)",
                 partitions::STATE.number,
                 range.0,
                 range.1,
-                ((range.1 - range.0 + 1) * g.sector) >> 20
+                ((range.1 - range.0 + 1) * g.sector_size) >> 20
             ));
             wait_for(Duration::from_secs(10), || {
                 same_disk(partitions::STATE.label)
@@ -544,6 +543,9 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Gpt) -> Result<(), Failure> {
     if created {
         fs::write(&stamp, format!("created by rke2-init on {dev}\n"))
             .map_err(|e| fail("writing state stamp", stamp.display(), e))?;
+        // Make the new partition, filesystem and seeded directories durable before anything
+        // else runs: a power loss now must not leave a half-seeded state to be reused.
+        nix::unistd::sync();
         say(&format!("state: created and formatted {dev}"));
     } else {
         say(&format!("state: mounted existing {dev}"));
