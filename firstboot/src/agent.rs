@@ -187,6 +187,7 @@ fn run_inner(
         ));
     }
     let input = loaded.input();
+    render::check(root, &input)?;
     for p in PHASES {
         if p == Phase::Enable {
             if let Some((cfg, a)) = input.rke2 {

@@ -114,9 +114,46 @@ pub fn render(
     input: &RenderInput<'_>,
     hook: &mut dyn FnMut(Phase) -> Result<(), RenderError>,
 ) -> Result<(), RenderError> {
+    check(root, input)?;
     for p in PHASES {
         hook(p)?;
         phase(root, input, p)?;
+    }
+    Ok(())
+}
+
+/// Checks every path the plan writes before anything is written, so a hostile path (`..`, a
+/// symlink inside the root) fails the run with nothing changed.
+pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
+    let plan = input.plan;
+    let paths = plan
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .chain(plan.directories.iter().map(|d| d.path.clone()))
+        .chain(plan.links.iter().map(|l| l.path.clone()))
+        .chain(plan.units.iter().map(|u| format!("{UNIT_DIR}/{}", u.name)));
+    for p in paths {
+        root.host_path(&p)?;
+    }
+    for u in &plan.units {
+        if !crate::plan::valid_unit_name(&u.name) {
+            return Err(RenderError::Invalid(format!(
+                "unit name {:?} is not valid",
+                u.name
+            )));
+        }
+    }
+    for u in &plan.users {
+        if !crate::plan::valid_user_name(&u.name) {
+            return Err(RenderError::Invalid(format!(
+                "user name {:?} is not valid",
+                u.name
+            )));
+        }
+        if let Some(h) = &u.home {
+            root.host_path(h)?;
+        }
     }
     Ok(())
 }

@@ -40,7 +40,12 @@ pub fn join_token<'a>(cfg: &'a NativeConfig, a: &Assignment) -> Option<&'a str> 
 /// The keys of `/etc/rancher/rke2/config.yaml`, sorted.
 pub fn config_map(cfg: &NativeConfig, a: &Assignment) -> BTreeMap<String, Value> {
     let c = &cfg.cluster;
-    let mut m: BTreeMap<String, Value> = a.extra.clone();
+    let mut m: BTreeMap<String, Value> = c.config.clone();
+    m.extend(match a.role {
+        Role::Server => c.server_config.clone(),
+        Role::Agent => c.agent_config.clone(),
+    });
+    m.extend(a.extra.clone());
     let s = |v: &str| Value::String(v.to_string());
     let list = |v: &[String]| Value::Array(v.iter().map(|x| s(x)).collect());
     if let Some(url) = &a.server_url {
@@ -87,7 +92,10 @@ pub fn config_map(cfg: &NativeConfig, a: &Assignment) -> BTreeMap<String, Value>
 
 /// YAML text of a serialisable value (deterministic: maps are sorted).
 pub fn to_yaml<T: serde::Serialize>(what: &'static str, v: &T) -> Result<String, Rke2Error> {
-    serde_saphyr::to_string(v).map_err(|e| Rke2Error::Serialize {
+    let mut o = serde_saphyr::SerializerOptions::default();
+    // Long tokens must stay on one plain line; multi-line values still use `|` blocks.
+    o.folded_wrap_chars = usize::MAX / 2;
+    serde_saphyr::to_string_with_options(v, o).map_err(|e| Rke2Error::Serialize {
         what,
         msg: e.to_string(),
     })

@@ -34,7 +34,7 @@ pub struct Assignment {
     pub server_url: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<String>,
-    /// Pass-through RKE2 keys (cluster, then node, node wins).
+    /// This node's own pass-through RKE2 keys (override the cluster-wide ones).
     pub extra: BTreeMap<String, Value>,
 }
 
@@ -120,7 +120,7 @@ pub fn resolve(cfg: &NativeConfig, id: &Identity) -> Result<Assignment, RoleErro
             server_url: if initializer { None } else { cluster_server },
             labels: cfg.labels.clone(),
             taints: cfg.taints.clone(),
-            extra: cfg.cluster.config.clone(),
+            extra: BTreeMap::new(),
         });
     }
     let found: Vec<_> = cfg.nodes.iter().filter(|n| matches(n, id)).collect();
@@ -162,8 +162,7 @@ pub fn resolve(cfg: &NativeConfig, id: &Identity) -> Result<Assignment, RoleErro
         })?;
         Some(server_url(addr)?)
     };
-    let mut extra = cfg.cluster.config.clone();
-    extra.extend(node.config.clone());
+    let extra = node.config.clone();
     Ok(Assignment {
         hostname: Some(node.hostname.clone()),
         role: node.role,

@@ -67,6 +67,7 @@ impl OneOrMany {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NativeConfig {
+    #[serde(rename = "apiVersion")]
     pub api_version: String,
     pub kind: String,
     /// Single-node configuration: this machine's hostname.
@@ -137,9 +138,15 @@ pub struct ClusterSpec {
     pub cluster_cidr: Option<String>,
     #[serde(default)]
     pub service_cidr: Option<String>,
-    /// Any other RKE2 configuration key, passed through to config.yaml.
+    /// Any other RKE2 configuration key, passed through to every node's config.yaml.
     #[serde(default)]
     pub config: BTreeMap<String, Value>,
+    /// Pass-through keys for servers only (e.g. `kube-apiserver-arg`).
+    #[serde(default)]
+    pub server_config: BTreeMap<String, Value>,
+    /// Pass-through keys for agents only.
+    #[serde(default)]
+    pub agent_config: BTreeMap<String, Value>,
     #[serde(default)]
     pub registries: Option<Registries>,
     #[serde(default)]
@@ -379,6 +386,8 @@ pub fn check(cfg: &NativeConfig) -> Result<(), String> {
         Ok(())
     };
     check_passthrough("cluster.config", &cfg.cluster.config)?;
+    check_passthrough("cluster.server-config", &cfg.cluster.server_config)?;
+    check_passthrough("cluster.agent-config", &cfg.cluster.agent_config)?;
     for (name, _) in cfg
         .cluster
         .manifests
