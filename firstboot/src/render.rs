@@ -162,7 +162,29 @@ pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
 pub fn phase(root: &Root, input: &RenderInput<'_>, p: Phase) -> Result<(), RenderError> {
     let plan = input.plan;
     match p {
-        Phase::Users => users::apply(root, &plan.users)?,
+        Phase::Users => {
+            users::apply(root, &plan.users)?;
+            if let Some((cfg, a)) = input.rke2 {
+                // RKE2's CIS profile refuses to start a server without an etcd user and group.
+                if a.role == Role::Server
+                    && cfg.cluster.profile.as_deref() == Some("cis")
+                    && users::uid_of(root, "etcd")?.is_none()
+                {
+                    users::apply(
+                        root,
+                        &[crate::plan::UserSpec {
+                            name: "etcd".into(),
+                            gecos: Some("etcd user".into()),
+                            home: Some("/var/lib/rancher/rke2/server/db/etcd".into()),
+                            shell: Some("/sbin/nologin".into()),
+                            system: true,
+                            no_create_home: true,
+                            ..Default::default()
+                        }],
+                    )?;
+                }
+            }
+        }
         Phase::Files => files(root, plan)?,
         Phase::System => system(root, input)?,
         Phase::Rke2 => {

@@ -220,6 +220,19 @@ fn apply_one(root: &Root, u: &UserSpec) -> Result<(), UserError> {
             row[3] = members.join(",");
         }
     }
+    // gshadow mirrors group (shadow-utils keeps both in step; grpck checks it).
+    if root.exists("etc/gshadow") {
+        let mut gs = Db::load(root, "etc/gshadow", 4)?;
+        for g in &group.rows {
+            if gs.find(&g[0]).is_none() {
+                gs.rows
+                    .push(vec![g[0].clone(), "!".into(), String::new(), g[3].clone()]);
+            } else if let Some(r) = gs.find_mut(&g[0]) {
+                r[3] = g[3].clone();
+            }
+        }
+        gs.save(root, 0o640)?;
+    }
     group.save(root, 0o644)?;
     passwd.save(root, 0o644)?;
     let mut shadow = Db::load(root, "etc/shadow", 9)?;
