@@ -126,7 +126,12 @@ pub fn parse(
         Dialect::Ignition => ignition::parse(text).map_err(invalid)?,
         Dialect::CloudConfig => cloud_config::parse(text).map_err(invalid)?,
     };
-    if plan.hostname.is_none() {
+    // A hostname file written by the configuration itself beats the meta-data.
+    let writes_hostname = plan
+        .files
+        .iter()
+        .any(|f| crate::atomic::components(&f.path).is_ok_and(|c| c == ["etc", "hostname"]));
+    if plan.hostname.is_none() && !writes_hostname {
         if let Some(h) = meta_hostname {
             if crate::plan::valid_hostname(h) {
                 plan.hostname = Some(h.to_string());
