@@ -194,3 +194,58 @@ fn validate_examples() {
         agent::validate(f, &example(f)).unwrap();
     }
 }
+
+#[test]
+fn airgap_links_unit_location_and_never_both_services() {
+    let t = tempfile::tempdir().unwrap();
+    seed(t.path());
+    let imgs = t.path().join("usr/share/rke2-image/images");
+    fs::create_dir_all(&imgs).unwrap();
+    for f in [
+        "rke2-images-core.linux-amd64.tar.zst",
+        "rke2-images-canal.linux-amd64.tar.gz",
+        "rke2-images-core.linux-amd64.txt",
+        "extra.tar",
+    ] {
+        fs::write(imgs.join(f), b"x").unwrap();
+    }
+    fs::create_dir_all(t.path().join("usr/lib/systemd/system")).unwrap();
+    fs::write(
+        t.path().join("usr/lib/systemd/system/rke2-agent.service"),
+        "[Unit]\n",
+    )
+    .unwrap();
+    // A previous (different) configuration had enabled the server.
+    let wants = t.path().join("etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/systemd/system/rke2-server.service",
+        wants.join("rke2-server.service"),
+    )
+    .unwrap();
+    let loaded = load("agent.yaml", example("agent.yaml"), &Identity::default());
+    agent::render_to(&Root::new(t.path()), &loaded, &mut |_| Ok(())).unwrap();
+    let links: Vec<String> = dump(t.path())
+        .into_iter()
+        .filter(|l| {
+            l.starts_with("var/lib/rancher/rke2/agent/images/") || l.contains(".target.wants/rke2")
+        })
+        .collect();
+    assert_eq!(
+        links,
+        vec![
+            "etc/systemd/system/multi-user.target.wants/rke2-agent.service l 0777 0:0 -> /usr/lib/systemd/system/rke2-agent.service",
+            "var/lib/rancher/rke2/agent/images/extra.tar l 0777 0:0 -> /usr/share/rke2-image/images/extra.tar",
+            "var/lib/rancher/rke2/agent/images/rke2-images-canal.linux-amd64.tar.gz l 0777 0:0 -> /usr/share/rke2-image/images/rke2-images-canal.linux-amd64.tar.gz",
+            "var/lib/rancher/rke2/agent/images/rke2-images-core.linux-amd64.tar.zst l 0777 0:0 -> /usr/share/rke2-image/images/rke2-images-core.linux-amd64.tar.zst",
+        ]
+    );
+    // Agents get no manifests and no server-only keys.
+    assert!(!t.path().join("var/lib/rancher/rke2/server").exists());
+    let cfg = fs::read_to_string(t.path().join("etc/rancher/rke2/config.yaml")).unwrap();
+    assert!(
+        cfg.contains("server: https://rke2.example.internal:9345\n"),
+        "{cfg}"
+    );
+    assert!(!cfg.contains("tls-san") && !cfg.contains("cni"), "{cfg}");
+}
