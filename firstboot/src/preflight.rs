@@ -208,7 +208,7 @@ pub fn check(
                 Err(e) => Ok(Err(e.to_string())),
             }
         },
-        &timeout,
+        timeout,
     )?;
     let got = hex::encode(Sha256::digest(&cacerts));
     let ca_verified = match &token.ca_hash {
@@ -267,7 +267,7 @@ pub fn check(
                 Err(e) => Ok(Err(e.to_string())),
             }
         },
-        &timeout,
+        timeout,
     )?;
     Ok(Outcome {
         attempts,

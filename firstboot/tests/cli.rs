@@ -1,5 +1,7 @@
 //! The `rke2-firstboot` command line and the shipped unit file.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::process::Command;

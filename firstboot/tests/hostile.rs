@@ -1,5 +1,7 @@
 //! Hostile inputs: each fails with a specific error and nothing is written.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::io::Write;

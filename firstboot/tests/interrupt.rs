@@ -2,6 +2,8 @@
 //! `RKE2_FIRSTBOOT_ABORT_BEFORE`), then re-run; the final tree must equal an uninterrupted
 //! render, file by file.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::fs;

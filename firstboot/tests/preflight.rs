@@ -1,6 +1,8 @@
 //! Join preflight against a local RKE2-like supervisor (rustls, certificates from rcgen) on
 //! 127.0.0.1.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::io::{Read, Write};
@@ -17,7 +19,7 @@ use rke2_firstboot::dialects::native::Role;
 use rke2_firstboot::identity::Identity;
 use rke2_firstboot::preflight::{check, Backoff, PreflightError, Token};
 use rke2_firstboot::sources::{Found, Source, SourceError};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
 struct Ca {

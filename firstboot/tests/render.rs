@@ -1,6 +1,8 @@
 //! Fixtures of real-world style rendered into temporary roots and compared file by file
 //! (content, mode, owner) with expected trees; then checked with tools nobody here wrote.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::fs;

@@ -1,5 +1,7 @@
 //! Role resolution of the example cluster configuration by each kind of identity.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use rke2_firstboot::agent::{self, AgentError};

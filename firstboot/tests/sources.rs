@@ -1,6 +1,8 @@
 //! Every config source delivering every dialect, through `agent::run` into a temporary root,
 //! compared with the expected trees; plus source order and failure behaviour.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::fs;

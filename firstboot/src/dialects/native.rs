@@ -392,7 +392,6 @@ pub fn check(cfg: &NativeConfig) -> Result<(), String> {
         .cluster
         .manifests
         .iter()
-        .map(|(k, v)| (k, v))
         .chain(cfg.cluster.helm_chart_configs.iter())
     {
         if !name
