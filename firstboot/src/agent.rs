@@ -140,7 +140,13 @@ impl std::fmt::Debug for RunEnv {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RunOutcome {
     AlreadyDone,
-    Configured { unit: Option<&'static str> },
+    Configured {
+        /// The RKE2 unit enabled, if any.
+        unit: Option<&'static str>,
+        /// Units written and enabled during this run that the current boot transaction does
+        /// not know about yet (cloud-config bootcmd/runcmd), to start now.
+        also_start: Vec<&'static str>,
+    },
 }
 
 /// `run`: find, parse, render, preflight, enable, stamp. On failure no RKE2 service is left
@@ -210,8 +216,16 @@ fn run_inner(
         status(p.describe());
         render::phase(root, &input, p)?;
     }
+    let mut also_start = Vec::new();
+    if !loaded.plan.bootcmd.is_empty() {
+        also_start.push(render::BOOTCMD_UNIT);
+    }
+    if !loaded.plan.runcmd.is_empty() {
+        also_start.push(render::RUNCMD_UNIT);
+    }
     Ok(RunOutcome::Configured {
         unit: input.rke2.map(|(_, a)| a.role.unit()),
+        also_start,
     })
 }
 

@@ -197,18 +197,20 @@ fn run(root: PathBuf) -> ExitCode {
             notify(&[sd_notify::NotifyState::Ready]);
             ExitCode::SUCCESS
         }
-        Ok(RunOutcome::Configured { unit }) => {
-            if let Some(u) = unit {
-                // Ordered before the RKE2 units, so this start waits for us to finish.
-                let _ = std::process::Command::new("systemctl")
-                    .arg("daemon-reload")
-                    .status();
+        Ok(RunOutcome::Configured { unit, also_start }) => {
+            // The boot transaction was computed before our links existed: reload and start
+            // what we enabled. The RKE2 units are ordered after us, so their start waits.
+            let _ = std::process::Command::new("systemctl")
+                .arg("daemon-reload")
+                .status();
+            for u in unit.iter().chain(also_start.iter()) {
                 let _ = std::process::Command::new("systemctl")
                     .args(["start", "--no-block", u])
                     .status();
-                status(&format!("done; starting {u}"));
-            } else {
-                status("done; no RKE2 section, no service enabled");
+            }
+            match unit {
+                Some(u) => status(&format!("done; starting {u}")),
+                None => status("done; no RKE2 section, no service enabled"),
             }
             notify(&[sd_notify::NotifyState::Ready]);
             ExitCode::SUCCESS

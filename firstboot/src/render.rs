@@ -23,8 +23,8 @@ pub const STAMP: &str = "/var/lib/rke2-firstboot/done";
 /// Written when a run fails: the reason (no secrets).
 pub const FAILED: &str = "/var/lib/rke2-firstboot/failed";
 const UNIT_DIR: &str = "/etc/systemd/system";
-const BOOTCMD_UNIT: &str = "rke2-firstboot-bootcmd.service";
-const RUNCMD_UNIT: &str = "rke2-firstboot-runcmd.service";
+pub const BOOTCMD_UNIT: &str = "rke2-firstboot-bootcmd.service";
+pub const RUNCMD_UNIT: &str = "rke2-firstboot-runcmd.service";
 /// Where the RKE2 units are looked for in the image (install.sh prefixes), first found wins.
 const RKE2_UNIT_DIRS: &[&str] = &[
     "usr/local/lib/systemd/system",

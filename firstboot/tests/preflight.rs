@@ -313,7 +313,8 @@ fn run_joins_and_enables_agent_after_preflight() {
     assert_eq!(
         out,
         RunOutcome::Configured {
-            unit: Some("rke2-agent.service")
+            unit: Some("rke2-agent.service"),
+            also_start: vec![]
         }
     );
     assert!(t

@@ -293,7 +293,14 @@ fn nocloud_meta_data_hostname_applies_when_user_data_has_none() {
             asked: Default::default(),
         }),
     };
-    run(t.path(), vec![Box::new(src)]).unwrap();
+    let out = run(t.path(), vec![Box::new(src)]).unwrap();
+    assert_eq!(
+        out,
+        RunOutcome::Configured {
+            unit: None,
+            also_start: vec!["rke2-firstboot-runcmd.service"]
+        }
+    );
     assert_eq!(
         fs::read_to_string(t.path().join("etc/hostname")).unwrap(),
         "meta-host\n"
