@@ -215,6 +215,7 @@ fn run_inner(
         }
         status(p.describe());
         render::phase(root, &input, p)?;
+        root.flush().map_err(RenderError::from)?;
     }
     let mut also_start = Vec::new();
     if !loaded.plan.bootcmd.is_empty() {

@@ -74,6 +74,9 @@ pub fn components(path: &str) -> Result<Vec<String>, FsError> {
 #[derive(Debug, Clone)]
 pub struct Root {
     dir: PathBuf,
+    /// Directories with renames not yet made durable; [`Root::flush`] fsyncs each once, so a
+    /// phase that writes many files into one directory pays for one directory fsync.
+    pending: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
 }
 
 /// Ownership and mode of a written entry.
@@ -96,7 +99,10 @@ impl Attrs {
 
 impl Root {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Root { dir: dir.into() }
+        Root {
+            dir: dir.into(),
+            pending: Default::default(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -140,6 +146,16 @@ impl Root {
                     .mode(0o755)
                     .create(parent)
                     .map_err(io("create directory", parent))?;
+                // Every level may be new: remember them all up to the root.
+                let mut p = parent;
+                while p.starts_with(&self.dir) && p != self.dir {
+                    self.pending.borrow_mut().insert(p.to_path_buf());
+                    match p.parent() {
+                        Some(q) => p = q,
+                        None => break,
+                    }
+                }
+                self.pending.borrow_mut().insert(self.dir.clone());
             }
         }
         Ok(host)
@@ -162,10 +178,13 @@ impl Root {
                     component: path.to_string(),
                 })
             }
-            Err(_) => fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&host)
-                .map_err(io("create directory", &host))?,
+            Err(_) => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&host)
+                    .map_err(io("create directory", &host))?;
+                self.note_parent(&host);
+            }
         }
         std::os::unix::fs::chown(&host, Some(attrs.uid), Some(attrs.gid))
             .map_err(io("chown", &host))?;
@@ -201,7 +220,8 @@ impl Root {
         f.sync_all().map_err(io("fsync", &tmp))?;
         drop(f);
         fs::rename(&tmp, &host).map_err(io("rename into place", &host))?;
-        sync_parent(&host)
+        self.note_parent(&host);
+        Ok(())
     }
 
     /// Atomically makes `path` a symlink to `target` (the target is interpreted on the node and
@@ -221,7 +241,8 @@ impl Root {
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(target, &tmp).map_err(io("symlink", &tmp))?;
         fs::rename(&tmp, &host).map_err(io("rename into place", &host))?;
-        sync_parent(&host)
+        self.note_parent(&host);
+        Ok(())
     }
 
     /// Removes a file or symlink if present.
@@ -234,7 +255,7 @@ impl Root {
             }),
             Ok(_) => {
                 fs::remove_file(&host).map_err(io("remove", &host))?;
-                sync_parent(&host)?;
+                self.note_parent(&host);
                 Ok(true)
             }
             Err(_) => Ok(false),
@@ -282,13 +303,25 @@ fn temp_name(host: &Path) -> PathBuf {
     host.with_file_name(format!(".{name}.rke2-firstboot.tmp"))
 }
 
-fn sync_parent(host: &Path) -> Result<(), FsError> {
-    if let Some(parent) = host.parent() {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", parent))?;
+impl Root {
+    fn note_parent(&self, host: &Path) {
+        if let Some(parent) = host.parent() {
+            self.pending.borrow_mut().insert(parent.to_path_buf());
+        }
     }
-    Ok(())
+
+    /// Makes every rename, link and new directory so far durable (fsync of each directory
+    /// touched). Callers flush at the end of each phase, so a later phase (and the completion
+    /// stamp above all) never becomes durable before an earlier one.
+    pub fn flush(&self) -> Result<(), FsError> {
+        let dirs = std::mem::take(&mut *self.pending.borrow_mut());
+        for d in dirs {
+            File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(io("fsync directory", &d))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -118,6 +118,7 @@ pub fn render(
     for p in PHASES {
         hook(p)?;
         phase(root, input, p)?;
+        root.flush()?;
     }
     Ok(())
 }
@@ -597,5 +598,6 @@ pub fn record_failure(root: &Root, reason: &str) -> Result<(), RenderError> {
     disable_rke2(root)?;
     root.mkdir(STATE_DIR, Attrs::root(0o700))?;
     root.write(FAILED, format!("{reason}\n").as_bytes(), Attrs::root(0o600))?;
+    root.flush()?;
     Ok(())
 }
