@@ -227,3 +227,12 @@ fn hostile_fields() {
         "apiVersion \"rke2-image/v2\" is not supported",
     );
 }
+
+#[test]
+fn parse_errors_do_not_quote_secrets() {
+    let e = attempt(
+        b"apiVersion: rke2-image/v1\nkind: NodeConfig\ncluster:\n  token: K10secretsecret::server:pw-do-not-print\n  bogus: 1\n",
+    );
+    assert!(e.contains("unknown field `bogus`"), "{e}");
+    assert!(!e.contains("pw-do-not-print"), "token quoted in error: {e}");
+}

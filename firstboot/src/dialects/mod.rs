@@ -58,6 +58,8 @@ pub(crate) fn yaml_options() -> serde_saphyr::Options {
     o.budget = Some(budget);
     o.alias_limits.max_total_replayed_events = 100_000;
     o.strict_booleans = true;
+    // Error snippets would quote configuration lines, and those may hold tokens.
+    o.with_snippet = false;
     o
 }
 
