@@ -141,21 +141,24 @@ impl Root {
         let host = self.host_path(path)?;
         if let Some(parent) = host.parent() {
             if !parent.exists() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(parent)
-                    .map_err(io("create directory", parent))?;
-                // Every level may be new: remember them all up to the root.
+                // Remember the new levels and the existing directory that gained an entry.
+                let mut created = Vec::new();
                 let mut p = parent;
-                while p.starts_with(&self.dir) && p != self.dir {
-                    self.pending.borrow_mut().insert(p.to_path_buf());
+                while !p.exists() {
+                    created.push(p.to_path_buf());
                     match p.parent() {
                         Some(q) => p = q,
                         None => break,
                     }
                 }
-                self.pending.borrow_mut().insert(self.dir.clone());
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(io("create directory", parent))?;
+                let mut pending = self.pending.borrow_mut();
+                pending.extend(created);
+                pending.insert(p.to_path_buf());
             }
         }
         Ok(host)
