@@ -320,7 +320,12 @@ fn find_unit(root: &Root, name: &str) -> Result<Option<(String, String)>, Render
         "lib/systemd/system",
     ] {
         let p = format!("{dir}/{name}");
-        if let Some(b) = root.read(&p, 1 << 20)? {
+        // Debian's /lib is a symlink to usr/lib: a path through it is simply not looked at.
+        let found = match root.read(&p, 1 << 20) {
+            Err(FsError::Symlink { .. }) => None,
+            r => r?,
+        };
+        if let Some(b) = found {
             return Ok(Some((
                 format!("/{p}"),
                 String::from_utf8_lossy(&b).into_owned(),
