@@ -201,8 +201,9 @@ pub fn phase(root: &Root, input: &RenderInput<'_>, p: Phase) -> Result<(), Rende
             }
         }
         Phase::Enable => {
-            disable_rke2(root)?;
+            // Without an RKE2 section the image's own enablement is left alone.
             if let Some((_, a)) = input.rke2 {
+                disable_rke2(root)?;
                 enable_rke2(root, a.role)?;
             }
         }
