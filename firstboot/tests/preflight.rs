@@ -366,3 +366,33 @@ fn failed_run_enables_nothing_and_says_why() {
         "{status}"
     );
 }
+
+#[test]
+fn config_url_over_https_is_verified_against_the_image_bundle() {
+    use rke2_firstboot::sources::cmdline_url::CmdlineUrl;
+    let a = ca("config-server-ca");
+    let s = server(&a, &a, "node", "pw", 0);
+    let fetch = |bundle: Vec<u8>| {
+        CmdlineUrl {
+            cmdline: format!("rke2.config.url=https://127.0.0.1:{}/cacerts", s.port),
+            identity: Identity::default(),
+            ca_bundle: Some(bundle),
+            backoff: Backoff {
+                deadline: Duration::from_millis(300),
+                ..quick()
+            },
+        }
+        .fetch()
+    };
+    // Trusted: the body arrives (here the server's /cacerts stands in for a config file).
+    let f = fetch(a.issuer.pem().into_bytes()).unwrap().unwrap();
+    assert_eq!(f.bytes, a.issuer.pem().into_bytes());
+    // Not trusted: retried until the deadline, naming the certificate problem.
+    let e = fetch(ca("other").issuer.pem().into_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("certificate") || e.contains("UnknownIssuer"),
+        "{e}"
+    );
+}
