@@ -1,7 +1,20 @@
 //! Node side of rke2-image.
 //!
 //! - [`init`]: `rke2-init`, PID 1 of the initrd (verity root, state partition, switch_root).
-//! - The first-boot agent (`rke2-firstboot`): config sources, dialects, role, RKE2 config,
-//!   join preflight.
+//! - The first-boot agent (`rke2-firstboot`): config [`sources`], [`dialects`] mapped onto one
+//!   [`plan`], node [`identity`] and [`role`], [`render`] into a root directory, join
+//!   [`preflight`] on :9345, and the [`agent`] driving it all.
 
+pub mod agent;
+pub mod atomic;
+pub mod dialects;
+pub mod http;
+pub mod identity;
 pub mod init;
+pub mod plan;
+pub mod preflight;
+pub mod render;
+pub mod rke2;
+pub mod role;
+pub mod sources;
+pub mod users;

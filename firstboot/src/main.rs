@@ -1,1 +1,227 @@
-fn main() {}
+//! `rke2-firstboot`: the first-boot node agent. Thin: the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rke2_firstboot::agent::{self, AgentError, RunEnv, RunOutcome};
+use rke2_firstboot::atomic::Root;
+use rke2_firstboot::identity::Identity;
+use rke2_firstboot::preflight::Backoff;
+use rke2_firstboot::render::{Phase, RenderError};
+use rke2_firstboot::sources::{
+    baked::Baked, cmdline_url::CmdlineUrl, config_drive::ConfigDrive, esp::Esp, fw_cfg::FwCfg,
+    Found, Source, SystemMounter,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "rke2-firstboot",
+    version,
+    about = "First-boot node agent of rke2-image"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Configure this node (the systemd service).
+    Run {
+        /// Root of the node (for tests; the service uses /).
+        #[arg(long, default_value = "/", hide = true)]
+        root: PathBuf,
+    },
+    /// Render a configuration into DIR: everything `run` does except network waits and
+    /// starting services.
+    Render {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        root: PathBuf,
+        /// This machine's identity: mac=..,uuid=..,serial=..,hostname=.. (repeatable).
+        #[arg(long)]
+        identity: Vec<String>,
+    },
+    /// Check a configuration: prints errors and warnings, exits 0 when usable.
+    Validate { file: PathBuf },
+    /// Show whether first boot completed, or why it failed.
+    Status {
+        #[arg(long, default_value = "/", hide = true)]
+        root: PathBuf,
+    },
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    // Outside systemd (no NOTIFY_SOCKET) this is a no-op.
+    let _ = sd_notify::notify(false, state);
+}
+
+fn read_config(path: &PathBuf) -> Result<Vec<u8>, String> {
+    let md = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if md.len() > rke2_firstboot::dialects::MAX_CONFIG_BYTES as u64 {
+        return Err(format!(
+            "{}: {} bytes, more than the limit of {} bytes",
+            path.display(),
+            md.len(),
+            rke2_firstboot::dialects::MAX_CONFIG_BYTES
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Validate { file } => {
+            let bytes = match read_config(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match agent::validate(&file.display().to_string(), &bytes) {
+                Ok(warnings) => {
+                    for w in &warnings {
+                        println!("warning: {w}");
+                    }
+                    println!("{}: ok ({} warnings)", file.display(), warnings.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Render {
+            config,
+            root,
+            identity,
+        } => {
+            let r = (|| -> Result<(), String> {
+                let id = Identity::from_args(&identity).map_err(|e| e.to_string())?;
+                let bytes = read_config(&config)?;
+                let found = Found {
+                    origin: config.display().to_string(),
+                    bytes,
+                    meta_hostname: None,
+                };
+                let loaded = agent::load(&found, &id).map_err(|e| e.to_string())?;
+                for w in &loaded.plan.warnings {
+                    eprintln!("warning: {w}");
+                }
+                // Test hook: simulate a crash right before a phase.
+                let abort = std::env::var("RKE2_FIRSTBOOT_ABORT_BEFORE").ok();
+                let mut hook = |p: Phase| -> Result<(), RenderError> {
+                    if abort.as_deref() == Some(p.name()) {
+                        std::process::exit(86);
+                    }
+                    Ok(())
+                };
+                agent::render_to(&Root::new(&root), &loaded, &mut hook).map_err(|e| e.to_string())
+            })();
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status { root } => match agent::status(&Root::new(root)) {
+            Ok((ok, text)) => {
+                println!("{text}");
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Run { root } => run(root),
+    }
+}
+
+fn run(root: PathBuf) -> ExitCode {
+    let sys = PathBuf::from("/sys");
+    let proc = PathBuf::from("/proc");
+    let dev = PathBuf::from("/dev");
+    // fw_cfg is a module on the Debian kernel; without it the source sees nothing.
+    let _ = std::process::Command::new("modprobe")
+        .args(["-q", "qemu_fw_cfg"])
+        .status();
+    let identity = Identity::probe(&sys, &proc);
+    let mount_base = PathBuf::from("/run/rke2-firstboot");
+    let sources: Vec<Box<dyn Source>> = vec![
+        Box::new(CmdlineUrl::from_paths(
+            &proc,
+            &root,
+            identity.clone(),
+            Backoff::with_deadline(Duration::from_secs(300)),
+        )),
+        Box::new(FwCfg { sys: sys.clone() }),
+        Box::new(ConfigDrive {
+            dev: dev.clone(),
+            mounter: Box::new(SystemMounter {
+                base: mount_base.clone(),
+            }),
+        }),
+        Box::new(Esp {
+            mounted: vec![root.join("efi"), root.join("boot/efi"), root.join("boot")],
+            dev,
+            mounter: Box::new(SystemMounter { base: mount_base }),
+        }),
+        Box::new(Baked { root: root.clone() }),
+    ];
+    let env = RunEnv {
+        root: root.clone(),
+        sources,
+        identity,
+        preflight_backoff: None,
+    };
+    let mut status = |m: &str| {
+        println!("rke2-firstboot: {m}");
+        notify(&[sd_notify::NotifyState::Status(m)]);
+    };
+    match agent::run(&env, &mut status) {
+        Ok(RunOutcome::AlreadyDone) => {
+            status("already configured (stamp present)");
+            notify(&[sd_notify::NotifyState::Ready]);
+            ExitCode::SUCCESS
+        }
+        Ok(RunOutcome::Configured { unit, also_start }) => {
+            // The boot transaction was computed before our links existed: reload and start
+            // what we enabled. The RKE2 units are ordered after us, so their start waits.
+            let _ = std::process::Command::new("systemctl")
+                .arg("daemon-reload")
+                .status();
+            for u in unit.iter().chain(also_start.iter()) {
+                let _ = std::process::Command::new("systemctl")
+                    .args(["start", "--no-block", u])
+                    .status();
+            }
+            match unit {
+                Some(u) => status(&format!("done; starting {u}")),
+                None => status("done; no RKE2 section, no service enabled"),
+            }
+            notify(&[sd_notify::NotifyState::Ready]);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &AgentError) -> ExitCode {
+    let msg = format!("FAILED: {e}; no RKE2 service was enabled");
+    eprintln!("rke2-firstboot: {msg}");
+    notify(&[sd_notify::NotifyState::Status(&msg)]);
+    ExitCode::FAILURE
+}

@@ -1,0 +1,255 @@
+//! The agent's operations (`run`, `render`, `validate`, `status`), kept out of `main.rs` so tests
+//! drive them with temporary directories.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::atomic::Root;
+use crate::dialects::{self, DialectError};
+use crate::identity::Identity;
+use crate::plan::Plan;
+use crate::preflight::{self, Backoff, PreflightError, Token};
+use crate::render::{self, Phase, RenderError, RenderInput, PHASES};
+use crate::role::{self, Assignment, RoleError};
+use crate::sources::{self, Found, Source, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Dialect(#[from] DialectError),
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("join preflight: {0}")]
+    Preflight(#[from] PreflightError),
+    #[error("no configuration found (tried: {0})")]
+    NothingFound(String),
+}
+
+/// A parsed configuration with this machine's assignment.
+#[derive(Debug)]
+pub struct Loaded {
+    pub origin: String,
+    pub sha256: String,
+    pub plan: Plan,
+    pub assignment: Option<Assignment>,
+}
+
+impl Loaded {
+    pub fn input(&self) -> RenderInput<'_> {
+        RenderInput {
+            origin: &self.origin,
+            config_sha256: &self.sha256,
+            plan: &self.plan,
+            rke2: match (&self.plan.rke2, &self.assignment) {
+                (Some(c), Some(a)) => Some((c.as_ref(), a)),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Parses a found configuration and resolves this machine's role.
+pub fn load(found: &Found, id: &Identity) -> Result<Loaded, AgentError> {
+    let plan = dialects::parse(&found.origin, &found.bytes, found.meta_hostname.as_deref())?;
+    let assignment = match &plan.rke2 {
+        Some(cfg) => Some(role::resolve(cfg, id)?),
+        None => None,
+    };
+    Ok(Loaded {
+        origin: found.origin.clone(),
+        sha256: hex::encode(Sha256::digest(&found.bytes)),
+        plan,
+        assignment,
+    })
+}
+
+/// `validate`: parse and check, returning the warnings. For a cluster configuration every
+/// node is resolved (as if this machine were each of them).
+pub fn validate(origin: &str, bytes: &[u8]) -> Result<Vec<String>, AgentError> {
+    let plan = dialects::parse(origin, bytes, None)?;
+    let mut warnings = plan.warnings.clone();
+    match &plan.rke2 {
+        Some(cfg) if !cfg.nodes.is_empty() => {
+            for n in &cfg.nodes {
+                let mut id = Identity::default();
+                let m = &n.matches;
+                if let Some(macs) = &m.mac {
+                    id.macs.extend(
+                        macs.to_vec()
+                            .iter()
+                            .filter_map(|x| crate::identity::normalize_mac(x)),
+                    );
+                }
+                id.uuid = m.uuid.as_ref().map(|u| u.to_ascii_lowercase());
+                id.serial = m.serial.clone();
+                id.hostname = m.hostname.clone();
+                role::resolve(cfg, &id)?;
+            }
+        }
+        Some(cfg) => {
+            role::resolve(cfg, &Identity::default())?;
+        }
+        None => warnings.push(
+            "no RKE2 section: the configuration sets up the OS only and no RKE2 service is enabled"
+                .into(),
+        ),
+    }
+    for t in plan
+        .rke2
+        .iter()
+        .flat_map(|c| [c.cluster.token.as_ref(), c.cluster.agent_token.as_ref()])
+        .flatten()
+    {
+        Token::parse(&t.0)?;
+    }
+    Ok(warnings)
+}
+
+/// `render`: everything except network waits and service starts.
+pub fn render_to(
+    root: &Root,
+    loaded: &Loaded,
+    hook: &mut dyn FnMut(Phase) -> Result<(), RenderError>,
+) -> Result<(), AgentError> {
+    render::render(root, &loaded.input(), hook)?;
+    Ok(())
+}
+
+/// What `run` needs from the machine.
+pub struct RunEnv {
+    pub root: PathBuf,
+    pub sources: Vec<Box<dyn Source>>,
+    pub identity: Identity,
+    /// Overrides the configuration's preflight deadline (tests).
+    pub preflight_backoff: Option<Backoff>,
+}
+
+impl std::fmt::Debug for RunEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunEnv").field("root", &self.root).finish()
+    }
+}
+
+/// What `run` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    AlreadyDone,
+    Configured {
+        /// The RKE2 unit enabled, if any.
+        unit: Option<&'static str>,
+        /// Units written and enabled during this run that the current boot transaction does
+        /// not know about yet (cloud-config bootcmd/runcmd), to start now.
+        also_start: Vec<&'static str>,
+    },
+}
+
+/// `run`: find, parse, render, preflight, enable, stamp. On failure no RKE2 service is left
+/// enabled and the reason is recorded.
+pub fn run(env: &RunEnv, status: &mut dyn FnMut(&str)) -> Result<RunOutcome, AgentError> {
+    let root = Root::new(&env.root);
+    if root.exists(render::STAMP) {
+        return Ok(RunOutcome::AlreadyDone);
+    }
+    let r = run_inner(env, &root, status);
+    if let Err(e) = &r {
+        // Best effort: the original error is what matters.
+        let _ = render::record_failure(&root, &e.to_string());
+    }
+    r
+}
+
+fn run_inner(
+    env: &RunEnv,
+    root: &Root,
+    status: &mut dyn FnMut(&str),
+) -> Result<RunOutcome, AgentError> {
+    status(&format!("identity: {}", env.identity));
+    let found = sources::first_found(&env.sources, status)?.ok_or_else(|| {
+        AgentError::NothingFound(
+            env.sources
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    status(&format!("configuration from {}", found.origin));
+    let loaded = load(&found, &env.identity)?;
+    for w in &loaded.plan.warnings {
+        status(&format!("warning: {w}"));
+    }
+    if let Some(a) = &loaded.assignment {
+        status(&format!(
+            "role: {}{} as {}",
+            a.role.name(),
+            if a.initializer { " (initializer)" } else { "" },
+            a.hostname.as_deref().unwrap_or("(hostname unchanged)")
+        ));
+    }
+    let input = loaded.input();
+    render::check(root, &input)?;
+    for p in PHASES {
+        if p == Phase::Enable {
+            if let Some((cfg, a)) = input.rke2 {
+                if let (Some(url), true) = (&a.server_url, cfg.cluster.preflight.enabled) {
+                    let tok = crate::rke2::join_token(cfg, a).ok_or(PreflightError::BadToken(
+                        "joining needs cluster.token (or cluster.agent-token for agents)",
+                    ))?;
+                    let token = Token::parse(tok)?;
+                    let b = env.preflight_backoff.unwrap_or_else(|| {
+                        Backoff::with_deadline(Duration::from_secs(
+                            cfg.cluster.preflight.timeout_seconds,
+                        ))
+                    });
+                    status(&format!("join preflight against {url}"));
+                    preflight::check(url, &token, a.role, &b, &mut |m| status(m))?;
+                    status("join preflight passed");
+                }
+            }
+        }
+        status(p.describe());
+        render::phase(root, &input, p)?;
+        root.flush().map_err(RenderError::from)?;
+    }
+    let mut also_start = Vec::new();
+    if !loaded.plan.bootcmd.is_empty() {
+        also_start.push(render::BOOTCMD_UNIT);
+    }
+    if !loaded.plan.runcmd.is_empty() {
+        also_start.push(render::RUNCMD_UNIT);
+    }
+    Ok(RunOutcome::Configured {
+        unit: input.rke2.map(|(_, a)| a.role.unit()),
+        also_start,
+    })
+}
+
+/// `status`: a one-paragraph summary from the stamp or the failure record (no secrets: neither
+/// file contains any).
+pub fn status(root: &Root) -> Result<(bool, String), AgentError> {
+    if let Some(b) = root
+        .read(render::STAMP, 1 << 20)
+        .map_err(RenderError::from)?
+    {
+        return Ok((
+            true,
+            format!("first boot completed:\n{}", String::from_utf8_lossy(&b)),
+        ));
+    }
+    if let Some(b) = root
+        .read(render::FAILED, 1 << 20)
+        .map_err(RenderError::from)?
+    {
+        return Ok((
+            false,
+            format!("first boot FAILED: {}", String::from_utf8_lossy(&b).trim()),
+        ));
+    }
+    Ok((false, "first boot has not run yet".into()))
+}

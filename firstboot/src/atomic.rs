@@ -1,0 +1,379 @@
+//! Writes confined to a target root directory.
+//!
+//! Every path from a configuration is relative to the node's root (`/etc/x` means `<root>/etc/x`).
+//! No path may contain `..`, and no existing component below the root may be a symlink: following
+//! one could redirect a write outside the root (or onto a file the config may not touch).
+//! Files are written atomically: temporary file in the same directory, fsync, rename, fsync the
+//! directory; a run killed at any point leaves either the old or the new file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("path {path:?} is not allowed: {why}")]
+    BadPath { path: String, why: &'static str },
+    #[error(
+        "{path:?}: component {component:?} is a symlink inside the target root; refusing to follow \
+         it (write to the real path instead)"
+    )]
+    Symlink { path: String, component: String },
+    #[error("{path:?}: {component:?} exists and is not a directory")]
+    NotDir { path: String, component: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FsError + 'a {
+    move |source| FsError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Splits a node path (`/etc/x` or `etc/x`) into normal components, rejecting anything that could
+/// climb out of the root.
+pub fn components(path: &str) -> Result<Vec<String>, FsError> {
+    let bad = |why| FsError::BadPath {
+        path: path.to_string(),
+        why,
+    };
+    if path.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    if path.len() > 4096 {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    let mut out = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => match n.to_str() {
+                Some(s) => out.push(s.to_string()),
+                None => return Err(bad("not valid UTF-8")),
+            },
+            Component::ParentDir => return Err(bad("contains `..`")),
+            Component::Prefix(_) => return Err(bad("has a prefix")),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("names the root itself"));
+    }
+    Ok(out)
+}
+
+/// The target root directory all writes go into.
+#[derive(Debug, Clone)]
+pub struct Root {
+    dir: PathBuf,
+    /// Directories with renames not yet made durable; [`Root::flush`] fsyncs each once, so a
+    /// phase that writes many files into one directory pays for one directory fsync.
+    pending: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
+}
+
+/// Ownership and mode of a written entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Attrs {
+    pub const fn root(mode: u32) -> Self {
+        Attrs {
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+impl Root {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Root {
+            dir: dir.into(),
+            pending: Default::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Host path of a node path, after checking it (does not create anything).
+    pub fn host_path(&self, path: &str) -> Result<PathBuf, FsError> {
+        let comps = components(path)?;
+        let mut p = self.dir.clone();
+        for (i, c) in comps.iter().enumerate() {
+            p.push(c);
+            // The last component may be a symlink (we replace it, never follow it).
+            if i + 1 < comps.len() {
+                if let Ok(md) = fs::symlink_metadata(&p) {
+                    if md.file_type().is_symlink() {
+                        return Err(FsError::Symlink {
+                            path: path.to_string(),
+                            component: c.clone(),
+                        });
+                    }
+                    if !md.is_dir() {
+                        return Err(FsError::NotDir {
+                            path: path.to_string(),
+                            component: c.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Creates the parents of `path` (mode 0755, root-owned) as needed; returns the host path.
+    fn prepare(&self, path: &str) -> Result<PathBuf, FsError> {
+        let host = self.host_path(path)?;
+        if let Some(parent) = host.parent() {
+            if !parent.exists() {
+                // Remember the new levels and the existing directory that gained an entry.
+                let mut created = Vec::new();
+                let mut p = parent;
+                while !p.exists() {
+                    created.push(p.to_path_buf());
+                    match p.parent() {
+                        Some(q) => p = q,
+                        None => break,
+                    }
+                }
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(io("create directory", parent))?;
+                let mut pending = self.pending.borrow_mut();
+                pending.extend(created);
+                pending.insert(p.to_path_buf());
+            }
+        }
+        Ok(host)
+    }
+
+    /// Ensures a directory exists with exactly these attributes.
+    pub fn mkdir(&self, path: &str, attrs: Attrs) -> Result<(), FsError> {
+        let host = self.prepare(path)?;
+        match fs::symlink_metadata(&host) {
+            Ok(md) if md.is_dir() => {}
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(FsError::Symlink {
+                    path: path.to_string(),
+                    component: path.to_string(),
+                })
+            }
+            Ok(_) => {
+                return Err(FsError::NotDir {
+                    path: path.to_string(),
+                    component: path.to_string(),
+                })
+            }
+            Err(_) => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&host)
+                    .map_err(io("create directory", &host))?;
+                self.note_parent(&host);
+            }
+        }
+        std::os::unix::fs::chown(&host, Some(attrs.uid), Some(attrs.gid))
+            .map_err(io("chown", &host))?;
+        fs::set_permissions(&host, fs::Permissions::from_mode(attrs.mode))
+            .map_err(io("chmod", &host))?;
+        Ok(())
+    }
+
+    /// Atomically replaces `path` with `data`.
+    pub fn write(&self, path: &str, data: &[u8], attrs: Attrs) -> Result<(), FsError> {
+        let host = self.prepare(path)?;
+        if fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
+            return Err(FsError::BadPath {
+                path: path.to_string(),
+                why: "is an existing directory",
+            });
+        }
+        let tmp = temp_name(&host);
+        // The temporary name is deterministic so a re-run after a crash overwrites the leftover.
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc_o_nofollow())
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(data).map_err(io("write", &tmp))?;
+        std::os::unix::fs::fchown(&f, Some(attrs.uid), Some(attrs.gid))
+            .map_err(io("chown", &tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(attrs.mode))
+            .map_err(io("chmod", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, &host).map_err(io("rename into place", &host))?;
+        self.note_parent(&host);
+        Ok(())
+    }
+
+    /// Atomically makes `path` a symlink to `target` (the target is interpreted on the node and
+    /// never followed here).
+    pub fn symlink(&self, path: &str, target: &str) -> Result<(), FsError> {
+        let host = self.prepare(path)?;
+        if fs::read_link(&host).is_ok_and(|t| t == Path::new(target)) {
+            return Ok(());
+        }
+        if fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
+            return Err(FsError::BadPath {
+                path: path.to_string(),
+                why: "is an existing directory",
+            });
+        }
+        let tmp = temp_name(&host);
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).map_err(io("symlink", &tmp))?;
+        fs::rename(&tmp, &host).map_err(io("rename into place", &host))?;
+        self.note_parent(&host);
+        Ok(())
+    }
+
+    /// Removes a file or symlink if present.
+    pub fn remove(&self, path: &str) -> Result<bool, FsError> {
+        let host = self.host_path(path)?;
+        match fs::symlink_metadata(&host) {
+            Ok(md) if md.is_dir() => Err(FsError::BadPath {
+                path: path.to_string(),
+                why: "is a directory, expected a file or symlink",
+            }),
+            Ok(_) => {
+                fs::remove_file(&host).map_err(io("remove", &host))?;
+                self.note_parent(&host);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Reads a regular file below the root (None if absent); at most `limit` bytes.
+    pub fn read(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>, FsError> {
+        let host = self.host_path(path)?;
+        match fs::symlink_metadata(&host) {
+            Ok(md) if md.is_file() => {
+                if md.len() > limit {
+                    return Err(FsError::BadPath {
+                        path: path.to_string(),
+                        why: "is larger than the input size limit",
+                    });
+                }
+                fs::read(&host).map(Some).map_err(io("read", &host))
+            }
+            Ok(_) => Err(FsError::BadPath {
+                path: path.to_string(),
+                why: "is not a regular file",
+            }),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Whether something (file, dir or symlink) exists at `path`.
+    pub fn exists(&self, path: &str) -> bool {
+        self.host_path(path)
+            .is_ok_and(|p| fs::symlink_metadata(p).is_ok())
+    }
+}
+
+fn libc_o_nofollow() -> i32 {
+    // O_NOFOLLOW on Linux (all architectures we target); avoids a libc dependency.
+    0o400000
+}
+
+fn temp_name(host: &Path) -> PathBuf {
+    let name = host
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    host.with_file_name(format!(".{name}.rke2-firstboot.tmp"))
+}
+
+impl Root {
+    fn note_parent(&self, host: &Path) {
+        if let Some(parent) = host.parent() {
+            self.pending.borrow_mut().insert(parent.to_path_buf());
+        }
+    }
+
+    /// Makes every rename, link and new directory so far durable (fsync of each directory
+    /// touched). Callers flush at the end of each phase, so a later phase (and the completion
+    /// stamp above all) never becomes durable before an earlier one.
+    pub fn flush(&self) -> Result<(), FsError> {
+        let dirs = std::mem::take(&mut *self.pending.borrow_mut());
+        for d in dirs {
+            File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(io("fsync directory", &d))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn rejects_traversal() {
+        assert!(matches!(
+            components("/etc/../../x"),
+            Err(FsError::BadPath { .. })
+        ));
+        assert!(components("/").is_err());
+        assert_eq!(components("/etc/./x").unwrap(), vec!["etc", "x"]);
+    }
+
+    #[test]
+    fn refuses_symlinked_parent_and_replaces_final_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("etc")).unwrap();
+        let root = Root::new(t.path());
+        let e = root.write("/etc/passwd", b"x", Attrs::root(0o644));
+        assert!(matches!(e, Err(FsError::Symlink { .. })), "{e:?}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        fs::create_dir(t.path().join("var")).unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("var/f")).unwrap();
+        root.write("/var/f", b"new", Attrs::root(0o600)).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        let md = fs::symlink_metadata(t.path().join("var/f")).unwrap();
+        assert!(md.is_file());
+        assert_eq!(md.mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn leftover_temp_is_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        fs::create_dir(t.path().join("etc")).unwrap();
+        fs::write(t.path().join("etc/.x.rke2-firstboot.tmp"), b"half").unwrap();
+        root.write("etc/x", b"full", Attrs::root(0o644)).unwrap();
+        let names: Vec<_> = fs::read_dir(t.path().join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("x")]);
+    }
+}

@@ -1,0 +1,609 @@
+//! Executes a [`Plan`] into a root directory, phase by phase.
+//!
+//! Every phase is idempotent, the RKE2 service is enabled only after everything else is in
+//! place, and the completion stamp is written last, so a run killed at any point re-runs to the
+//! same tree.
+
+use std::fs;
+
+use rke2_image_contract::paths;
+use serde_json::json;
+
+use crate::atomic::{Attrs, FsError, Root};
+use crate::dialects::native::{NativeConfig, Role};
+use crate::plan::{Command, IdRef, Owner, Plan};
+use crate::rke2::{self, Rke2Error};
+use crate::role::Assignment;
+use crate::users::{self, UserError};
+
+/// Directory of the agent's own state on the node (persistent `/var`).
+pub const STATE_DIR: &str = "/var/lib/rke2-firstboot";
+/// Written last: its presence means first boot completed.
+pub const STAMP: &str = "/var/lib/rke2-firstboot/done";
+/// Written when a run fails: the reason (no secrets).
+pub const FAILED: &str = "/var/lib/rke2-firstboot/failed";
+const UNIT_DIR: &str = "/etc/systemd/system";
+pub const BOOTCMD_UNIT: &str = "rke2-firstboot-bootcmd.service";
+pub const RUNCMD_UNIT: &str = "rke2-firstboot-runcmd.service";
+/// Where the RKE2 units are looked for in the image (install.sh prefixes), first found wins.
+const RKE2_UNIT_DIRS: &[&str] = &[
+    "usr/local/lib/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+    "opt/rke2/lib/systemd/system",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Users,
+    Files,
+    System,
+    Rke2,
+    Airgap,
+    Enable,
+    Stamp,
+}
+
+pub const PHASES: [Phase; 7] = [
+    Phase::Users,
+    Phase::Files,
+    Phase::System,
+    Phase::Rke2,
+    Phase::Airgap,
+    Phase::Enable,
+    Phase::Stamp,
+];
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Users => "users",
+            Phase::Files => "files",
+            Phase::System => "system",
+            Phase::Rke2 => "rke2",
+            Phase::Airgap => "airgap",
+            Phase::Enable => "enable",
+            Phase::Stamp => "stamp",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<Phase> {
+        PHASES.into_iter().find(|p| p.name() == s)
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::Users => "creating users and ssh keys",
+            Phase::Files => "writing files, directories and links",
+            Phase::System => "hostname, time zone, NTP, systemd units",
+            Phase::Rke2 => "writing the RKE2 configuration",
+            Phase::Airgap => "linking preloaded air-gap images",
+            Phase::Enable => "enabling the RKE2 service",
+            Phase::Stamp => "writing the completion stamp",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Users(#[from] UserError),
+    #[error(transparent)]
+    Rke2(#[from] Rke2Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("interrupted before phase {}", .0.name())]
+    Interrupted(Phase),
+}
+
+/// Everything a render needs besides the root.
+#[derive(Debug)]
+pub struct RenderInput<'a> {
+    /// Where the configuration came from (for the stamp and status).
+    pub origin: &'a str,
+    /// sha256 of the configuration bytes.
+    pub config_sha256: &'a str,
+    pub plan: &'a Plan,
+    /// The RKE2 part with this machine's resolved assignment.
+    pub rke2: Option<(&'a NativeConfig, &'a Assignment)>,
+}
+
+/// Runs all phases; `hook` is called before each (tests use it to interrupt).
+pub fn render(
+    root: &Root,
+    input: &RenderInput<'_>,
+    hook: &mut dyn FnMut(Phase) -> Result<(), RenderError>,
+) -> Result<(), RenderError> {
+    check(root, input)?;
+    for p in PHASES {
+        hook(p)?;
+        phase(root, input, p)?;
+        root.flush()?;
+    }
+    Ok(())
+}
+
+/// Checks every path the plan writes before anything is written, so a hostile path (`..`, a
+/// symlink inside the root) fails the run with nothing changed.
+pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
+    let plan = input.plan;
+    let paths = plan
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .chain(plan.directories.iter().map(|d| d.path.clone()))
+        .chain(plan.links.iter().map(|l| l.path.clone()))
+        .chain(plan.units.iter().map(|u| format!("{UNIT_DIR}/{}", u.name)));
+    for p in paths {
+        root.host_path(&p)?;
+    }
+    for u in &plan.units {
+        if !crate::plan::valid_unit_name(&u.name) {
+            return Err(RenderError::Invalid(format!(
+                "unit name {:?} is not valid",
+                u.name
+            )));
+        }
+    }
+    for u in &plan.users {
+        if !crate::plan::valid_user_name(&u.name) {
+            return Err(RenderError::Invalid(format!(
+                "user name {:?} is not valid",
+                u.name
+            )));
+        }
+        if let Some(h) = &u.home {
+            root.host_path(h)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one phase.
+pub fn phase(root: &Root, input: &RenderInput<'_>, p: Phase) -> Result<(), RenderError> {
+    let plan = input.plan;
+    match p {
+        Phase::Users => {
+            users::apply(root, &plan.users)?;
+            if let Some((cfg, a)) = input.rke2 {
+                // RKE2's CIS profile refuses to start a server without an etcd user and group.
+                if a.role == Role::Server
+                    && cfg.cluster.profile.as_deref() == Some("cis")
+                    && users::uid_of(root, "etcd")?.is_none()
+                {
+                    users::apply(
+                        root,
+                        &[crate::plan::UserSpec {
+                            name: "etcd".into(),
+                            gecos: Some("etcd user".into()),
+                            home: Some("/var/lib/rancher/rke2/server/db/etcd".into()),
+                            shell: Some("/sbin/nologin".into()),
+                            system: true,
+                            no_create_home: true,
+                            ..Default::default()
+                        }],
+                    )?;
+                }
+            }
+        }
+        Phase::Files => files(root, plan)?,
+        Phase::System => system(root, input)?,
+        Phase::Rke2 => {
+            if let Some((cfg, a)) = input.rke2 {
+                rke2_files(root, cfg, a)?;
+            }
+        }
+        Phase::Airgap => {
+            if let Some((cfg, _)) = input.rke2 {
+                if cfg.cluster.airgap_images != Some(false) {
+                    airgap(root)?;
+                }
+            }
+        }
+        Phase::Enable => {
+            // Without an RKE2 section the image's own enablement is left alone.
+            if let Some((_, a)) = input.rke2 {
+                disable_rke2(root)?;
+                enable_rke2(root, a.role)?;
+            }
+        }
+        Phase::Stamp => stamp(root, input)?,
+    }
+    Ok(())
+}
+
+fn resolve_owner(root: &Root, o: &Owner, what: &str) -> Result<(u32, u32), RenderError> {
+    let uid = match &o.user {
+        None => 0,
+        Some(IdRef::Id(i)) => *i,
+        Some(IdRef::Name(n)) => users::uid_of(root, n)?
+            .ok_or_else(|| RenderError::Invalid(format!("{what}: user {n:?} does not exist")))?,
+    };
+    let gid = match &o.group {
+        None => 0,
+        Some(IdRef::Id(i)) => *i,
+        Some(IdRef::Name(n)) => users::gid_of(root, n)?
+            .ok_or_else(|| RenderError::Invalid(format!("{what}: group {n:?} does not exist")))?,
+    };
+    Ok((uid, gid))
+}
+
+fn files(root: &Root, plan: &Plan) -> Result<(), RenderError> {
+    for d in &plan.directories {
+        let (uid, gid) = resolve_owner(root, &d.owner, &d.path)?;
+        root.mkdir(
+            &d.path,
+            Attrs {
+                mode: d.mode,
+                uid,
+                gid,
+            },
+        )?;
+    }
+    for f in &plan.files {
+        let (uid, gid) = resolve_owner(root, &f.owner, &f.path)?;
+        let data = if f.append {
+            let mut old = root
+                .read(&f.path, crate::dialects::MAX_DECODED_BYTES as u64)?
+                .unwrap_or_default();
+            // Appending is made idempotent: a re-run finds the block already at the end.
+            if !old.ends_with(&f.contents) {
+                old.extend_from_slice(&f.contents);
+            }
+            old
+        } else {
+            f.contents.clone()
+        };
+        root.write(
+            &f.path,
+            &data,
+            Attrs {
+                mode: f.mode,
+                uid,
+                gid,
+            },
+        )?;
+    }
+    for l in &plan.links {
+        root.symlink(&l.path, &l.target)?;
+    }
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn script(cmds: &[Command]) -> String {
+    let mut s = String::from("#!/bin/sh\n# Written by rke2-firstboot from cloud-config.\nset -e\n");
+    for c in cmds {
+        match c {
+            Command::Shell(line) => s.push_str(line),
+            Command::Argv(a) => s.push_str(
+                &a.iter()
+                    .map(|x| shell_quote(x))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Wanted-by targets from a unit's [Install] section.
+fn install_targets(unit: &str) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    let mut in_install = false;
+    for l in unit.lines() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            in_install = l == "[Install]";
+            continue;
+        }
+        if !in_install {
+            continue;
+        }
+        for (key, suffix) in [("WantedBy=", "wants"), ("RequiredBy=", "requires")] {
+            if let Some(v) = l.strip_prefix(key) {
+                out.extend(v.split_whitespace().map(|t| (t.to_string(), suffix)));
+            }
+        }
+    }
+    out
+}
+
+fn find_unit(root: &Root, name: &str) -> Result<Option<(String, String)>, RenderError> {
+    for dir in [
+        "etc/systemd/system",
+        "usr/local/lib/systemd/system",
+        "usr/lib/systemd/system",
+        "lib/systemd/system",
+    ] {
+        let p = format!("{dir}/{name}");
+        // Debian's /lib is a symlink to usr/lib: a path through it is simply not looked at.
+        let found = match root.read(&p, 1 << 20) {
+            Err(FsError::Symlink { .. }) => None,
+            r => r?,
+        };
+        if let Some(b) = found {
+            return Ok(Some((
+                format!("/{p}"),
+                String::from_utf8_lossy(&b).into_owned(),
+            )));
+        }
+    }
+    Ok(None)
+}
+
+fn enable_unit(root: &Root, name: &str) -> Result<(), RenderError> {
+    let (path, text) = find_unit(root, name)?.ok_or_else(|| {
+        RenderError::Invalid(format!(
+            "unit {name}: cannot enable, no unit file in the image or the config"
+        ))
+    })?;
+    let targets = install_targets(&text);
+    if targets.is_empty() {
+        return Err(RenderError::Invalid(format!(
+            "unit {name}: cannot enable, it has no [Install] WantedBy= or RequiredBy="
+        )));
+    }
+    for (t, suffix) in targets {
+        root.symlink(&format!("{UNIT_DIR}/{t}.{suffix}/{name}"), &path)?;
+    }
+    Ok(())
+}
+
+fn disable_unit(root: &Root, name: &str) -> Result<(), RenderError> {
+    let dir = root.host_path(UNIT_DIR)?;
+    let mut links = Vec::new();
+    if let Ok(rd) = fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if (n.ends_with(".wants") || n.ends_with(".requires"))
+                && e.path().join(name).symlink_metadata().is_ok()
+            {
+                links.push(format!("{UNIT_DIR}/{n}/{name}"));
+            }
+        }
+    }
+    links.sort();
+    for l in links {
+        root.remove(&l)?;
+    }
+    Ok(())
+}
+
+fn system(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
+    let plan = input.plan;
+    let hostname = input
+        .rke2
+        .and_then(|(_, a)| a.hostname.clone())
+        .or_else(|| plan.hostname.clone());
+    if let Some(h) = &hostname {
+        root.write(
+            "/etc/hostname",
+            format!("{h}\n").as_bytes(),
+            Attrs::root(0o644),
+        )?;
+    }
+    if let Some(f) = &plan.fqdn {
+        let short = hostname.as_deref().unwrap_or(f);
+        let old = root.read("/etc/hosts", 1 << 20)?.unwrap_or_default();
+        let mut text: String = String::from_utf8_lossy(&old)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("127.0.1.1"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!("127.0.1.1\t{f} {short}\n"));
+        root.write("/etc/hosts", text.as_bytes(), Attrs::root(0o644))?;
+    }
+    if let Some(tz) = &plan.timezone {
+        if root.exists("usr/share/zoneinfo") && !root.exists(&format!("usr/share/zoneinfo/{tz}")) {
+            return Err(RenderError::Invalid(format!(
+                "timezone {tz:?}: no such zone in the image's /usr/share/zoneinfo"
+            )));
+        }
+        root.symlink("/etc/localtime", &format!("/usr/share/zoneinfo/{tz}"))?;
+        root.write(
+            "/etc/timezone",
+            format!("{tz}\n").as_bytes(),
+            Attrs::root(0o644),
+        )?;
+    }
+    if let Some(ntp) = &plan.ntp {
+        if ntp.enabled {
+            let mut servers = ntp.servers.clone();
+            servers.extend(ntp.pools.iter().cloned());
+            if servers.iter().any(|s| s.contains(char::is_whitespace)) {
+                return Err(RenderError::Invalid(
+                    "ntp: a server name contains whitespace".into(),
+                ));
+            }
+            if !servers.is_empty() {
+                root.write(
+                    "/etc/systemd/timesyncd.conf.d/50-rke2-firstboot.conf",
+                    format!(
+                        "# Written by rke2-firstboot.\n[Time]\nNTP={}\n",
+                        servers.join(" ")
+                    )
+                    .as_bytes(),
+                    Attrs::root(0o644),
+                )?;
+            }
+        } else {
+            root.symlink(
+                &format!("{UNIT_DIR}/systemd-timesyncd.service"),
+                "/dev/null",
+            )?;
+        }
+    }
+    let mut units = plan.units.clone();
+    for (cmds, unit, file, once) in [
+        (&plan.bootcmd, BOOTCMD_UNIT, "bootcmd.sh", false),
+        (&plan.runcmd, RUNCMD_UNIT, "runcmd.sh", true),
+    ] {
+        if cmds.is_empty() {
+            continue;
+        }
+        root.mkdir(STATE_DIR, Attrs::root(0o700))?;
+        let path = format!("{STATE_DIR}/{file}");
+        root.write(&path, script(cmds).as_bytes(), Attrs::root(0o700))?;
+        let (order, cond) = if once {
+            (
+                "After=rke2-firstboot.service network-online.target\nWants=network-online.target\n"
+                    .to_string(),
+                format!("ConditionPathExists=!{STATE_DIR}/runcmd.done\n"),
+            )
+        } else {
+            ("Before=rke2-firstboot.service\n".to_string(), String::new())
+        };
+        let post = if once {
+            format!("ExecStartPost=/bin/touch {STATE_DIR}/runcmd.done\n")
+        } else {
+            String::new()
+        };
+        units.push(crate::plan::UnitSpec {
+            name: unit.to_string(),
+            contents: Some(format!(
+                "# Written by rke2-firstboot from cloud-config.\n[Unit]\nDescription=cloud-config {}\n{order}{cond}\n[Service]\nType=oneshot\nExecStart=/bin/sh {path}\n{post}RemainAfterExit=yes\n\n[Install]\nWantedBy=multi-user.target\n",
+                file.trim_end_matches(".sh")
+            )),
+            enabled: Some(true),
+            mask: false,
+            dropins: Vec::new(),
+        });
+    }
+    for u in &units {
+        let path = format!("{UNIT_DIR}/{}", u.name);
+        if u.mask {
+            root.symlink(&path, "/dev/null")?;
+            disable_unit(root, &u.name)?;
+            continue;
+        }
+        if let Some(c) = &u.contents {
+            root.write(&path, c.as_bytes(), Attrs::root(0o644))?;
+        }
+        for (dn, dc) in &u.dropins {
+            root.write(&format!("{path}.d/{dn}"), dc.as_bytes(), Attrs::root(0o644))?;
+        }
+        match u.enabled {
+            Some(true) => enable_unit(root, &u.name)?,
+            Some(false) => disable_unit(root, &u.name)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn rke2_files(root: &Root, cfg: &NativeConfig, a: &Assignment) -> Result<(), RenderError> {
+    root.mkdir("/etc/rancher", Attrs::root(0o755))?;
+    root.mkdir(rke2::CONFIG_DIR, Attrs::root(0o700))?;
+    root.write(
+        rke2::CONFIG_YAML,
+        rke2::config_yaml(cfg, a)?.as_bytes(),
+        Attrs::root(0o600),
+    )?;
+    if let Some(r) = rke2::registries_yaml(cfg)? {
+        root.write(rke2::REGISTRIES_YAML, r.as_bytes(), Attrs::root(0o600))?;
+    }
+    if let Some(env) = rke2::proxy_env(cfg)? {
+        root.write(
+            &format!("/etc/default/rke2-{}", a.role.name()),
+            env.as_bytes(),
+            Attrs::root(0o600),
+        )?;
+    }
+    if a.role == Role::Server {
+        let m = rke2::manifests(cfg)?;
+        if !m.is_empty() {
+            for d in ["/var/lib/rancher", "/var/lib/rancher/rke2"] {
+                root.mkdir(d, Attrs::root(0o755))?;
+            }
+            root.mkdir("/var/lib/rancher/rke2/server", Attrs::root(0o700))?;
+            root.mkdir(rke2::MANIFESTS_DIR, Attrs::root(0o700))?;
+            for (name, body) in m {
+                root.write(
+                    &format!("{}/{name}", rke2::MANIFESTS_DIR),
+                    body.as_bytes(),
+                    Attrs::root(0o600),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn airgap(root: &Root) -> Result<(), RenderError> {
+    let dir = root.host_path(paths::AIRGAP_IMAGES)?;
+    let mut names: Vec<String> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| rke2::is_image_tarball(n))
+            .collect(),
+        Err(_) => return Ok(()),
+    };
+    names.sort();
+    for n in names {
+        root.symlink(
+            &format!("{}/{n}", rke2::AGENT_IMAGES_DIR),
+            &format!("/{}/{n}", paths::AIRGAP_IMAGES),
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes both RKE2 services' enablement links (used before enabling one, and on failure).
+pub fn disable_rke2(root: &Root) -> Result<(), RenderError> {
+    for r in [Role::Server, Role::Agent] {
+        disable_unit(root, r.unit())?;
+    }
+    Ok(())
+}
+
+fn enable_rke2(root: &Root, role: Role) -> Result<(), RenderError> {
+    let unit = role.unit();
+    let target = RKE2_UNIT_DIRS
+        .iter()
+        .map(|d| format!("{d}/{unit}"))
+        .find(|p| root.exists(p))
+        .unwrap_or_else(|| format!("{}/{unit}", RKE2_UNIT_DIRS[0]));
+    root.symlink(
+        &format!("{UNIT_DIR}/multi-user.target.wants/{unit}"),
+        &format!("/{target}"),
+    )?;
+    Ok(())
+}
+
+fn stamp(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
+    let (role, node, init) = match input.rke2 {
+        Some((_, a)) => (Some(a.role.name()), a.hostname.clone(), a.initializer),
+        None => (None, None, false),
+    };
+    let doc = json!({
+        "source": input.origin,
+        "dialect": input.plan.dialect.name(),
+        "config-sha256": input.config_sha256,
+        "role": role,
+        "node-name": node,
+        "initializer": init,
+    });
+    root.mkdir("/var/lib", Attrs::root(0o755))?;
+    root.mkdir(STATE_DIR, Attrs::root(0o700))?;
+    let _ = root.remove(FAILED)?;
+    let text =
+        serde_json::to_string_pretty(&doc).map_err(|e| RenderError::Invalid(e.to_string()))?;
+    root.write(STAMP, format!("{text}\n").as_bytes(), Attrs::root(0o600))?;
+    Ok(())
+}
+
+/// Records why a run failed and makes sure no RKE2 service is enabled.
+pub fn record_failure(root: &Root, reason: &str) -> Result<(), RenderError> {
+    disable_rke2(root)?;
+    root.mkdir(STATE_DIR, Attrs::root(0o700))?;
+    root.write(FAILED, format!("{reason}\n").as_bytes(), Attrs::root(0o600))?;
+    root.flush()?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Where the node configuration comes from. Sources are tried in a fixed order and the first
+//! one that finds a configuration wins:
+//!
+//! 1. [`cmdline_url`]: `rke2.config.url=` on the kernel command line;
+//! 2. [`fw_cfg`]: QEMU fw_cfg `opt/org.rke2-image/config`, then `opt/com.coreos/config`;
+//! 3. [`config_drive`]: a volume labelled `CIDATA`/`cidata` (NoCloud) or `RKE2CFG`;
+//! 4. [`esp`]: `rke2-image/node-config.yaml` on the ESP;
+//! 5. [`baked`]: defaults baked into the image.
+//!
+//! A source that is configured but broken (URL unreachable, volume unreadable) is an error, not
+//! a reason to fall through to the next: booting with the wrong configuration is worse.
+
+pub mod baked;
+pub mod cmdline_url;
+pub mod config_drive;
+pub mod esp;
+pub mod fw_cfg;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::dialects::MAX_CONFIG_BYTES;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{source_name}: {msg}")]
+    Failed {
+        source_name: &'static str,
+        msg: String,
+    },
+    #[error("{path}: {msg}")]
+    Read { path: PathBuf, msg: String },
+}
+
+/// A configuration found by a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Human-readable origin, e.g. `fw_cfg opt/com.coreos/config`.
+    pub origin: String,
+    pub bytes: Vec<u8>,
+    /// NoCloud meta-data `local-hostname`.
+    pub meta_hostname: Option<String>,
+}
+
+pub trait Source {
+    fn name(&self) -> &'static str;
+    /// `Ok(None)`: nothing here, try the next source.
+    fn fetch(&self) -> Result<Option<Found>, SourceError>;
+}
+
+/// Tries the sources in order; `log` hears which source is tried.
+pub fn first_found(
+    sources: &[Box<dyn Source>],
+    log: &mut dyn FnMut(&str),
+) -> Result<Option<Found>, SourceError> {
+    for s in sources {
+        log(&format!("looking for a configuration: {}", s.name()));
+        if let Some(f) = s.fetch()? {
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a file of at most [`MAX_CONFIG_BYTES`]; `None` if it does not exist.
+pub fn read_limited(path: &Path) -> Result<Option<Vec<u8>>, SourceError> {
+    let f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(SourceError::Read {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })
+        }
+    };
+    let mut out = Vec::new();
+    f.take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| SourceError::Read {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+    if out.len() > MAX_CONFIG_BYTES {
+        return Err(SourceError::Read {
+            path: path.to_path_buf(),
+            msg: format!("larger than the limit of {MAX_CONFIG_BYTES} bytes"),
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Mounts a block device read-only somewhere and unmounts it when dropped. Kept apart from the
+/// sources so that what is on a volume can be parsed (and tested) without mounting anything.
+pub trait Mounter {
+    fn mount(&self, device: &Path) -> Result<Box<dyn Mounted>, SourceError>;
+}
+
+pub trait Mounted {
+    fn dir(&self) -> &Path;
+}
+
+/// Mounts with `mount(8)` (vfat, iso9660, ext4, ... detected by the kernel/blkid).
+#[derive(Debug)]
+pub struct SystemMounter {
+    /// Directory under which mount points are created (e.g. `/run/rke2-firstboot`).
+    pub base: PathBuf,
+}
+
+struct SystemMount {
+    dir: PathBuf,
+}
+
+impl Mounted for SystemMount {
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for SystemMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+impl Mounter for SystemMounter {
+    fn mount(&self, device: &Path) -> Result<Box<dyn Mounted>, SourceError> {
+        let name = device
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "volume".into());
+        let dir = self.base.join(format!("mnt-{name}"));
+        fs::create_dir_all(&dir).map_err(|e| SourceError::Read {
+            path: dir.clone(),
+            msg: e.to_string(),
+        })?;
+        let out = std::process::Command::new("mount")
+            .args(["-o", "ro,nosuid,nodev,noexec"])
+            .arg(device)
+            .arg(&dir)
+            .output()
+            .map_err(|e| SourceError::Read {
+                path: device.to_path_buf(),
+                msg: format!("cannot run mount: {e}"),
+            })?;
+        if !out.status.success() {
+            let _ = fs::remove_dir(&dir);
+            return Err(SourceError::Read {
+                path: device.to_path_buf(),
+                msg: format!(
+                    "mount failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(Box::new(SystemMount { dir }))
+    }
+}
+
+/// A device by filesystem label under a `/dev` tree (`disk/by-label/<label>`).
+pub fn by_label(dev: &Path, label: &str) -> Option<PathBuf> {
+    let p = dev.join("disk/by-label").join(label);
+    p.symlink_metadata().is_ok().then_some(p)
+}
