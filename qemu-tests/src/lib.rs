@@ -4,14 +4,10 @@
 //!   console, wait for markers with timeouts; every failure carries the console tail.
 //! - [`probe`]: parse the `RKE2-PROBE key=value` lines printed by the test-only overlay
 //!   `overlays/qemu-test` (a unit that reports facts and powers off).
-//! - [`handmade`]: until the `rke2-image build` pipeline is complete, make verity-protected
-//!   EROFS disks by hand from a Debian base tarball with the reference tools
-//!   (`mkfs.erofs`, `veritysetup`, `sgdisk`, `mkfs.vfat`/`mcopy`, `cpio`).
-//!
-//! The tests in `tests/boot.rs` take a disk image path, so they run unchanged against
-//! pipeline-built images.
+//! - [`built`]: test images built by the real pipeline (`rke2-image build`) with the
+//!   test-only probe overlay.
 
-pub mod handmade;
+pub mod built;
 pub mod probe;
 pub mod vm;
 

@@ -1,13 +1,13 @@
 //! Boot tests: the image boots under QEMU to multi-user with a verified root, FIPS and
 //! SELinux enforcing; state persists; a larger disk is used; a tampered root never boots.
 //!
-//! Disks are hand-made from `RKE2_TEST_BASE` (see `rke2_qemu_tests::handmade`) until the
-//! pipeline is complete; each check is a function over a disk image path and a [`Boot`],
-//! so pipeline-built images (UEFI boot) plug in unchanged.
+//! The image is built by the real pipeline (`rke2-image build`, from `RKE2_TEST_BASE` with
+//! the programs in `RKE2_TEST_PROGRAMS`) with the test-only probe overlay, and booted through
+//! OVMF and systemd-boot as a machine would.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use rke2_qemu_tests::handmade::{self, Image};
+use rke2_qemu_tests::built::{self, Image};
 use rke2_qemu_tests::probe;
 use rke2_qemu_tests::vm::{accel, Boot, Config, Vm};
 use std::collections::BTreeMap;
@@ -23,23 +23,23 @@ const FATAL: [&str; 3] = ["Kernel panic", "rke2-init: FAILED", "emergency mode"]
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn work_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("handmade")
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("built")
 }
 
-/// The hand-made image, built once per test run; None (test skipped) without a base.
+/// The pipeline-built image, built once per test run; None (test skipped) without a base.
 fn image() -> Option<&'static Image> {
     static IMG: OnceLock<Option<Image>> = OnceLock::new();
     IMG.get_or_init(|| {
         let base = std::env::var_os("RKE2_TEST_BASE")?;
-        let init = handmade::rke2_init_binary().expect("building rke2-init");
+        let programs = std::env::var_os("RKE2_TEST_PROGRAMS")
+            .expect("RKE2_TEST_PROGRAMS must name the directory with rke2-image and rke2-init (scripts/test sets it)");
         let start = std::time::Instant::now();
-        let img =
-            handmade::build(Path::new(&base), &work_dir(), &init).expect("building test disk");
+        let img = built::build(Path::new(&base), Path::new(&programs), &work_dir()).expect("building test image");
         eprintln!(
-            "hand-made disk {} in {:.0} s (initrd {} bytes)",
+            "built {} in {:.0} s (initrd {} bytes)",
             img.disk.display(),
             start.elapsed().as_secs_f64(),
-            img.initrd_size
+            img.manifest.boot.initrd_size
         );
         Some(img)
     })
@@ -166,9 +166,8 @@ fn check_default_boot(b: &Booted) {
 fn default_image_boots_uefi_to_multi_user_verified_fips_selinux() {
     let img = need_image!();
     let disk = work_dir().join("default.raw");
-    // Written to a disk with room for state, as on a real machine; the bare image file
-    // has none, and rke2-init refuses it with a clear line (seen in an earlier run).
-    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
+    // The image file as built (it leaves disk.stateSize free for the state partition).
+    built::copy_disk(&img.disk, &disk, None).unwrap();
     let b = boot_to_probe(&disk, Boot::Uefi, "default-uefi");
     check_default_boot(&b);
     eprintln!(
@@ -182,15 +181,15 @@ fn default_image_boots_uefi_to_multi_user_verified_fips_selinux() {
 fn state_persists_across_boots_and_is_created_once() {
     let img = need_image!();
     let disk = work_dir().join("persist.raw");
-    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
-    let first = boot_to_probe(&disk, direct(img), "persist-1");
+    built::copy_disk(&img.disk, &disk, None).unwrap();
+    let first = boot_to_probe(&disk, Boot::Uefi, "persist-1");
     check_default_boot(&first);
     assert!(first
         .console
         .contains("rke2-init: state: created and formatted"));
     assert_eq!(fact(&first, "counter:/etc/rke2-test-counter"), "0");
     assert_eq!(fact(&first, "counter:/var/lib/rke2-test-counter"), "0");
-    let second = boot_to_probe(&disk, direct(img), "persist-2");
+    let second = boot_to_probe(&disk, Boot::Uefi, "persist-2");
     assert!(second
         .console
         .contains("rke2-init: state: mounted existing"));
@@ -221,13 +220,20 @@ fn image_on_larger_disk_boots_and_state_fills_it() {
     let img = need_image!();
     let disk = work_dir().join("large.raw");
     let size = img_size(img) + (3 << 30);
-    handmade::copy_disk(&img.disk, &disk, Some(size)).unwrap();
-    let b = boot_to_probe(&disk, direct(img), "large");
+    built::copy_disk(&img.disk, &disk, Some(size)).unwrap();
+    let b = boot_to_probe(&disk, Boot::Uefi, "large");
     let state: u64 = fact(&b, "state_bytes").parse().unwrap();
     let disk_bytes: u64 = fact(&b, "disk_bytes").parse().unwrap();
     assert_eq!(disk_bytes, size);
     // Everything after the built partitions, minus alignment and the backup GPT.
-    let used_by_image = img_size(img);
+    let used_by_image = img
+        .manifest
+        .disk
+        .partitions
+        .iter()
+        .map(|p| (p.last_lba + 1) * 512)
+        .max()
+        .unwrap();
     assert!(state + used_by_image <= size);
     assert!(
         state >= size - used_by_image - (2 << 20),
@@ -251,7 +257,7 @@ fn image_on_larger_disk_boots_and_state_fills_it() {
 fn tampered_root_is_refused() {
     let img = need_image!();
     let disk = work_dir().join("tampered.raw");
-    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
+    built::copy_disk(&img.disk, &disk, None).unwrap();
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
@@ -273,7 +279,7 @@ fn tampered_root_is_refused() {
         }
     }
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cfg = Config::new(&disk, direct(img));
+    let mut cfg = Config::new(&disk, Boot::Uefi);
     cfg.log = Some(work_dir().join("tampered.console.log"));
     let mut vm = Vm::start(&cfg).unwrap();
     vm.wait_for(
@@ -310,7 +316,7 @@ fn stamp(console: &str, needle: &str) -> Option<f64> {
 fn measure_initrd_handoff() {
     let img = need_image!();
     let disk = work_dir().join("measure.raw");
-    handmade::copy_disk(&img.disk, &disk, Some(img_size(img) + (1 << 30))).unwrap();
+    built::copy_disk(&img.disk, &disk, None).unwrap();
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // First boot creates state (run to completion so it is on disk); the second is the
     // steady state we time.
@@ -326,7 +332,7 @@ fn measure_initrd_handoff() {
     let c = vm.console();
     println!(
         "rke2-init: initrd {} bytes; Run /init at {:?} s, verity root at {:?} s, hand-off at {:?} s, policy load at {:?} s (kernel clock); {:.1} s after QEMU start",
-        img.initrd_size,
+        img.manifest.boot.initrd_size,
         stamp(&c, "Run /init"),
         stamp(&c, "rke2-init: verity root"),
         stamp(&c, "rke2-init: handing off"),
@@ -335,24 +341,25 @@ fn measure_initrd_handoff() {
     );
     assert!(c.contains("state: mounted existing"));
     drop(vm);
-    let root = std::fs::read_dir(work_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("root-"))
-        })
+    // Debian's initramfs-tools initrd of the same kernel, if the base carries one (the lean
+    // base `rke2-image base` builds has none: it replaces initramfs-tools).
+    let base = std::env::var("RKE2_TEST_BASE").unwrap();
+    let kver = &img.manifest.boot.kernel_version;
+    let debian = work_dir().join("debian-initrd.img");
+    let got = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "tar -xOf '{base}' ./boot/initrd.img-{kver} > '{}'",
+                debian.display()
+            ),
+        ])
+        .status()
         .unwrap();
-    let debian = std::fs::read_dir(root.join("boot"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("initrd.img-"))
-        })
-        .unwrap();
+    if !got.success() || std::fs::metadata(&debian).map(|m| m.len()).unwrap_or(0) == 0 {
+        println!("base has no boot/initrd.img-{kver}: Debian initrd comparison skipped");
+        return;
+    }
     let size = std::fs::metadata(&debian).unwrap().len();
     let boot = Boot::Direct {
         kernel: img.kernel.clone(),

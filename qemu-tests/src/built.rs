@@ -1,0 +1,111 @@
+//! Test images built by the real pipeline: `rke2-image build` on a definition that layers the
+//! test-only probe overlay over the production overlays.
+
+use anyhow::{bail, Context, Result};
+use rke2_image_contract::manifest::Manifest;
+use rke2_image_contract::partitions;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A built image and what a direct kernel boot of it needs (read back from its ESP).
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub disk: PathBuf,
+    pub manifest: Manifest,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    /// Byte range of the root partition (root-a) inside the disk.
+    pub root_part: (u64, u64),
+}
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<Vec<u8>> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// Builds the test image with `<programs>/rke2-image` (and its `rke2-init`, `rke2-firstboot`)
+/// from `base` into `work`.
+pub fn build(base: &Path, programs: &Path, work: &Path) -> Result<Image> {
+    fs::create_dir_all(work)?;
+    let ws = workspace();
+    let def = work.join("test-image.yaml");
+    fs::write(
+        &def,
+        format!(
+            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: qemu-test\nversion: \"1\"\nepoch: 1767225600\nbase:\n  archive: {}\noverlays:\n  - source: {}\n  - source: {}\n  - source: {}\nkernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: {}\n",
+            base.display(),
+            ws.join("overlays/base").display(),
+            ws.join("overlays/firstboot").display(),
+            ws.join("overlays/qemu-test").display(),
+            programs.join("rke2-init").display(),
+            work.join("out").display()
+        ),
+    )?;
+    let out = run(Command::new(programs.join("rke2-image"))
+        .arg("build")
+        .arg(&def)
+        .env_remove("SOURCE_DATE_EPOCH"))?;
+    let disk = PathBuf::from(String::from_utf8_lossy(&out).trim());
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(work.join("out/qemu-test-1.manifest.json"))?)?;
+    let part = |label: &str| -> Result<(u64, u64)> {
+        let p = manifest
+            .disk
+            .partitions
+            .iter()
+            .find(|p| p.label == label)
+            .with_context(|| format!("no {label} partition"))?;
+        Ok((
+            p.first_lba * partitions::SECTOR,
+            (p.last_lba + 1) * partitions::SECTOR,
+        ))
+    };
+    // Kernel and initrd for direct boots, copied off the image's own ESP with mtools.
+    let (esp_start, _) = part("esp")?;
+    let img = format!("{}@@{}", disk.display(), esp_start);
+    let kernel = work.join("vmlinuz");
+    let initrd = work.join("initrd.zst");
+    run(Command::new("mcopy")
+        .args(["-o", "-n", "-i", &img, "::/rke2/a/vmlinuz"])
+        .arg(&kernel))?;
+    run(Command::new("mcopy")
+        .args(["-o", "-n", "-i", &img, "::/rke2/a/initrd.zst"])
+        .arg(&initrd))?;
+    Ok(Image {
+        disk,
+        kernel,
+        initrd,
+        cmdline: manifest.boot.cmdline.clone(),
+        root_part: part("root-a")?,
+        manifest,
+    })
+}
+
+/// A sparse copy of `src` at `dst`, optionally grown to `size` bytes (a larger disk).
+pub fn copy_disk(src: &Path, dst: &Path, size: Option<u64>) -> Result<()> {
+    run(Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(src)
+        .arg(dst))?;
+    if let Some(s) = size {
+        fs::OpenOptions::new().write(true).open(dst)?.set_len(s)?;
+    }
+    Ok(())
+}
