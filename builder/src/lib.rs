@@ -18,3 +18,4 @@ pub mod kernel_check;
 pub mod pipeline;
 pub mod selinux;
 pub mod tree;
+pub mod payload;
