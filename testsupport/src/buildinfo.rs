@@ -59,14 +59,19 @@ pub fn encode(go_version: &str, settings: &[(String, String)]) -> Vec<u8> {
     out.extend_from_slice(go_version.as_bytes());
     let mut info = Vec::new();
     info.extend_from_slice(&INFO_START);
-    info.extend_from_slice(b"path\tgithub.com/rancher/rke2\nmod\tgithub.com/rancher/rke2\t(devel)\t\n");
+    info.extend_from_slice(
+        b"path\tgithub.com/rancher/rke2\nmod\tgithub.com/rancher/rke2\t(devel)\t\n",
+    );
     for (k, v) in settings {
         info.extend_from_slice(format!("build\t{k}={v}\n").as_bytes());
     }
     info.extend_from_slice(&INFO_END);
     uvarint(info.len(), &mut out);
     out.extend_from_slice(&info);
-    assert!(out.len() <= RESERVED, "build info larger than the reserved section");
+    assert!(
+        out.len() <= RESERVED,
+        "build info larger than the reserved section"
+    );
     out.resize(RESERVED, 0);
     out
 }
@@ -129,7 +134,11 @@ pub fn decode(blob: &[u8]) -> Option<(String, String)> {
 pub fn rewrite(elf: &mut [u8], blob: &[u8]) -> anyhow::Result<()> {
     let (off, size) = elf_section(elf, ".go.buildinfo")
         .ok_or_else(|| anyhow::anyhow!("no .go.buildinfo section"))?;
-    anyhow::ensure!(blob.len() <= size, "build info of {} bytes does not fit the {size}-byte section", blob.len());
+    anyhow::ensure!(
+        blob.len() <= size,
+        "build info of {} bytes does not fit the {size}-byte section",
+        blob.len()
+    );
     elf[off..off + blob.len()].copy_from_slice(blob);
     Ok(())
 }

@@ -19,7 +19,15 @@ use sha2::{Digest, Sha256};
 use crate::buildinfo;
 
 pub const PARTS: &[&str] = &[
-    "core", "canal", "cilium", "calico", "multus", "flannel", "ingress-nginx", "harvester", "vsphere",
+    "core",
+    "canal",
+    "cilium",
+    "calico",
+    "multus",
+    "flannel",
+    "ingress-nginx",
+    "harvester",
+    "vsphere",
 ];
 
 #[derive(Debug, Clone)]
@@ -62,14 +70,47 @@ pub fn image_lists(version: &str) -> BTreeMap<&'static str, Vec<String>> {
             format!("docker.io/rancher/rke2-runtime:{tag}"),
         ],
     );
-    m.insert("canal", l(&["docker.io/rancher/hardened-calico:v3.29.1-build20250117", "docker.io/rancher/hardened-flannel:v0.26.3-build20250117"]));
-    m.insert("cilium", l(&["docker.io/rancher/mirrored-cilium-cilium:v1.16.5", "docker.io/rancher/mirrored-cilium-operator-generic:v1.16.5"]));
-    m.insert("calico", l(&["docker.io/rancher/mirrored-calico-operator:v1.36.2", "docker.io/rancher/mirrored-calico-node:v3.29.1"]));
-    m.insert("multus", l(&["docker.io/rancher/hardened-multus-cni:v4.1.4-build20250108"]));
-    m.insert("flannel", l(&["docker.io/rancher/hardened-flannel:v0.26.3-build20250117"]));
-    m.insert("ingress-nginx", l(&["docker.io/rancher/nginx-ingress-controller:v1.12.0-hardened1"]));
-    m.insert("harvester", l(&["docker.io/rancher/harvester-cloud-provider:v0.2.5"]));
-    m.insert("vsphere", l(&["docker.io/rancher/mirrored-cloud-provider-vsphere:v1.31.0"]));
+    m.insert(
+        "canal",
+        l(&[
+            "docker.io/rancher/hardened-calico:v3.29.1-build20250117",
+            "docker.io/rancher/hardened-flannel:v0.26.3-build20250117",
+        ]),
+    );
+    m.insert(
+        "cilium",
+        l(&[
+            "docker.io/rancher/mirrored-cilium-cilium:v1.16.5",
+            "docker.io/rancher/mirrored-cilium-operator-generic:v1.16.5",
+        ]),
+    );
+    m.insert(
+        "calico",
+        l(&[
+            "docker.io/rancher/mirrored-calico-operator:v1.36.2",
+            "docker.io/rancher/mirrored-calico-node:v3.29.1",
+        ]),
+    );
+    m.insert(
+        "multus",
+        l(&["docker.io/rancher/hardened-multus-cni:v4.1.4-build20250108"]),
+    );
+    m.insert(
+        "flannel",
+        l(&["docker.io/rancher/hardened-flannel:v0.26.3-build20250117"]),
+    );
+    m.insert(
+        "ingress-nginx",
+        l(&["docker.io/rancher/nginx-ingress-controller:v1.12.0-hardened1"]),
+    );
+    m.insert(
+        "harvester",
+        l(&["docker.io/rancher/harvester-cloud-provider:v0.2.5"]),
+    );
+    m.insert(
+        "vsphere",
+        l(&["docker.io/rancher/mirrored-cloud-provider-vsphere:v1.31.0"]),
+    );
     m
 }
 
@@ -114,19 +155,35 @@ pub fn docker_save(images: &[String]) -> anyhow::Result<Vec<u8>> {
         let config = serde_json::to_vec(&config)?;
         let config_id = hex::encode(Sha256::digest(&config));
         // `docker save` writes references without the docker.io/ prefix.
-        let short = image.strip_prefix("docker.io/").unwrap_or(image).to_string();
+        let short = image
+            .strip_prefix("docker.io/")
+            .unwrap_or(image)
+            .to_string();
         manifest.push(serde_json::json!({
             "Config": format!("{config_id}.json"),
             "RepoTags": [short.clone()],
             "Layers": [format!("{diff_id}/layer.tar")],
         }));
         let (repo, tag) = short.rsplit_once(':').unwrap_or((&short, "latest"));
-        repositories.entry(repo.to_string()).or_default().insert(tag.to_string(), diff_id.clone());
+        repositories
+            .entry(repo.to_string())
+            .or_default()
+            .insert(tag.to_string(), diff_id.clone());
         files.push((format!("{config_id}.json"), config));
         files.push((format!("{diff_id}/layer.tar"), layer));
     }
-    append(&mut b, "manifest.json", &serde_json::to_vec(&manifest)?, 0o644)?;
-    append(&mut b, "repositories", &serde_json::to_vec(&repositories)?, 0o644)?;
+    append(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&manifest)?,
+        0o644,
+    )?;
+    append(
+        &mut b,
+        "repositories",
+        &serde_json::to_vec(&repositories)?,
+        0o644,
+    )?;
     files.sort();
     files.dedup_by(|a, b| a.0 == b.0);
     for (p, d) in files {
@@ -136,7 +193,9 @@ pub fn docker_save(images: &[String]) -> anyhow::Result<Vec<u8>> {
 }
 
 fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut e = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::default());
+    let mut e = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
     e.write_all(data)?;
     Ok(e.finish()?)
 }
@@ -151,7 +210,8 @@ fn zstd_long(data: &[u8], window_log: u32) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The bundle's `share/rke2/rke2-cis-sysctl.conf` as rke2 ships it.
-pub const CIS_SYSCTL: &str = "vm.panic_on_oom=0\nvm.overcommit_memory=1\nkernel.panic=10\nkernel.panic_on_oops=1\n";
+pub const CIS_SYSCTL: &str =
+    "vm.panic_on_oom=0\nvm.overcommit_memory=1\nkernel.panic=10\nkernel.panic_on_oops=1\n";
 
 /// The bundle's unit file for `role` (`server` or `agent`), as rke2 ships it.
 pub fn unit(role: &str) -> String {
@@ -194,39 +254,106 @@ ExecStopPost=-/bin/sh -c \"systemd-cgls /system.slice/%n | grep -Eo '[0-9]+ (con
 pub fn write_release(dir: &Path, rke2: &Path, o: &FixtureOptions) -> anyhow::Result<()> {
     fs::create_dir_all(dir)?;
     let mut bin = fs::read(rke2)?;
-    let go = if o.boringcrypto { "go1.23.6 X:boringcrypto" } else { "go1.23.6" };
-    buildinfo::rewrite(&mut bin, &buildinfo::encode(go, &buildinfo::rke2_settings(&o.version, o.boringcrypto)))?;
+    let go = if o.boringcrypto {
+        "go1.23.6 X:boringcrypto"
+    } else {
+        "go1.23.6"
+    };
+    buildinfo::rewrite(
+        &mut bin,
+        &buildinfo::encode(go, &buildinfo::rke2_settings(&o.version, o.boringcrypto)),
+    )?;
     let mut bundle = tar::Builder::new(Vec::new());
     append(&mut bundle, "bin/rke2", &bin, 0o755)?;
-    append(&mut bundle, "bin/rke2-killall.sh", b"#!/bin/sh\n# stand-in: stops rke2 processes and unmounts its state\nexit 0\n", 0o755)?;
-    append(&mut bundle, "bin/rke2-uninstall.sh", b"#!/bin/sh\n# stand-in: removes rke2 from a host\nexit 0\n", 0o755)?;
+    append(
+        &mut bundle,
+        "bin/rke2-killall.sh",
+        b"#!/bin/sh\n# stand-in: stops rke2 processes and unmounts its state\nexit 0\n",
+        0o755,
+    )?;
+    append(
+        &mut bundle,
+        "bin/rke2-uninstall.sh",
+        b"#!/bin/sh\n# stand-in: removes rke2 from a host\nexit 0\n",
+        0o755,
+    )?;
     for role in ["server", "agent"] {
-        append(&mut bundle, &format!("lib/systemd/system/rke2-{role}.service"), unit(role).as_bytes(), 0o644)?;
-        append(&mut bundle, &format!("lib/systemd/system/rke2-{role}.env"), b"HOME=/root\n", 0o644)?;
+        append(
+            &mut bundle,
+            &format!("lib/systemd/system/rke2-{role}.service"),
+            unit(role).as_bytes(),
+            0o644,
+        )?;
+        append(
+            &mut bundle,
+            &format!("lib/systemd/system/rke2-{role}.env"),
+            b"HOME=/root\n",
+            0o644,
+        )?;
     }
-    append(&mut bundle, "share/rke2/rke2-cis-sysctl.conf", CIS_SYSCTL.as_bytes(), 0o644)?;
-    append(&mut bundle, "share/rke2/LICENSE.txt", b"Apache License 2.0 (stand-in)\n", 0o644)?;
+    append(
+        &mut bundle,
+        "share/rke2/rke2-cis-sysctl.conf",
+        CIS_SYSCTL.as_bytes(),
+        0o644,
+    )?;
+    append(
+        &mut bundle,
+        "share/rke2/LICENSE.txt",
+        b"Apache License 2.0 (stand-in)\n",
+        0o644,
+    )?;
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    files.insert("rke2.linux-amd64.tar.gz".into(), gzip(&bundle.into_inner()?)?);
+    files.insert(
+        "rke2.linux-amd64.tar.gz".into(),
+        gzip(&bundle.into_inner()?)?,
+    );
 
     let lists = image_lists(&o.version);
-    let keep = |v: &[String]| v.iter().filter(|i| !o.drop_images.contains(i)).cloned().collect::<Vec<_>>();
+    let keep = |v: &[String]| {
+        v.iter()
+            .filter(|i| !o.drop_images.contains(i))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     let mut all: Vec<String> = Vec::new();
     for (part, images) in &lists {
         let tar = docker_save(&keep(images))?;
-        files.insert(format!("rke2-images-{part}.linux-amd64.tar.zst"), zstd_long(&tar, o.zstd_window_log)?);
-        files.insert(format!("rke2-images-{part}.linux-amd64.tar.gz"), gzip(&tar)?);
-        files.insert(format!("rke2-images-{part}.linux-amd64.txt"), (images.join("\n") + "\n").into_bytes());
+        files.insert(
+            format!("rke2-images-{part}.linux-amd64.tar.zst"),
+            zstd_long(&tar, o.zstd_window_log)?,
+        );
+        files.insert(
+            format!("rke2-images-{part}.linux-amd64.tar.gz"),
+            gzip(&tar)?,
+        );
+        files.insert(
+            format!("rke2-images-{part}.linux-amd64.txt"),
+            (images.join("\n") + "\n").into_bytes(),
+        );
         all.extend(images.iter().cloned());
     }
-    let mut legacy: Vec<String> = lists["core"].iter().chain(&lists["canal"]).cloned().collect();
+    let mut legacy: Vec<String> = lists["core"]
+        .iter()
+        .chain(&lists["canal"])
+        .cloned()
+        .collect();
     legacy.sort();
     legacy.dedup();
-    files.insert("rke2-images.linux-amd64.tar.zst".into(), zstd_long(&docker_save(&keep(&legacy))?, o.zstd_window_log)?);
-    files.insert("rke2-images.linux-amd64.txt".into(), (legacy.join("\n") + "\n").into_bytes());
+    files.insert(
+        "rke2-images.linux-amd64.tar.zst".into(),
+        zstd_long(&docker_save(&keep(&legacy))?, o.zstd_window_log)?,
+    );
+    files.insert(
+        "rke2-images.linux-amd64.txt".into(),
+        (legacy.join("\n") + "\n").into_bytes(),
+    );
     all.sort();
     all.dedup();
-    files.insert("rke2-images-all.linux-amd64.txt".into(), (all.join("\n") + "\n").into_bytes());
+    files.insert(
+        "rke2-images-all.linux-amd64.txt".into(),
+        (all.join("\n") + "\n").into_bytes(),
+    );
 
     let mut sums = String::new();
     for (name, data) in &files {

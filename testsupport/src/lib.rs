@@ -20,22 +20,31 @@ pub fn stand_in_binary() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Test executables live in <target>/<profile>/deps/.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .ok_or_else(|| anyhow::anyhow!("cannot find the target directory from {}", exe.display()))?;
-    let target_dir = profile_dir
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("cannot find the target directory from {}", exe.display()))?;
+    let profile_dir = exe.parent().and_then(|d| d.parent()).ok_or_else(|| {
+        anyhow::anyhow!("cannot find the target directory from {}", exe.display())
+    })?;
+    let target_dir = profile_dir.parent().ok_or_else(|| {
+        anyhow::anyhow!("cannot find the target directory from {}", exe.display())
+    })?;
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "rke2-testsupport", "--bin", "rke2"])
-        .env("CARGO_TARGET_DIR", target_dir);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "rke2-testsupport",
+        "--bin",
+        "rke2",
+    ])
+    .env("CARGO_TARGET_DIR", target_dir);
     if release {
         cmd.arg("--release");
     }
     let status = cmd.status()?;
-    anyhow::ensure!(status.success(), "building the stand-in rke2 failed: {status}");
+    anyhow::ensure!(
+        status.success(),
+        "building the stand-in rke2 failed: {status}"
+    );
     let bin = profile_dir.join("rke2");
     anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
     Ok(bin)

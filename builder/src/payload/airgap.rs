@@ -39,9 +39,18 @@ pub fn stem(part: &str) -> String {
 pub fn normalize_ref(r: &str) -> String {
     let r = r.trim();
     let (first, rest) = r.split_once('/').unwrap_or(("", r));
-    let is_registry = !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
-    let (registry, path) = if is_registry { (first.to_string(), rest.to_string()) } else { ("docker.io".to_string(), r.to_string()) };
-    let path = if registry == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path };
+    let is_registry =
+        !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
+    let (registry, path) = if is_registry {
+        (first.to_string(), rest.to_string())
+    } else {
+        ("docker.io".to_string(), r.to_string())
+    };
+    let path = if registry == "docker.io" && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path
+    };
     let last = path.rsplit('/').next().unwrap_or("");
     let tagged = last.contains(':') || last.contains('@');
     format!("{registry}/{path}{}", if tagged { "" } else { ":latest" })
@@ -81,40 +90,72 @@ struct ManifestEntry {
 
 /// Reads a `docker save` tarball (`.tar.zst`, `.tar.gz` or `.tar`) to its end and returns the
 /// `RepoTags` of its `manifest.json`.
-pub fn scan_tarball(name: &str, path: &Path, r: &mut dyn Read) -> Result<Vec<String>, PayloadError> {
-    let arch = |m: String| PayloadError::Archive { path: path.to_path_buf(), message: m };
+pub fn scan_tarball(
+    name: &str,
+    path: &Path,
+    r: &mut dyn Read,
+) -> Result<Vec<String>, PayloadError> {
+    let arch = |m: String| PayloadError::Archive {
+        path: path.to_path_buf(),
+        message: m,
+    };
     let mut buf = BufReader::with_capacity(1 << 16, r);
     let decoded: Box<dyn Read + '_> = if name.ends_with(".zst") || name.ends_with(".tzst") {
-        let head = buf.fill_buf().map_err(|source| PayloadError::Io { path: path.to_path_buf(), source })?;
+        let head = buf.fill_buf().map_err(|source| PayloadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         match zstd_window(head) {
             Some(w) if w > ZSTD_WINDOW_LIMIT => {
-                return Err(PayloadError::ZstdWindow { path: path.to_path_buf(), window: w, limit: ZSTD_WINDOW_LIMIT })
+                return Err(PayloadError::ZstdWindow {
+                    path: path.to_path_buf(),
+                    window: w,
+                    limit: ZSTD_WINDOW_LIMIT,
+                })
             }
             Some(_) => {}
             None => return Err(arch("not a zstd stream".into())),
         }
-        let mut d = zstd::stream::read::Decoder::with_buffer(buf).map_err(|e| arch(format!("zstd: {e}")))?;
+        let mut d = zstd::stream::read::Decoder::with_buffer(buf)
+            .map_err(|e| arch(format!("zstd: {e}")))?;
         // Later frames are held to the importer's limit too.
-        d.window_log_max(25).map_err(|e| arch(format!("zstd: {e}")))?;
+        d.window_log_max(25)
+            .map_err(|e| arch(format!("zstd: {e}")))?;
         Box::new(d)
     } else if name.ends_with(".gz") || name.ends_with(".tgz") {
         Box::new(flate2::read::MultiGzDecoder::new(buf))
     } else if name.ends_with(".tar") {
         Box::new(buf)
     } else {
-        return Err(arch("unsupported image archive type (use .tar.zst, .tar.gz or .tar)".into()));
+        return Err(arch(
+            "unsupported image archive type (use .tar.zst, .tar.gz or .tar)".into(),
+        ));
     };
     let mut a = tar::Archive::new(decoded);
     let mut tags: Option<Vec<String>> = None;
-    for e in a.entries().map_err(|e| arch(format!("not a tar archive: {e}")))? {
+    for e in a
+        .entries()
+        .map_err(|e| arch(format!("not a tar archive: {e}")))?
+    {
         let mut e = e.map_err(|e| arch(format!("corrupt image archive: {e}")))?;
-        let p = e.path().map_err(|e| arch(format!("bad member name: {e}")))?.to_string_lossy().trim_start_matches("./").to_string();
+        let p = e
+            .path()
+            .map_err(|e| arch(format!("bad member name: {e}")))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         if p == "manifest.json" {
             let mut text = Vec::new();
-            e.read_to_end(&mut text).map_err(|e| arch(format!("manifest.json: {e}")))?;
-            let entries: Vec<ManifestEntry> =
-                serde_json::from_slice(&text).map_err(|e| arch(format!("manifest.json is not a docker save manifest: {e}")))?;
-            tags = Some(entries.into_iter().flat_map(|m| m.repo_tags.unwrap_or_default()).collect());
+            e.read_to_end(&mut text)
+                .map_err(|e| arch(format!("manifest.json: {e}")))?;
+            let entries: Vec<ManifestEntry> = serde_json::from_slice(&text)
+                .map_err(|e| arch(format!("manifest.json is not a docker save manifest: {e}")))?;
+            tags = Some(
+                entries
+                    .into_iter()
+                    .flat_map(|m| m.repo_tags.unwrap_or_default())
+                    .collect(),
+            );
         } else {
             // Reading every member checks the whole archive decodes.
             io::copy(&mut e, &mut io::sink()).map_err(|e| arch(format!("{p}: {e}")))?;
@@ -122,8 +163,12 @@ pub fn scan_tarball(name: &str, path: &Path, r: &mut dyn Read) -> Result<Vec<Str
     }
     let mut inner = a.into_inner();
     io::copy(&mut inner, &mut io::sink()).map_err(|e| {
-        if e.to_string().contains("window") || e.to_string().contains("Frame requires too much memory") {
-            arch(format!("zstd frame window larger than 2^25, which the rke2 image importer refuses: {e}"))
+        if e.to_string().contains("window")
+            || e.to_string().contains("Frame requires too much memory")
+        {
+            arch(format!(
+                "zstd frame window larger than 2^25, which the rke2 image importer refuses: {e}"
+            ))
         } else {
             arch(format!("trailing data: {e}"))
         }
@@ -136,13 +181,31 @@ fn read_list(sums: &Checksums, stem: &str) -> Result<(Vec<String>, Verified), Pa
     let name = format!("{stem}.linux-amd64.txt");
     sums.verify_stream(&name, |r| {
         let mut s = String::new();
-        r.read_to_string(&mut s).map_err(|source| PayloadError::Io { path: sums.dir.join(&name), source })?;
-        Ok(s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+        r.read_to_string(&mut s)
+            .map_err(|source| PayloadError::Io {
+                path: sums.dir.join(&name),
+                source,
+            })?;
+        Ok(s.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect())
     })
 }
 
-pub fn preload(tree: &mut Tree, sums: &Checksums, spec: &Rke2Spec, epoch: u64, log: &mut dyn FnMut(&str)) -> Result<Preloaded, PayloadError> {
-    let mut out = Preloaded { verified: Vec::new(), images: Vec::new(), check: check("airgap-images", "skipped", "rke2.images is empty") };
+pub fn preload(
+    tree: &mut Tree,
+    sums: &Checksums,
+    spec: &Rke2Spec,
+    epoch: u64,
+    log: &mut dyn FnMut(&str),
+) -> Result<Preloaded, PayloadError> {
+    let mut out = Preloaded {
+        verified: Vec::new(),
+        images: Vec::new(),
+        check: check("airgap-images", "skipped", "rke2.images is empty"),
+    };
     if spec.images.is_empty() {
         return Ok(out);
     }
@@ -157,13 +220,25 @@ pub fn preload(tree: &mut Tree, sums: &Checksums, spec: &Rke2Spec, epoch: u64, l
         } else if sums.contains(&gz) {
             gz
         } else {
-            return Err(PayloadError::NotListed { name: format!("{zst} (or {gz})"), sums: sums.file.clone() });
+            return Err(PayloadError::NotListed {
+                name: format!("{zst} (or {gz})"),
+                sums: sums.file.clone(),
+            });
         };
         let path = sums.dir.join(&name);
         let (tags, v) = sums.verify_stream(&name, |r| scan_tarball(&name, &path, r))?;
         log(&format!("rke2: {name}: {} images, verified", tags.len()));
         have.extend(tags.iter().map(|t| normalize_ref(t)));
-        let inode = Inode::new(Kind::File(Blob::HostFile { path: v.path.clone(), len: v.size }), 0o644, 0, 0, epoch);
+        let inode = Inode::new(
+            Kind::File(Blob::HostFile {
+                path: v.path.clone(),
+                len: v.size,
+            }),
+            0o644,
+            0,
+            0,
+            epoch,
+        );
         tree.insert_resolved(format!("{AIRGAP_IMAGES}/{name}").as_bytes(), inode)?;
         files.push(name);
         out.verified.push(v);
@@ -171,7 +246,8 @@ pub fn preload(tree: &mut Tree, sums: &Checksums, spec: &Rke2Spec, epoch: u64, l
     // Required: core (unless only the legacy tarball, which carries core + canal), the CNI's
     // parts and every chosen part's own list.
     let mut required: Vec<String> = Vec::new();
-    let legacy_only = spec.images.iter().any(|i| i == LEGACY) && !spec.images.iter().any(|i| i == "core");
+    let legacy_only =
+        spec.images.iter().any(|i| i == LEGACY) && !spec.images.iter().any(|i| i == "core");
     let mut add = |p: &str| {
         if !required.iter().any(|r| r == p) {
             required.push(p.to_string());
@@ -192,28 +268,51 @@ pub fn preload(tree: &mut Tree, sums: &Checksums, spec: &Rke2Spec, epoch: u64, l
         let (list, v) = read_list(sums, &st)?;
         for image in &list {
             if !have.contains(&normalize_ref(image)) {
-                return Err(PayloadError::ImageMissing { image: image.clone(), list: v.name.clone(), tarballs: files.join(", ") });
+                return Err(PayloadError::ImageMissing {
+                    image: image.clone(),
+                    list: v.name.clone(),
+                    tarballs: files.join(", "),
+                });
             }
         }
         lists.insert(v.name.clone(), list.len());
         out.verified.push(v);
     }
     out.images = have.into_iter().collect();
-    let detail = lists.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", ");
-    out.check = check("airgap-images", "passed", format!("{} images in {}; complete for {detail}; zstd windows <= 2^25", out.images.len(), files.join(", ")));
+    let detail = lists
+        .iter()
+        .map(|(n, c)| format!("{n} ({c})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    out.check = check(
+        "airgap-images",
+        "passed",
+        format!(
+            "{} images in {}; complete for {detail}; zstd windows <= 2^25",
+            out.images.len(),
+            files.join(", ")
+        ),
+    );
     Ok(out)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn normalises_references() {
         assert_eq!(normalize_ref("rancher/x:1"), "docker.io/rancher/x:1");
-        assert_eq!(normalize_ref("docker.io/rancher/x:1"), "docker.io/rancher/x:1");
+        assert_eq!(
+            normalize_ref("docker.io/rancher/x:1"),
+            "docker.io/rancher/x:1"
+        );
         assert_eq!(normalize_ref("busybox"), "docker.io/library/busybox:latest");
-        assert_eq!(normalize_ref("registry.k8s.io/pause:3.9"), "registry.k8s.io/pause:3.9");
+        assert_eq!(
+            normalize_ref("registry.k8s.io/pause:3.9"),
+            "registry.k8s.io/pause:3.9"
+        );
         assert_eq!(normalize_ref("localhost:5000/a"), "localhost:5000/a:latest");
     }
 

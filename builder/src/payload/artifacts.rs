@@ -32,7 +32,10 @@ pub struct Verified {
 impl Checksums {
     pub fn load(dir: &Path) -> Result<Checksums, PayloadError> {
         let file = dir.join(SUMS_FILE);
-        let text = std::fs::read_to_string(&file).map_err(|source| PayloadError::Io { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| PayloadError::Io {
+            path: file.clone(),
+            source,
+        })?;
         Checksums::parse(dir, &file, &text)
     }
 
@@ -42,21 +45,35 @@ impl Checksums {
             if line.trim().is_empty() {
                 continue;
             }
-            let bad = |m: &str| PayloadError::Checksums { file: file.to_path_buf(), message: format!("line {}: {m}", i + 1) };
-            let (hash, name) = line.split_once(' ').ok_or_else(|| bad("expected `<sha256>  <file name>`"))?;
+            let bad = |m: &str| PayloadError::Checksums {
+                file: file.to_path_buf(),
+                message: format!("line {}: {m}", i + 1),
+            };
+            let (hash, name) = line
+                .split_once(' ')
+                .ok_or_else(|| bad("expected `<sha256>  <file name>`"))?;
             // sha256sum marks binary mode with `*`.
             let name = name.trim_start_matches(' ').trim_start_matches('*');
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad("not a sha256 hash"));
             }
             if name.is_empty() || name.contains('/') {
-                return Err(bad("file name must be a plain name in the release directory"));
+                return Err(bad(
+                    "file name must be a plain name in the release directory",
+                ));
             }
-            if sums.insert(name.to_string(), hash.to_ascii_lowercase()).is_some() {
+            if sums
+                .insert(name.to_string(), hash.to_ascii_lowercase())
+                .is_some()
+            {
                 return Err(bad(&format!("{name} listed twice")));
             }
         }
-        Ok(Checksums { dir: dir.to_path_buf(), file: file.to_path_buf(), sums })
+        Ok(Checksums {
+            dir: dir.to_path_buf(),
+            file: file.to_path_buf(),
+            sums,
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -67,7 +84,10 @@ impl Checksums {
         self.sums
             .get(name)
             .map(String::as_str)
-            .ok_or_else(|| PayloadError::NotListed { name: name.into(), sums: self.file.clone() })
+            .ok_or_else(|| PayloadError::NotListed {
+                name: name.into(),
+                sums: self.file.clone(),
+            })
     }
 
     /// Streams `name` through `f` while hashing it; the rest of the file is read to the end after
@@ -82,10 +102,16 @@ impl Checksums {
         let path = self.dir.join(name);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PayloadError::Missing { path, expected }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(PayloadError::Missing { path, expected })
+            }
             Err(source) => return Err(PayloadError::Io { path, source }),
         };
-        let mut r = HashingReader { inner: file, hasher: Sha256::new(), n: 0 };
+        let mut r = HashingReader {
+            inner: file,
+            hasher: Sha256::new(),
+            n: 0,
+        };
         let out = f(&mut r);
         let drained = io::copy(&mut r, &mut io::sink());
         let actual = hex::encode(r.hasher.finalize());
@@ -93,9 +119,18 @@ impl Checksums {
             return Err(PayloadError::Io { path, source });
         }
         if actual != expected {
-            return Err(PayloadError::Mismatch { path, expected, actual });
+            return Err(PayloadError::Mismatch {
+                path,
+                expected,
+                actual,
+            });
         }
-        let v = Verified { name: name.into(), path, sha256: actual, size: r.n };
+        let v = Verified {
+            name: name.into(),
+            path,
+            sha256: actual,
+            size: r.n,
+        };
         Ok((out?, v))
     }
 }
@@ -116,13 +151,19 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_sha256sum_output() {
         let h = "a".repeat(64);
-        let c = Checksums::parse(Path::new("."), Path::new("s"), &format!("{h}  x.tar.gz\n{h} *y.txt\n")).unwrap();
+        let c = Checksums::parse(
+            Path::new("."),
+            Path::new("s"),
+            &format!("{h}  x.tar.gz\n{h} *y.txt\n"),
+        )
+        .unwrap();
         assert_eq!(c.expected("x.tar.gz").unwrap(), h);
         assert!(c.contains("y.txt"));
         assert!(Checksums::parse(Path::new("."), Path::new("s"), "abc  x\n").is_err());

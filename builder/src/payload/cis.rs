@@ -18,7 +18,13 @@ pub const REQUIRED: &[(&str, &str)] = &[
     ("vm.panic_on_oom", "0"),
 ];
 /// systemd-sysctl's directories, highest precedence first.
-const SYSCTL_DIRS: &[&str] = &["etc/sysctl.d", "run/sysctl.d", "usr/local/lib/sysctl.d", "usr/lib/sysctl.d", "lib/sysctl.d"];
+const SYSCTL_DIRS: &[&str] = &[
+    "etc/sysctl.d",
+    "run/sysctl.d",
+    "usr/local/lib/sysctl.d",
+    "usr/lib/sysctl.d",
+    "lib/sysctl.d",
+];
 
 fn file(data: impl Into<Vec<u8>>, mode: u32, epoch: u64) -> Inode {
     Inode::new(Kind::File(Blob::bytes(data)), mode, 0, 0, epoch)
@@ -42,12 +48,24 @@ pub fn apply(tree: &mut Tree, cis_conf: &str, epoch: u64) -> Result<Check, Paylo
     Ok(check(
         "cis-profile",
         "passed",
-        format!("60-rke2-cis.conf sets {}; etcd user/group {ids}", REQUIRED.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")),
+        format!(
+            "60-rke2-cis.conf sets {}; etcd user/group {ids}",
+            REQUIRED
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     ))
 }
 
 fn read_text(tree: &Tree, path: &str) -> Result<Option<String>, PayloadError> {
-    if tree.resolve(path.as_bytes(), true).ok().and_then(|p| tree.get(&p).map(|_| ())).is_none() {
+    if tree
+        .resolve(path.as_bytes(), true)
+        .ok()
+        .and_then(|p| tree.get(&p).map(|_| ()))
+        .is_none()
+    {
         return Ok(None);
     }
     tree.read_file(path.as_bytes())
@@ -58,8 +76,10 @@ fn read_text(tree: &Tree, path: &str) -> Result<Option<String>, PayloadError> {
 /// Adds `etcd` as a system user and group (as `useradd -r -M -U -s /sbin/nologin etcd`
 /// would, picking the highest id below 1000 free as both uid and gid). Returns `uid:gid`.
 pub fn add_etcd_user(tree: &mut Tree, epoch: u64) -> Result<String, PayloadError> {
-    let passwd = read_text(tree, "etc/passwd")?.ok_or_else(|| PayloadError::Cis("the base has no /etc/passwd".into()))?;
-    let group = read_text(tree, "etc/group")?.ok_or_else(|| PayloadError::Cis("the base has no /etc/group".into()))?;
+    let passwd = read_text(tree, "etc/passwd")?
+        .ok_or_else(|| PayloadError::Cis("the base has no /etc/passwd".into()))?;
+    let group = read_text(tree, "etc/group")?
+        .ok_or_else(|| PayloadError::Cis("the base has no /etc/group".into()))?;
     let ids = |text: &str| -> Vec<(String, u32)> {
         text.lines()
             .filter_map(|l| {
@@ -80,7 +100,9 @@ pub fn add_etcd_user(tree: &mut Tree, epoch: u64) -> Result<String, PayloadError
         None => (100..1000u32)
             .rev()
             .find(|i| !groups.iter().any(|(_, x)| x == i) && !users.iter().any(|(_, x)| x == i))
-            .ok_or_else(|| PayloadError::Cis("no free system id below 1000 for the etcd group".into()))?,
+            .ok_or_else(|| {
+                PayloadError::Cis("no free system id below 1000 for the etcd group".into())
+            })?,
     };
     let uid = match u {
         Some(u) => u,
@@ -88,24 +110,35 @@ pub fn add_etcd_user(tree: &mut Tree, epoch: u64) -> Result<String, PayloadError
         None => (100..1000u32)
             .rev()
             .find(|i| !users.iter().any(|(_, x)| x == i))
-            .ok_or_else(|| PayloadError::Cis("no free system id below 1000 for the etcd user".into()))?,
+            .ok_or_else(|| {
+                PayloadError::Cis("no free system id below 1000 for the etcd user".into())
+            })?,
     };
-    let append = |tree: &mut Tree, path: &str, line: String, mode: u32| -> Result<(), PayloadError> {
-        let mut text = read_text(tree, path)?.unwrap_or_default();
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(&line);
-        let real = tree.resolve(path.as_bytes(), true)?;
-        let (m, uid, gid) = tree.get(&real).map(|i| (i.mode, i.uid, i.gid)).unwrap_or((mode, 0, 0));
-        let mut inode = file(text, m, epoch);
-        inode.uid = uid;
-        inode.gid = gid;
-        tree.insert(&real, inode)?;
-        Ok(())
-    };
+    let append =
+        |tree: &mut Tree, path: &str, line: String, mode: u32| -> Result<(), PayloadError> {
+            let mut text = read_text(tree, path)?.unwrap_or_default();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&line);
+            let real = tree.resolve(path.as_bytes(), true)?;
+            let (m, uid, gid) = tree
+                .get(&real)
+                .map(|i| (i.mode, i.uid, i.gid))
+                .unwrap_or((mode, 0, 0));
+            let mut inode = file(text, m, epoch);
+            inode.uid = uid;
+            inode.gid = gid;
+            tree.insert(&real, inode)?;
+            Ok(())
+        };
     if u.is_none() {
-        append(tree, "etc/passwd", format!("etcd:x:{uid}:{gid}:etcd user:/nonexistent:/sbin/nologin\n"), 0o644)?;
+        append(
+            tree,
+            "etc/passwd",
+            format!("etcd:x:{uid}:{gid}:etcd user:/nonexistent:/sbin/nologin\n"),
+            0o644,
+        )?;
         if read_text(tree, "etc/shadow")?.is_some() {
             append(tree, "etc/shadow", "etcd:!:::::::\n".into(), 0o640)?;
         }
@@ -125,28 +158,38 @@ pub fn add_etcd_user(tree: &mut Tree, epoch: u64) -> Result<String, PayloadError
 pub fn effective_sysctls(tree: &Tree) -> Result<BTreeMap<String, (String, String)>, PayloadError> {
     let mut chosen: BTreeMap<Vec<u8>, String> = BTreeMap::new();
     for dir in SYSCTL_DIRS {
-        let Ok(real) = tree.resolve(dir.as_bytes(), true) else { continue };
+        let Ok(real) = tree.resolve(dir.as_bytes(), true) else {
+            continue;
+        };
         let mut prefix = real.clone();
         prefix.push(b'/');
         for (p, _) in tree.iter() {
-            let Some(name) = p.strip_prefix(prefix.as_slice()) else { continue };
+            let Some(name) = p.strip_prefix(prefix.as_slice()) else {
+                continue;
+            };
             if name.contains(&b'/') || !name.ends_with(b".conf") {
                 continue;
             }
-            chosen.entry(name.to_vec()).or_insert_with(|| format!("{dir}/{}", String::from_utf8_lossy(name)));
+            chosen
+                .entry(name.to_vec())
+                .or_insert_with(|| format!("{dir}/{}", String::from_utf8_lossy(name)));
         }
     }
     let mut files: Vec<String> = chosen.into_values().collect();
     files.push("etc/sysctl.conf".into());
     let mut out = BTreeMap::new();
     for f in files {
-        let Some(text) = read_text(tree, &f)? else { continue };
+        let Some(text) = read_text(tree, &f)? else {
+            continue;
+        };
         for line in text.lines() {
             let l = line.trim();
             if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
                 continue;
             }
-            let Some((k, v)) = l.split_once('=') else { continue };
+            let Some((k, v)) = l.split_once('=') else {
+                continue;
+            };
             let k = k.trim().trim_start_matches('-').replace('/', ".");
             if k.contains('*') {
                 continue;

@@ -22,7 +22,10 @@ pub struct BuildInfo {
 }
 
 fn section<'a>(elf: &'a [u8], want: &str) -> Result<&'a [u8], String> {
-    let get = |o: usize, n: usize| elf.get(o..o + n).ok_or_else(|| "truncated ELF file".to_string());
+    let get = |o: usize, n: usize| {
+        elf.get(o..o + n)
+            .ok_or_else(|| "truncated ELF file".to_string())
+    };
     let u16at = |o: usize| get(o, 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
     let u32at = |o: usize| get(o, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
     let u64at = |o: usize| {
@@ -48,7 +51,10 @@ fn section<'a>(elf: &'a [u8], want: &str) -> Result<&'a [u8], String> {
         let h = hdr(i).ok_or("bad section header offset")?;
         let name_at = strtab.checked_add(u32at(h)?).ok_or("bad section name")?;
         let rest = elf.get(name_at..).ok_or("bad section name offset")?;
-        let name = &rest[..rest.iter().position(|&b| b == 0).ok_or("unterminated section name")?];
+        let name = &rest[..rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or("unterminated section name")?];
         if name == want.as_bytes() {
             let off = u64at(h + 0x18)?;
             let size = u64at(h + 0x20)?;
@@ -57,7 +63,9 @@ fn section<'a>(elf: &'a [u8], want: &str) -> Result<&'a [u8], String> {
                 .ok_or_else(|| format!("section {want} lies outside the file"));
         }
     }
-    Err(format!("no {want} section: not a Go binary, or stripped of its build information"))
+    Err(format!(
+        "no {want} section: not a Go binary, or stripped of its build information"
+    ))
 }
 
 fn uvarint(b: &[u8]) -> Result<(usize, usize), String> {
@@ -87,20 +95,25 @@ impl BuildInfo {
         }
         let flags = *sec.get(15).ok_or("truncated .go.buildinfo")?;
         if flags & 2 == 0 {
-            return Err("build information in the pre-Go-1.18 pointer form; this rke2 is too old to check".into());
+            return Err(
+                "build information in the pre-Go-1.18 pointer form; this rke2 is too old to check"
+                    .into(),
+            );
         }
         let mut at = 32;
-        let mut string = || -> Result<String, String> {
+        let mut string = || -> Result<&[u8], String> {
             let (len, n) = uvarint(sec.get(at..).ok_or("truncated .go.buildinfo")?)?;
-            let s = sec.get(at + n..at + n + len).ok_or("truncated .go.buildinfo string")?;
+            let s = sec
+                .get(at + n..at + n + len)
+                .ok_or("truncated .go.buildinfo string")?;
             at += n + len;
-            Ok(String::from_utf8_lossy(s).into_owned())
+            Ok(s)
         };
-        let go_version = string()?;
+        let go_version = String::from_utf8_lossy(string()?).into_owned();
         let modinfo = string()?;
-        // The module info is wrapped in 16-byte sentinels and ends with a newline.
-        let modinfo = if modinfo.len() >= 33 && modinfo.as_bytes()[modinfo.len() - 17] == b'\n' {
-            modinfo.get(16..modinfo.len() - 16).unwrap_or_default().to_string()
+        // The module info is wrapped in 16-byte (non-UTF-8) sentinels and ends with a newline.
+        let modinfo = if modinfo.len() >= 33 && modinfo[modinfo.len() - 17] == b'\n' {
+            String::from_utf8_lossy(&modinfo[16..modinfo.len() - 16]).into_owned()
         } else {
             String::new()
         };
@@ -112,7 +125,10 @@ impl BuildInfo {
                 }
             }
         }
-        Ok(BuildInfo { go_version, settings })
+        Ok(BuildInfo {
+            go_version,
+            settings,
+        })
     }
 
     /// Whether the binary uses BoringCrypto: `GOEXPERIMENT` includes `boringcrypto`, or the Go
@@ -122,10 +138,10 @@ impl BuildInfo {
             .settings
             .get("GOEXPERIMENT")
             .is_some_and(|v| v.split(',').any(|e| e.trim() == "boringcrypto"));
-        let marker = self
-            .go_version
-            .split_whitespace()
-            .any(|w| w.strip_prefix("X:").is_some_and(|x| x.split(',').any(|e| e == "boringcrypto")));
+        let marker = self.go_version.split_whitespace().any(|w| {
+            w.strip_prefix("X:")
+                .is_some_and(|x| x.split(',').any(|e| e == "boringcrypto"))
+        });
         exp || marker
     }
 
@@ -133,27 +149,90 @@ impl BuildInfo {
     pub fn rke2_version(&self) -> Option<String> {
         let ld = self.settings.get("-ldflags")?;
         let rest = ld.split("pkg/version.Version=").nth(1)?;
-        rest.split([' ', '\'', '"']).next().map(str::to_string).filter(|v| !v.is_empty())
+        rest.split([' ', '\'', '"'])
+            .next()
+            .map(str::to_string)
+            .filter(|v| !v.is_empty())
     }
 }
 
 /// The `fips-supervisor` check. Fails the build unless BoringCrypto, or warns when allowed.
-pub fn gate(info: &BuildInfo, opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Check, PayloadError> {
+pub fn gate(
+    info: &BuildInfo,
+    opts: &Options,
+    log: &mut dyn FnMut(&str),
+) -> Result<Check, PayloadError> {
     let desc = format!(
         "{}, GOEXPERIMENT={}",
         info.go_version,
-        info.settings.get("GOEXPERIMENT").map(String::as_str).unwrap_or("(none)")
+        info.settings
+            .get("GOEXPERIMENT")
+            .map(String::as_str)
+            .unwrap_or("(none)")
     );
     if !opts.fips {
-        return Ok(check("fips-supervisor", "skipped", format!("security.fips is off; rke2 built with {desc}")));
+        return Ok(check(
+            "fips-supervisor",
+            "skipped",
+            format!("security.fips is off; rke2 built with {desc}"),
+        ));
     }
     if info.boringcrypto() {
-        return Ok(check("fips-supervisor", "passed", format!("rke2 built with BoringCrypto ({desc})")));
+        return Ok(check(
+            "fips-supervisor",
+            "passed",
+            format!("rke2 built with BoringCrypto ({desc})"),
+        ));
     }
     let message = format!("rke2 was built without BoringCrypto ({desc})");
     if opts.allow_non_fips_supervisor {
-        log(&format!("rke2: warning: {message}; continuing because of --allow-non-fips-supervisor"));
+        log(&format!(
+            "rke2: warning: {message}; continuing because of --allow-non-fips-supervisor"
+        ));
         return Ok(check("fips-supervisor", "warned", message));
     }
-    Err(PayloadError::NotFips { binary: super::install::BUNDLE_BIN.into(), message })
+    Err(PayloadError::NotFips {
+        binary: super::install::BUNDLE_BIN.into(),
+        message,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_elf_and_missing_section() {
+        assert!(BuildInfo::parse(b"MZ\x90\x00")
+            .unwrap_err()
+            .contains("not an ELF"));
+        // This test binary is a Rust ELF without Go build information.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(BuildInfo::parse(&me)
+            .unwrap_err()
+            .contains("no .go.buildinfo section"));
+    }
+
+    #[test]
+    fn boringcrypto_from_setting_or_version_marker() {
+        let mut b = BuildInfo {
+            go_version: "go1.22.5".into(),
+            settings: BTreeMap::new(),
+        };
+        assert!(!b.boringcrypto());
+        b.settings
+            .insert("GOEXPERIMENT".into(), "loopvar,boringcrypto".into());
+        assert!(b.boringcrypto());
+        let c = BuildInfo {
+            go_version: "go1.22.5 X:boringcrypto".into(),
+            settings: BTreeMap::new(),
+        };
+        assert!(c.boringcrypto());
+        b.settings.insert(
+            "-ldflags".into(),
+            "-X github.com/k3s-io/k3s/pkg/version.Version=v1.31.5+rke2r1 -w".into(),
+        );
+        assert_eq!(b.rke2_version().as_deref(), Some("v1.31.5+rke2r1"));
+    }
 }

@@ -98,7 +98,11 @@ pub const LEGACY: &str = "legacy";
 const CNIS: &[&str] = &["canal", "cilium", "calico", "multus", "flannel", "none"];
 
 impl Rke2Spec {
-    pub fn from_section(s: &Rke2Section, definition_dir: &Path, file: &Path) -> Result<Rke2Spec, PayloadError> {
+    pub fn from_section(
+        s: &Rke2Section,
+        definition_dir: &Path,
+        file: &Path,
+    ) -> Result<Rke2Spec, PayloadError> {
         let bad = |key: &str, message: String| PayloadError::Config {
             file: file.to_path_buf(),
             key: format!("rke2.{key}"),
@@ -114,16 +118,37 @@ impl Rke2Spec {
         };
         let artifacts = abs(&s.artifacts);
         if !artifacts.is_dir() {
-            return Err(bad("artifacts", format!("{} is not a directory; download the release files there (see the README)", artifacts.display())));
+            return Err(bad(
+                "artifacts",
+                format!(
+                    "{} is not a directory; download the release files there (see the README)",
+                    artifacts.display()
+                ),
+            ));
         }
         let v = s.version.trim();
         if !v.starts_with('v') || !v.contains("+rke2r") {
-            return Err(bad("version", format!("{:?} is not an RKE2 release version like v1.31.5+rke2r1", s.version)));
+            return Err(bad(
+                "version",
+                format!(
+                    "{:?} is not an RKE2 release version like v1.31.5+rke2r1",
+                    s.version
+                ),
+            ));
         }
         let mut cni = Vec::new();
-        for c in s.cni.as_deref().unwrap_or("canal").split(',').map(str::trim) {
+        for c in s
+            .cni
+            .as_deref()
+            .unwrap_or("canal")
+            .split(',')
+            .map(str::trim)
+        {
             if !CNIS.contains(&c) {
-                return Err(bad("cni", format!("unknown CNI {c:?}; rke2 takes {}", CNIS.join(", "))));
+                return Err(bad(
+                    "cni",
+                    format!("unknown CNI {c:?}; rke2 takes {}", CNIS.join(", ")),
+                ));
             }
             if c != "none" && !cni.contains(&c.to_string()) {
                 cni.push(c.to_string());
@@ -134,7 +159,13 @@ impl Rke2Spec {
                 let mut out: Vec<String> = Vec::new();
                 for i in list {
                     if i != LEGACY && !PARTS.contains(&i.as_str()) {
-                        return Err(bad("images", format!("unknown image tarball {i:?}; use {} or {LEGACY}", PARTS.join(", "))));
+                        return Err(bad(
+                            "images",
+                            format!(
+                                "unknown image tarball {i:?}; use {} or {LEGACY}",
+                                PARTS.join(", ")
+                            ),
+                        ));
                     }
                     if !out.contains(i) {
                         out.push(i.clone());
@@ -142,11 +173,16 @@ impl Rke2Spec {
                 }
                 out
             }
-            None => std::iter::once("core".to_string()).chain(cni.iter().cloned()).collect(),
+            None => std::iter::once("core".to_string())
+                .chain(cni.iter().cloned())
+                .collect(),
         };
         for key in s.config.keys() {
             if key.is_empty() || key.contains(char::is_whitespace) {
-                return Err(bad("config", format!("key {key:?} is not an rke2 option name")));
+                return Err(bad(
+                    "config",
+                    format!("key {key:?} is not an rke2 option name"),
+                ));
             }
         }
         let registries = s.registries.as_deref().map(abs);
@@ -160,14 +196,26 @@ impl Rke2Spec {
             let p = abs(m);
             let ext_ok = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
             if !p.is_file() || !ext_ok {
-                return Err(bad("manifests", format!("{} is not a .yaml/.yml file", p.display())));
+                return Err(bad(
+                    "manifests",
+                    format!("{} is not a .yaml/.yml file", p.display()),
+                ));
             }
             manifests.push(p);
         }
         if let Some(p) = &s.proxy {
-            for (k, v) in [("httpProxy", &p.http_proxy), ("httpsProxy", &p.https_proxy), ("noProxy", &p.no_proxy)] {
-                if v.as_deref().is_some_and(|v| v.contains(['\n', '\r', '"', '\\'])) {
-                    return Err(bad(&format!("proxy.{k}"), "must be one line without quotes or backslashes".into()));
+            for (k, v) in [
+                ("httpProxy", &p.http_proxy),
+                ("httpsProxy", &p.https_proxy),
+                ("noProxy", &p.no_proxy),
+            ] {
+                if v.as_deref()
+                    .is_some_and(|v| v.contains(['\n', '\r', '"', '\\']))
+                {
+                    return Err(bad(
+                        &format!("proxy.{k}"),
+                        "must be one line without quotes or backslashes".into(),
+                    ));
                 }
             }
         }
@@ -208,7 +256,11 @@ pub struct Report {
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
     #[error("{}: {key}: {message}", file.display())]
-    Config { file: PathBuf, key: String, message: String },
+    Config {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
     #[error("{}: {message}", file.display())]
     Checksums { file: PathBuf, message: String },
     #[error("{name} is not listed in {} (is this the right release directory?)", sums.display())]
@@ -216,15 +268,31 @@ pub enum PayloadError {
     #[error("{}: missing from the release directory; download it from the release page (sha256sum-amd64.txt expects sha256 {expected})", path.display())]
     Missing { path: PathBuf, expected: String },
     #[error("{}: sha256 mismatch: sha256sum-amd64.txt says {expected}, the file has {actual}; download it again", path.display())]
-    Mismatch { path: PathBuf, expected: String, actual: String },
+    Mismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{}: {message}", path.display())]
     Archive { path: PathBuf, message: String },
     #[error("{}: zstd window of {window} bytes exceeds the rke2 image importer's limit of {limit} (2^25); recompress with `zstd --long=25`", path.display())]
-    ZstdWindow { path: PathBuf, window: u64, limit: u64 },
+    ZstdWindow {
+        path: PathBuf,
+        window: u64,
+        limit: u64,
+    },
     #[error("image {image} (listed in {list}) is in none of the preloaded tarballs ({tarballs}); add the tarball that carries it to rke2.images")]
-    ImageMissing { image: String, list: String, tarballs: String },
+    ImageMissing {
+        image: String,
+        list: String,
+        tarballs: String,
+    },
     #[error("FIPS: {}: {message}; build with a BoringCrypto rke2 release or pass --allow-non-fips-supervisor", binary)]
     NotFips { binary: String, message: String },
     #[error("{}: Go build information: {message}", binary)]
@@ -240,17 +308,33 @@ pub enum PayloadError {
 }
 
 pub(crate) fn check(name: &str, result: &str, detail: impl Into<String>) -> Check {
-    Check { name: name.into(), result: result.into(), detail: detail.into() }
+    Check {
+        name: name.into(),
+        result: result.into(),
+        detail: detail.into(),
+    }
 }
 
 /// Verifies and installs everything. See the module documentation.
-pub fn apply(tree: &mut Tree, spec: &Rke2Spec, opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Report, PayloadError> {
+pub fn apply(
+    tree: &mut Tree,
+    spec: &Rke2Spec,
+    opts: &Options,
+    log: &mut dyn FnMut(&str),
+) -> Result<Report, PayloadError> {
     let sums = artifacts::Checksums::load(&spec.artifacts)?;
-    let mut report = Report { version: spec.version.clone(), ..Report::default() };
+    let mut report = Report {
+        version: spec.version.clone(),
+        ..Report::default()
+    };
     let record = |v: &artifacts::Verified, report: &mut Report| {
         report.inputs.push(Input {
             kind: "rke2-artifact".into(),
-            path: format!("{}/{}", spec.artifacts_display.trim_end_matches('/'), v.name),
+            path: format!(
+                "{}/{}",
+                spec.artifacts_display.trim_end_matches('/'),
+                v.name
+            ),
             sha256: v.sha256.clone(),
             size: v.size,
         });
@@ -259,11 +343,20 @@ pub fn apply(tree: &mut Tree, spec: &Rke2Spec, opts: &Options, log: &mut dyn FnM
     // Bundle: binary, units, env files, CIS sysctl file.
     let (bundle, v) = install::read_bundle(&sums)?;
     record(&v, &mut report);
-    report.checks.push(check("rke2-artifacts", "passed", format!("{} verified against sha256sum-amd64.txt", v.name)));
-    log(&format!("rke2: bundle {} verified ({} bytes)", v.name, v.size));
+    report.checks.push(check(
+        "rke2-artifacts",
+        "passed",
+        format!("{} verified against sha256sum-amd64.txt", v.name),
+    ));
+    log(&format!(
+        "rke2: bundle {} verified ({} bytes)",
+        v.name, v.size
+    ));
 
-    let info = fips::BuildInfo::parse(&bundle.rke2)
-        .map_err(|m| PayloadError::BuildInfo { binary: install::BUNDLE_BIN.into(), message: m })?;
+    let info = fips::BuildInfo::parse(&bundle.rke2).map_err(|m| PayloadError::BuildInfo {
+        binary: install::BUNDLE_BIN.into(),
+        message: m,
+    })?;
     if let Some(bv) = info.rke2_version() {
         if bv != spec.version {
             return Err(PayloadError::Invalid(format!(
@@ -280,7 +373,11 @@ pub fn apply(tree: &mut Tree, spec: &Rke2Spec, opts: &Options, log: &mut dyn FnM
 
     if opts.cis {
         let cis_conf = bundle.cis_sysctl.as_deref().ok_or_else(|| {
-            PayloadError::Cis(format!("{} has no {}; it is not an rke2 release bundle", v.name, install::BUNDLE_CIS))
+            PayloadError::Cis(format!(
+                "{} has no {}; it is not an rke2 release bundle",
+                v.name,
+                install::BUNDLE_CIS
+            ))
         })?;
         report.checks.push(cis::apply(tree, cis_conf, opts.epoch)?);
         log("rke2: CIS profile: 60-rke2-cis.conf, etcd user and group");
@@ -296,8 +393,12 @@ pub fn apply(tree: &mut Tree, spec: &Rke2Spec, opts: &Options, log: &mut dyn FnM
 
     registries::apply(tree, spec, opts)?;
     if opts.selinux {
-        report.checks.push(selinux_policy::apply(tree, opts.epoch, log)?);
+        report
+            .checks
+            .push(selinux_policy::apply(tree, opts.epoch, log)?);
     }
-    report.inputs.sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
+    report
+        .inputs
+        .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
     Ok(report)
 }

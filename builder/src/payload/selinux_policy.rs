@@ -21,9 +21,11 @@ fn err(m: impl Into<String>) -> PayloadError {
 }
 
 fn policy_type(tree: &Tree) -> Result<String, PayloadError> {
-    let cfg = tree
-        .read_file(b"etc/selinux/config")
-        .map_err(|e| err(format!("/etc/selinux/config: {e}; the base has no SELinux policy")))?;
+    let cfg = tree.read_file(b"etc/selinux/config").map_err(|e| {
+        err(format!(
+            "/etc/selinux/config: {e}; the base has no SELinux policy"
+        ))
+    })?;
     let cfg = String::from_utf8_lossy(&cfg);
     let t = cfg
         .lines()
@@ -42,7 +44,9 @@ fn export(tree: &Tree, prefix: &str, dest: &Path) -> Result<(), PayloadError> {
     let real = tree.resolve(prefix.as_bytes(), true)?;
     let mut wanted = Vec::new();
     for (p, id) in tree.iter() {
-        let Some(rest) = p.strip_prefix(real.as_slice()) else { continue };
+        let Some(rest) = p.strip_prefix(real.as_slice()) else {
+            continue;
+        };
         if !(rest.is_empty() || rest.starts_with(b"/")) {
             continue;
         }
@@ -51,13 +55,18 @@ fn export(tree: &Tree, prefix: &str, dest: &Path) -> Result<(), PayloadError> {
         match &tree.inode(id).kind {
             Kind::Dir => std::fs::create_dir_all(&target).map_err(|e| io(&target, e))?,
             Kind::Symlink(t) => {
-                std::os::unix::fs::symlink(String::from_utf8_lossy(t).as_ref(), &target).map_err(|e| io(&target, e))?
+                std::os::unix::fs::symlink(String::from_utf8_lossy(t).as_ref(), &target)
+                    .map_err(|e| io(&target, e))?
             }
             Kind::File(b) => wanted.push((target, b.clone())),
             _ => {}
         }
     }
-    let refs: Vec<(usize, &Blob)> = wanted.iter().enumerate().map(|(i, (_, b))| (i, b)).collect();
+    let refs: Vec<(usize, &Blob)> = wanted
+        .iter()
+        .enumerate()
+        .map(|(i, (_, b))| (i, b))
+        .collect();
     Tree::read_blobs(&refs, &mut |i, r| {
         let mut f = std::fs::File::create(&wanted[i].0)?;
         std::io::copy(r, &mut f).map(|_| ())
@@ -83,17 +92,30 @@ fn import(tree: &mut Tree, prefix: &str, src: &Path, epoch: u64) -> Result<usize
             let p = e.path();
             let name = e.file_name();
             let tp = crate::tree::join(&tpath, name.to_string_lossy().as_bytes());
-            let md = std::fs::symlink_metadata(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
+            let md =
+                std::fs::symlink_metadata(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
             let mode = std::os::unix::fs::PermissionsExt::mode(&md.permissions());
             if md.is_dir() {
                 tree.insert(&tp, Inode::dir(mode, epoch))?;
                 stack.push((p, tp));
             } else if md.file_type().is_symlink() {
                 let t = std::fs::read_link(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
-                tree.insert(&tp, Inode::new(Kind::Symlink(t.to_string_lossy().as_bytes().to_vec()), 0o777, 0, 0, epoch))?;
+                tree.insert(
+                    &tp,
+                    Inode::new(
+                        Kind::Symlink(t.to_string_lossy().as_bytes().to_vec()),
+                        0o777,
+                        0,
+                        0,
+                        epoch,
+                    ),
+                )?;
             } else if md.is_file() {
                 let data = std::fs::read(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
-                tree.insert(&tp, Inode::new(Kind::File(Blob::bytes(data)), mode, 0, 0, epoch))?;
+                tree.insert(
+                    &tp,
+                    Inode::new(Kind::File(Blob::bytes(data)), mode, 0, 0, epoch),
+                )?;
                 n += 1;
             }
         }
@@ -107,19 +129,31 @@ pub fn base_labels_rke2(tree: &Tree, ptype: &str) -> bool {
     tree.read_file(fc.as_bytes())
         .map(|b| {
             let s = String::from_utf8_lossy(&b);
-            s.lines().any(|l| l.starts_with("/usr/bin/rke2") || l.starts_with("/var/lib/rancher/rke2"))
+            s.lines()
+                .any(|l| l.starts_with("/usr/bin/rke2") || l.starts_with("/var/lib/rancher/rke2"))
         })
         .unwrap_or(false)
 }
 
-pub fn apply(tree: &mut Tree, epoch: u64, log: &mut dyn FnMut(&str)) -> Result<Check, PayloadError> {
+pub fn apply(
+    tree: &mut Tree,
+    epoch: u64,
+    log: &mut dyn FnMut(&str),
+) -> Result<Check, PayloadError> {
     let ptype = policy_type(tree)?;
     if base_labels_rke2(tree, &ptype) {
-        return Ok(check("selinux-rke2-policy", "passed", "the base policy labels rke2 paths itself (rke2-selinux); its labels are used"));
+        return Ok(check(
+            "selinux-rke2-policy",
+            "passed",
+            "the base policy labels rke2 paths itself (rke2-selinux); its labels are used",
+        ));
     }
     let etc = format!("etc/selinux/{ptype}");
     let store = format!("var/lib/selinux/{ptype}");
-    if tree.lookup(&tree.resolve(store.as_bytes(), true)?).is_none() {
+    if tree
+        .lookup(&tree.resolve(store.as_bytes(), true)?)
+        .is_none()
+    {
         return Err(err(format!("/{store} (the policy module store) is missing from the base; add policycoreutils and selinux-policy-{ptype}")));
     }
     let tmp = tempfile::tempdir().map_err(|e| err(format!("temporary directory: {e}")))?;
@@ -138,12 +172,24 @@ pub fn apply(tree: &mut Tree, epoch: u64, log: &mut dyn FnMut(&str)) -> Result<C
         .args(["-s", &ptype, "-i"])
         .arg(&cil)
         .output()
-        .map_err(|e| err(format!("running semodule: {e}; install policycoreutils on the build host")))?;
+        .map_err(|e| {
+            err(format!(
+                "running semodule: {e}; install policycoreutils on the build host"
+            ))
+        })?;
     if !out.status.success() {
-        return Err(err(format!("semodule -i {MODULE_NAME}.cil failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(err(format!(
+            "semodule -i {MODULE_NAME}.cil failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let a = import(tree, &etc, tmp.path(), epoch)?;
     let b = import(tree, &store, tmp.path(), epoch)?;
     log(&format!("rke2: SELinux module {MODULE_NAME} compiled into the {ptype} policy ({a} + {b} policy files replaced)"));
-    Ok(check("selinux-rke2-policy", "passed", format!("module {MODULE_NAME} compiled into the image's {ptype} policy with semodule")))
+    Ok(check(
+        "selinux-rke2-policy",
+        "passed",
+        format!("module {MODULE_NAME} compiled into the image's {ptype} policy with semodule"),
+    ))
 }
