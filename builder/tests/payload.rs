@@ -601,4 +601,29 @@ fn selinux_module_on_debian_base() {
     assert!(t
         .lookup(b"var/lib/selinux/default/active/modules/400/rke2_image/cil")
         .is_some());
+    // Reproducible: a second build from the same inputs gives the same policy files and modes.
+    let files = |t: &Tree| -> Vec<(Vec<u8>, u32, Vec<u8>)> {
+        t.iter()
+            .filter(|(p, _)| p.starts_with(b"etc/selinux/") || p.starts_with(b"var/lib/selinux/"))
+            .map(|(p, id)| {
+                let data = match &t.inode(id).kind {
+                    Kind::File(_) => t.read_file(p).unwrap(),
+                    _ => Vec::new(),
+                };
+                (p.to_vec(), t.inode(id).mode, data)
+            })
+            .collect()
+    };
+    let mut t2 = Tree::new(0);
+    rke2_image::archive::load(&base, &mut t2).unwrap();
+    apply(&mut t2, &spec(d.path(), ""), &o).unwrap();
+    let (f1, f2) = (files(&t), files(&t2));
+    assert_eq!(f1.len(), f2.len());
+    for (a, b) in f1.iter().zip(&f2) {
+        assert!(
+            a == b,
+            "/{} differs between two builds",
+            String::from_utf8_lossy(&a.0)
+        );
+    }
 }

@@ -78,6 +78,14 @@ fn export(tree: &Tree, prefix: &str, dest: &Path) -> Result<(), PayloadError> {
 fn import(tree: &mut Tree, prefix: &str, src: &Path, epoch: u64) -> Result<usize, PayloadError> {
     let real = tree.resolve(prefix.as_bytes(), true)?;
     let old_mode = tree.get(&real).map(|i| i.mode).unwrap_or(0o755);
+    // Modes come from the tree (or fixed defaults for new files), never from the host's umask.
+    let mut prefix_slash = real.clone();
+    prefix_slash.push(b'/');
+    let old_modes: std::collections::BTreeMap<Vec<u8>, u32> = tree
+        .iter()
+        .filter(|(p, _)| p.starts_with(&prefix_slash))
+        .map(|(p, id)| (p.to_vec(), tree.inode(id).mode))
+        .collect();
     tree.remove(&real);
     tree.insert(&real, Inode::dir(old_mode, epoch))?;
     let mut n = 0;
@@ -94,7 +102,8 @@ fn import(tree: &mut Tree, prefix: &str, src: &Path, epoch: u64) -> Result<usize
             let tp = crate::tree::join(&tpath, name.to_string_lossy().as_bytes());
             let md =
                 std::fs::symlink_metadata(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
-            let mode = std::os::unix::fs::PermissionsExt::mode(&md.permissions());
+            let default = if md.is_dir() { 0o755 } else { 0o644 };
+            let mode = old_modes.get(&tp).copied().unwrap_or(default);
             if md.is_dir() {
                 tree.insert(&tp, Inode::dir(mode, epoch))?;
                 stack.push((p, tp));
