@@ -544,6 +544,42 @@ fn selinux_module_on_debian_base() {
         .checks
         .iter()
         .any(|c| c.name == "cis-profile" && c.result == "passed"));
+    assert!(r
+        .checks
+        .iter()
+        .any(|c| c.name == "rke2-kernel-modules" && c.result == "passed"));
+    // modprobe agrees that the modules modules-load.d names resolve in the image's kernel.
+    let kdir = tempfile::tempdir().unwrap();
+    let mut kernel = String::new();
+    for (p, id) in t.iter() {
+        let s = String::from_utf8_lossy(p).into_owned();
+        let Some(rest) = s.strip_prefix("usr/lib/modules/") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.len() == 2
+            && parts[1].starts_with("modules.")
+            && matches!(t.inode(id).kind, Kind::File(_))
+        {
+            kernel = parts[0].to_string();
+            let dest = kdir.path().join("lib/modules").join(rest);
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::write(&dest, t.read_file(p).unwrap()).unwrap();
+        }
+    }
+    let conf = String::from_utf8(t.read_file(b"etc/modules-load.d/rke2.conf").unwrap()).unwrap();
+    for m in conf
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let out = run(Command::new("modprobe").arg("-d").arg(kdir.path()).args([
+            "-S",
+            &kernel,
+            "--show-depends",
+            m,
+        ]));
+        assert!(out.contains(&format!("/{m}.ko")), "{m}: {out}");
+    }
     let fc = rke2_image::selinux::FileContexts::from_tree(&t)
         .unwrap()
         .unwrap();
@@ -626,4 +662,42 @@ fn selinux_module_on_debian_base() {
             String::from_utf8_lossy(&a.0)
         );
     }
+}
+
+#[test]
+fn kernel_without_br_netfilter_fails() {
+    let d = release(&FixtureOptions::new(VERSION));
+    let mut t = small_tree();
+    let dep = |s: &str| {
+        Inode::new(
+            Kind::File(Blob::bytes(s.as_bytes().to_vec())),
+            0o644,
+            0,
+            0,
+            0,
+        )
+    };
+    t.insert(
+        b"usr/lib/modules/6.1.0-test/modules.dep",
+        dep("kernel/fs/overlayfs/overlay.ko.xz:\n"),
+    )
+    .unwrap();
+    let e = apply(&mut t, &spec(d.path(), ""), &opts(false, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("6.1.0-test") && e.contains("br_netfilter"),
+        "{e}"
+    );
+    // Built in counts too.
+    t.insert(
+        b"usr/lib/modules/6.1.0-test/modules.builtin",
+        dep("kernel/net/bridge/br_netfilter.ko\n"),
+    )
+    .unwrap();
+    let r = apply(&mut t, &spec(d.path(), ""), &opts(false, false)).unwrap();
+    assert!(r
+        .checks
+        .iter()
+        .any(|c| c.name == "rke2-kernel-modules" && c.result == "passed"));
 }

@@ -208,6 +208,77 @@ pub fn install(
     Ok(())
 }
 
+/// Modules `modules-load.d/rke2.conf` loads at boot.
+pub const BOOT_MODULES: [&str; 2] = ["br_netfilter", "overlay"];
+
+fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let base = base.split(".ko").next().unwrap_or(base);
+    base.replace('-', "_")
+}
+
+/// Every kernel in the tree must provide br_netfilter and overlay (as a module in
+/// `modules.dep` or built in per `modules.builtin`), or rke2's networking and containerd fail.
+pub fn check_kernel_modules(tree: &Tree) -> Result<Check, PayloadError> {
+    let Ok(dir) = tree.resolve(b"usr/lib/modules", true) else {
+        return Ok(check(
+            "rke2-kernel-modules",
+            "skipped",
+            "no kernel in the tree",
+        ));
+    };
+    let mut prefix = dir.clone();
+    prefix.push(b'/');
+    let kernels: Vec<String> = tree
+        .iter()
+        .filter_map(|(p, _)| {
+            let rest = p.strip_prefix(prefix.as_slice())?;
+            let k = rest.strip_suffix(b"/modules.dep")?;
+            (!k.contains(&b'/')).then(|| String::from_utf8_lossy(k).into_owned())
+        })
+        .collect();
+    if kernels.is_empty() {
+        return Ok(check(
+            "rke2-kernel-modules",
+            "skipped",
+            "no kernel in the tree",
+        ));
+    }
+    for k in &kernels {
+        let mut have = std::collections::BTreeSet::new();
+        for f in ["modules.dep", "modules.builtin"] {
+            let path = format!("usr/lib/modules/{k}/{f}");
+            let text = match tree.read_file(path.as_bytes()) {
+                Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+                Err(_) if f == "modules.builtin" => continue,
+                Err(e) => return Err(PayloadError::Invalid(format!("/{path}: {e}"))),
+            };
+            for line in text.lines() {
+                let m = line.split(':').next().unwrap_or("").trim();
+                if !m.is_empty() {
+                    have.insert(module_name(m));
+                }
+            }
+        }
+        for m in BOOT_MODULES {
+            if !have.contains(m) {
+                return Err(PayloadError::Invalid(format!(
+                    "kernel {k} has no {m} module (not in usr/lib/modules/{k}/modules.dep or modules.builtin); rke2 needs it: use a kernel that provides it"
+                )));
+            }
+        }
+    }
+    Ok(check(
+        "rke2-kernel-modules",
+        "passed",
+        format!(
+            "{} available in kernel {}",
+            BOOT_MODULES.join(", "),
+            kernels.join(", ")
+        ),
+    ))
+}
+
 /// Nothing may enable an rke2 unit at build time (the first-boot agent picks the role).
 pub fn check_not_enabled(tree: &Tree) -> Result<Check, PayloadError> {
     for (p, _) in tree.iter() {

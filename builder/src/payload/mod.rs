@@ -370,6 +370,7 @@ pub fn apply(
     install::install(tree, &bundle, spec, opts)?;
     log("rke2: installed /usr/bin/rke2, rke2-server/agent units (not enabled), env files, sysctls, modules-load.d");
     report.checks.push(install::check_not_enabled(tree)?);
+    report.checks.push(install::check_kernel_modules(tree)?);
 
     if opts.cis {
         let cis_conf = bundle.cis_sysctl.as_deref().ok_or_else(|| {
