@@ -7,6 +7,38 @@
 //!
 //! Nothing here enables a unit: the first-boot agent chooses the role. `rke2-uninstall.sh` is
 //! left out: nothing can uninstall from an immutable root; a new image replaces the old one.
+//!
+//! # Using a real release
+//!
+//! Download, from the RKE2 release page of the version you want (e.g. `v1.31.5+rke2r1`), into
+//! one directory: `sha256sum-amd64.txt`, `rke2.linux-amd64.tar.gz`, and for every part you
+//! preload `rke2-images-<part>.linux-amd64.tar.zst` (or `.tar.gz`) with its
+//! `rke2-images-<part>.linux-amd64.txt` (or the legacy `rke2-images.linux-amd64.tar.zst` and
+//! `.txt`). Files the definition does not use need not be there. Then:
+//!
+//! ```yaml
+//! rke2:
+//!   artifacts: rke2-release/        # relative to the definition
+//!   version: v1.31.5+rke2r1         # must match the binary's build information
+//!   cni: canal                      # default; `cilium`, `calico`, `multus,canal`, `none`
+//!   images: [core, canal]           # default: core + the CNI's parts
+//!   config: {write-kubeconfig-mode: "0640"}
+//! ```
+//!
+//! Tests use a generated release around a stand-in `rke2` (crate `rke2-testsupport`, a test
+//! double); nothing here knows the difference.
+//!
+//! # Where things go
+//!
+//! | what | path in the image |
+//! |------|-------------------|
+//! | binary, `rke2-killall.sh` | `/usr/bin/` |
+//! | units and env files (not enabled) | `/usr/lib/systemd/system/rke2-{server,agent}.{service,env}` |
+//! | air-gap tarballs | `/usr/share/rke2-image/images/` (first boot links them into `/var/lib/rancher/rke2/agent/images/`) |
+//! | extra manifests | `/usr/share/rke2-image/manifests/` (first boot links them on servers) |
+//! | baked config | `/etc/rancher/rke2/config.yaml.d/10-rke2-image.yaml` (later files override) |
+//! | registries / proxy | `/etc/rancher/rke2/registries.yaml`, `/etc/default/rke2-{server,agent}` |
+//! | modules, sysctls | `/etc/modules-load.d/rke2.conf`, `/usr/lib/sysctl.d/90-rke2-networking.conf`, CIS: `/etc/sysctl.d/60-rke2-cis.conf` |
 
 pub mod airgap;
 pub mod artifacts;
