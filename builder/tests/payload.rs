@@ -701,3 +701,44 @@ fn kernel_without_br_netfilter_fails() {
         .iter()
         .any(|c| c.name == "rke2-kernel-modules" && c.result == "passed"));
 }
+
+/// A later zstd frame with a window above 2^25 is refused too (the first header alone is not
+/// trusted).
+#[test]
+fn zstd_later_frame_window_too_large_fails() {
+    let d = release(&FixtureOptions::new(VERSION));
+    let name = "rke2-images-core.linux-amd64.tar.zst";
+    let tar = fixture::docker_save(&fixture::image_lists(VERSION)["core"]).unwrap();
+    let frame = |data: &[u8], log: u32| {
+        let mut e = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        e.long_distance_matching(true).unwrap();
+        e.window_log(log).unwrap();
+        e.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut e, data).unwrap();
+        e.finish().unwrap()
+    };
+    let (a, b) = tar.split_at(tar.len() / 2);
+    let mut z = frame(a, 20);
+    z.extend(frame(b, 27));
+    fs::write(d.path().join(name), &z).unwrap();
+    // zstd itself sees two frames and decodes them to the original tar.
+    let l = run(Command::new("zstd").arg("-lv").arg(d.path().join(name)));
+    assert!(l.contains("# Zstandard Frames: 2"), "{l}");
+    let sums = fs::read_to_string(d.path().join("sha256sum-amd64.txt")).unwrap();
+    let sha = run(Command::new("sha256sum").arg(d.path().join(name)))[..64].to_string();
+    let sums: String = sums
+        .lines()
+        .map(|l| {
+            if l.ends_with(name) {
+                format!("{sha}  {name}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fs::write(d.path().join("sha256sum-amd64.txt"), sums).unwrap();
+    let e = apply(&mut small_tree(), &spec(d.path(), ""), &opts(false, false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(name) && e.contains("2^25"), "{e}");
+}

@@ -99,6 +99,16 @@ pub fn scan_tarball(
         path: path.to_path_buf(),
         message: m,
     };
+    // libzstd's refusal of a frame above window_log_max, wherever in the stream it comes.
+    let decode_err = |what: &str, e: io::Error| {
+        if e.to_string().contains("Frame requires too much memory") {
+            arch(format!(
+                "{what}: a zstd frame's window is larger than 2^25, which the rke2 image importer refuses; recompress with `zstd --long=25` ({e})"
+            ))
+        } else {
+            arch(format!("{what}: {e}"))
+        }
+    };
     let mut buf = BufReader::with_capacity(1 << 16, r);
     let decoded: Box<dyn Read + '_> = if name.ends_with(".zst") || name.ends_with(".tzst") {
         let head = buf.fill_buf().map_err(|source| PayloadError::Io {
@@ -137,7 +147,7 @@ pub fn scan_tarball(
         .entries()
         .map_err(|e| arch(format!("not a tar archive: {e}")))?
     {
-        let mut e = e.map_err(|e| arch(format!("corrupt image archive: {e}")))?;
+        let mut e = e.map_err(|e| decode_err("corrupt image archive", e))?;
         let p = e
             .path()
             .map_err(|e| arch(format!("bad member name: {e}")))?
@@ -147,7 +157,7 @@ pub fn scan_tarball(
         if p == "manifest.json" {
             let mut text = Vec::new();
             e.read_to_end(&mut text)
-                .map_err(|e| arch(format!("manifest.json: {e}")))?;
+                .map_err(|e| decode_err("manifest.json", e))?;
             let entries: Vec<ManifestEntry> = serde_json::from_slice(&text)
                 .map_err(|e| arch(format!("manifest.json is not a docker save manifest: {e}")))?;
             tags = Some(
@@ -158,21 +168,11 @@ pub fn scan_tarball(
             );
         } else {
             // Reading every member checks the whole archive decodes.
-            io::copy(&mut e, &mut io::sink()).map_err(|e| arch(format!("{p}: {e}")))?;
+            io::copy(&mut e, &mut io::sink()).map_err(|e| decode_err(&p, e))?;
         }
     }
     let mut inner = a.into_inner();
-    io::copy(&mut inner, &mut io::sink()).map_err(|e| {
-        if e.to_string().contains("window")
-            || e.to_string().contains("Frame requires too much memory")
-        {
-            arch(format!(
-                "zstd frame window larger than 2^25, which the rke2 image importer refuses: {e}"
-            ))
-        } else {
-            arch(format!("trailing data: {e}"))
-        }
-    })?;
+    io::copy(&mut inner, &mut io::sink()).map_err(|e| decode_err("after the archive", e))?;
     tags.ok_or_else(|| arch("no manifest.json: not a docker save archive".into()))
 }
 
