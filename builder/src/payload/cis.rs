@@ -199,3 +199,55 @@ pub fn effective_sysctls(tree: &Tree) -> Result<BTreeMap<String, (String, String
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn put(t: &mut Tree, p: &str, s: &str) {
+        t.insert(p.as_bytes(), file(s, 0o644, 0)).unwrap();
+    }
+
+    #[test]
+    fn systemd_sysctl_order_and_masking() {
+        let mut t = Tree::new(0);
+        put(
+            &mut t,
+            "usr/lib/sysctl.d/10-a.conf",
+            "kernel.panic = 1\nvm/overcommit_memory=2\n",
+        );
+        put(&mut t, "usr/lib/sysctl.d/50-b.conf", "kernel.panic = 5\n");
+        // Same name in /etc masks the vendor file entirely.
+        put(&mut t, "etc/sysctl.d/50-b.conf", "# masked\n");
+        put(
+            &mut t,
+            "etc/sysctl.d/60-c.conf",
+            "-kernel.panic_on_oops = 1\n; comment\n",
+        );
+        put(&mut t, "etc/sysctl.conf", "vm.panic_on_oom=0\n");
+        let e = effective_sysctls(&t).unwrap();
+        assert_eq!(
+            e["kernel.panic"],
+            ("1".into(), "/usr/lib/sysctl.d/10-a.conf".into())
+        );
+        assert_eq!(e["vm.overcommit_memory"].0, "2");
+        assert_eq!(e["kernel.panic_on_oops"].0, "1");
+        assert_eq!(e["vm.panic_on_oom"].1, "/etc/sysctl.conf");
+    }
+
+    #[test]
+    fn etcd_ids_avoid_taken_ones_and_keep_existing() {
+        let mut t = Tree::new(0);
+        put(
+            &mut t,
+            "etc/passwd",
+            "root:x:0:0::/root:/bin/sh\na:x:999:999::/:/x\n",
+        );
+        put(&mut t, "etc/group", "root:x:0:\na:x:999:\nb:x:998:\n");
+        assert_eq!(add_etcd_user(&mut t, 0).unwrap(), "997:997");
+        assert_eq!(add_etcd_user(&mut t, 0).unwrap(), "997:997 (from the base)");
+        let p = String::from_utf8(t.read_file(b"etc/passwd").unwrap()).unwrap();
+        assert_eq!(p.matches("etcd:").count(), 1);
+    }
+}

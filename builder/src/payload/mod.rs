@@ -149,6 +149,8 @@ impl Rke2Spec {
             }
         };
         let artifacts = abs(&s.artifacts);
+        // Absolute and free of `..`: the tree keeps these paths until the image is written.
+        let artifacts = std::fs::canonicalize(&artifacts).unwrap_or(artifacts);
         if !artifacts.is_dir() {
             return Err(bad(
                 "artifacts",
