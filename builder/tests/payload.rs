@@ -94,6 +94,57 @@ fn text(tree: &Tree, p: &str) -> String {
     String::from_utf8(tree.read_file(p.as_bytes()).unwrap()).unwrap()
 }
 
+/// What systemd would apply: the tree's sysctl files written out and read back with
+/// `systemd-analyze --root=... cat-config sysctl.d` (systemd's own ordering and masking).
+fn systemd_sysctls(t: &Tree) -> std::collections::BTreeMap<String, String> {
+    let root = tempfile::tempdir().unwrap();
+    for (p, id) in t.iter() {
+        let s = String::from_utf8_lossy(p).into_owned();
+        let wanted = [
+            "etc/sysctl.d/",
+            "usr/lib/sysctl.d/",
+            "usr/local/lib/sysctl.d/",
+            "run/sysctl.d/",
+        ]
+        .iter()
+        .any(|d| s.starts_with(d))
+            || s == "etc/sysctl.conf";
+        if wanted && matches!(t.inode(id).kind, Kind::File(_)) {
+            let dest = root.path().join(&s);
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::write(&dest, t.read_file(p).unwrap()).unwrap();
+        }
+    }
+    let out = run(Command::new("systemd-analyze")
+        .arg(format!("--root={}", root.path().display()))
+        .args(["cat-config", "sysctl.d"]));
+    let mut m = std::collections::BTreeMap::new();
+    for l in out.lines() {
+        let l = l.trim();
+        if l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if let Some((k, v)) = l.split_once('=') {
+            m.insert(
+                k.trim().trim_start_matches('-').replace('/', "."),
+                v.trim().to_string(),
+            );
+        }
+    }
+    m
+}
+
+fn assert_cis_sysctls(t: &Tree) {
+    let m = systemd_sysctls(t);
+    for (k, v) in payload::cis::REQUIRED {
+        assert_eq!(
+            m.get(*k).map(String::as_str),
+            Some(*v),
+            "{k} per systemd-analyze: {m:?}"
+        );
+    }
+}
+
 #[test]
 fn fixture_is_shaped_like_a_release() {
     let d = release(&FixtureOptions::new(VERSION));
@@ -212,6 +263,7 @@ fn installs_verified_payload_and_reads_back_from_erofs() {
     assert_eq!(cfg_doc["cni"], "canal");
     assert_eq!(cfg_doc["tls-san"][1], "b.example");
 
+    assert_cis_sysctls(&t);
     // Write the tree as EROFS and read it back with fsck.erofs.
     let img_dir = tempfile::tempdir().unwrap();
     let img = img_dir.path().join("root.erofs");
@@ -300,6 +352,9 @@ fn cis_check_sees_a_base_file_overriding_the_profile() {
         e.contains("vm.overcommit_memory would be 0") && e.contains("/etc/sysctl.d/99-local.conf"),
         "{e}"
     );
+    // systemd agrees: the CIS file was installed, and the later file wins.
+    assert!(t.get(b"etc/sysctl.d/60-rke2-cis.conf").is_some());
+    assert_eq!(systemd_sysctls(&t)["vm.overcommit_memory"], "0");
 }
 
 #[test]
@@ -580,6 +635,7 @@ fn selinux_module_on_debian_base() {
         ]));
         assert!(out.contains(&format!("/{m}.ko")), "{m}: {out}");
     }
+    assert_cis_sysctls(&t);
     let fc = rke2_image::selinux::FileContexts::from_tree(&t)
         .unwrap()
         .unwrap();
