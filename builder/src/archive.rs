@@ -136,6 +136,15 @@ fn parse_num(v: &[u8]) -> Option<u64> {
     s.split('.').next()?.parse().ok()
 }
 
+/// Whether `path` starts like an archive [`load`] can read (for commands that take either a
+/// plain file or an archive).
+pub fn looks_like_archive(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    detect(path, &mut BufReader::new(f)).is_ok()
+}
+
 /// Reads `path` once into `tree` (later entries replace earlier ones). Entry metadata is taken
 /// as stored: no umask, no owner mapping.
 pub fn load(path: &Path, tree: &mut Tree) -> Result<LoadStats, ArchiveError> {

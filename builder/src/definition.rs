@@ -123,6 +123,9 @@ struct RawDefinition {
     initrd: RawInitrd,
     #[serde(default)]
     output: RawOutput,
+    /// The RKE2 payload: release artifacts, air-gap images, default config.
+    #[serde(default)]
+    rke2: Option<Spanned<crate::payload::Rke2Section>>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +186,9 @@ struct RawSecurity {
     fips: bool,
     #[serde(default = "enforcing")]
     selinux: SelinuxMode,
+    /// RKE2's CIS profile: sysctls, etcd user, `profile: cis`.
+    #[serde(default)]
+    cis: bool,
 }
 
 fn yes() -> bool {
@@ -197,6 +203,7 @@ impl Default for RawSecurity {
         RawSecurity {
             fips: true,
             selinux: SelinuxMode::Enforcing,
+            cis: false,
         }
     }
 }
@@ -286,7 +293,7 @@ pub struct OverlayDef {
 }
 
 /// A validated definition: every path absolute and checked, every size aligned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
     /// The definition file itself.
     pub file: PathBuf,
@@ -300,6 +307,8 @@ pub struct Definition {
     pub cmdline: Vec<String>,
     pub fips: bool,
     pub selinux: SelinuxMode,
+    pub cis: bool,
+    pub rke2: Option<crate::payload::Rke2Spec>,
     pub esp_size: u64,
     pub root_size: u64,
     pub state_size: u64,
@@ -614,6 +623,26 @@ impl Definition {
             }
         }
 
+        let rke2 = match &raw.rke2 {
+            None => None,
+            Some(section) => Some(
+                crate::payload::Rke2Spec::from_section(&section.value, dir, file).map_err(|e| {
+                    let (key, message) = match e {
+                        crate::payload::PayloadError::Config { key, message, .. } => (key, message),
+                        other => ("rke2".to_string(), other.to_string()),
+                    };
+                    err(line_of(&section.referenced), &key, message)
+                })?,
+            ),
+        };
+        if raw.security.cis && rke2.is_none() {
+            return Err(err(
+                None,
+                "security.cis",
+                "the CIS profile configures RKE2; it needs an `rke2:` section".into(),
+            ));
+        }
+
         Ok(Definition {
             file: file.to_path_buf(),
             name,
@@ -626,6 +655,8 @@ impl Definition {
             cmdline: raw.kernel.cmdline,
             fips: raw.security.fips,
             selinux: raw.security.selinux,
+            cis: raw.security.cis,
+            rke2,
             esp_size: raw.disk.esp_size.value.0,
             root_size: raw.disk.root_size.value.0,
             state_size: raw.disk.state_size.value.0,

@@ -268,6 +268,17 @@ pub fn render(r: &Report) -> String {
                 i.kind, i.sha256, i.path, i.size
             );
         }
+        if let Some(r) = &m.rke2 {
+            let _ = writeln!(
+                s,
+                "rke2       {} with {} preloaded images",
+                r.version,
+                r.images.len()
+            );
+            for i in &r.images {
+                let _ = writeln!(s, "  {i}");
+            }
+        }
         if !m.checks.is_empty() {
             let _ = writeln!(s, "checks");
             for c in &m.checks {

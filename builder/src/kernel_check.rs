@@ -240,6 +240,33 @@ pub fn lookup(config_text: &str, option: &str) -> Have {
 }
 
 /// Checks `config_text` against the fragments.
+/// The fragments of the repository's `kernel-config/`, compiled into the binary so a build
+/// host needs no checkout to run the check.
+pub fn builtin_fragments() -> Result<Vec<Fragment>, KernelCheckError> {
+    const FRAGMENTS: [(&str, &str); 4] = [
+        (
+            "boot.config",
+            include_str!("../../kernel-config/boot.config"),
+        ),
+        (
+            "security.config",
+            include_str!("../../kernel-config/security.config"),
+        ),
+        (
+            "rke2.config",
+            include_str!("../../kernel-config/rke2.config"),
+        ),
+        (
+            "ipvs.optional.config",
+            include_str!("../../kernel-config/ipvs.optional.config"),
+        ),
+    ];
+    FRAGMENTS
+        .iter()
+        .map(|(name, text)| parse_fragment(name, text))
+        .collect()
+}
+
 pub fn check(config_text: &str, required: &[Fragment]) -> Report {
     let mut values = std::collections::BTreeMap::new();
     for line in config_text.lines() {

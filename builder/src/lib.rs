@@ -15,6 +15,7 @@ pub mod fat;
 pub mod initrd;
 pub mod inspect;
 pub mod kernel_check;
+pub mod payload;
 pub mod pipeline;
 pub mod selinux;
 pub mod tree;

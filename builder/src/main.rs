@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use rke2_image::{base, definition::Definition, inspect, pipeline};
+use rke2_image::tree::Tree;
+use rke2_image::{archive, base, definition::Definition, inspect, kernel_check, pipeline};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +30,14 @@ enum Command {
         /// Where built bases are cached (default: $RKE2_IMAGE_CACHE, $XDG_CACHE_HOME/rke2-image or ~/.cache/rke2-image).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Build even if the rke2 binary was not built with BoringCrypto (FIPS on): a warning
+        /// in the manifest instead of a failed build.
+        #[arg(long)]
+        allow_non_fips_supervisor: bool,
     },
+    /// Check a kernel configuration (a config file, or a base tarball's boot/config-*)
+    /// against the options the images need (kernel-config/).
+    KernelCheck { config: PathBuf },
     /// Build (or reuse from the cache) a Debian base root filesystem tarball with mmdebstrap.
     Base {
         #[arg(long, default_value = "bookworm")]
@@ -84,6 +92,7 @@ fn run() -> Result<()> {
             definition,
             output,
             cache_dir: cd,
+            allow_non_fips_supervisor,
         } => {
             let def = Definition::load(&definition)?;
             let exe = std::env::current_exe().context("locating rke2-image")?;
@@ -92,6 +101,7 @@ fn run() -> Result<()> {
                 output_dir: output,
                 source_date_epoch: source_date_epoch()?,
                 programs_dir: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
+                allow_non_fips_supervisor,
             };
             let r = pipeline::build(&def, &opts, &mut |line| eprintln!("{line}"))?;
             let total: f64 = r.timings.iter().map(|t| t.1.as_secs_f64()).sum();
@@ -124,6 +134,27 @@ fn run() -> Result<()> {
                 r.size / (1024 * 1024)
             );
             println!("{}", r.path.display());
+        }
+        Command::KernelCheck { config } => {
+            let text = if archive::looks_like_archive(&config) {
+                let mut tree = Tree::new(0);
+                archive::load(&config, &mut tree)?;
+                let (name, text) = kernel_check::config_from_tree(&tree)?;
+                eprintln!("checking {name} from {}", config.display());
+                text
+            } else {
+                std::fs::read_to_string(&config)
+                    .with_context(|| format!("reading {}", config.display()))?
+            };
+            let report = kernel_check::check(&text, &kernel_check::builtin_fragments()?);
+            print!("{report}");
+            if !report.is_ok() {
+                anyhow::bail!(
+                    "{}: {} required kernel option(s) missing",
+                    config.display(),
+                    report.missing().len()
+                );
+            }
         }
         Command::Inspect { image, json } => {
             let report = inspect::inspect(&image)?;

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::definition::{BaseSource, Definition, SelinuxMode};
 use crate::tree::{Blob, Inode, Kind, Tree};
-use crate::{archive, base, compose, erofs, esp, fat, initrd, selinux};
+use crate::{archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, selinux};
 
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = partitions::SECTOR;
@@ -79,6 +79,8 @@ pub struct BuildOptions {
     /// Where `rke2-init` and `rke2-firstboot` are looked for when the definition names none
     /// (normally the directory of the running `rke2-image`).
     pub programs_dir: PathBuf,
+    /// Downgrades the FIPS supervisor gate (rke2 not built with BoringCrypto) to a warning.
+    pub allow_non_fips_supervisor: bool,
 }
 
 #[derive(Debug)]
@@ -316,6 +318,32 @@ pub fn build(
             agent_path.display()
         ));
     }
+    let mut checks: Vec<manifest::Check> = Vec::new();
+    let mut rke2_info = None;
+    if let Some(spec) = &def.rke2 {
+        let popts = payload::Options {
+            fips: def.fips,
+            cis: def.cis,
+            selinux: def.selinux != SelinuxMode::Disabled,
+            allow_non_fips_supervisor: opts.allow_non_fips_supervisor,
+            epoch,
+        };
+        let report = payload::apply(&mut tree, spec, &popts, &mut |l| {
+            log(&format!("compose: rke2: {l}"))
+        })
+        .map_err(stage("compose"))?;
+        log(&format!(
+            "compose: rke2 {} with {} preloaded images",
+            report.version,
+            report.images.len()
+        ));
+        inputs.extend(report.inputs.iter().cloned());
+        checks.extend(report.checks.iter().cloned());
+        rke2_info = Some(manifest::Rke2 {
+            version: report.version.clone(),
+            images: report.images.clone(),
+        });
+    }
     let identity = compose::Identity {
         name: def.name.clone(),
         version: def.version.clone(),
@@ -400,7 +428,30 @@ pub fn build(
             ),
         )
     })?;
-    log(&format!("kernel: {kver}"));
+    let config_path = format!("boot/config-{kver}");
+    let config = tree
+        .read_file(config_path.as_bytes())
+        .map_err(|e| invalid("kernel", format!("/{config_path}: {e}; the kernel configuration is needed to check the options the image relies on")))?;
+    let fragments = kernel_check::builtin_fragments().map_err(stage("kernel"))?;
+    let kreport = kernel_check::check(&String::from_utf8_lossy(&config), &fragments);
+    if !kreport.is_ok() {
+        return Err(invalid(
+            "kernel",
+            format!("kernel {kver} lacks options the image needs:\n{kreport}"),
+        ));
+    }
+    let warned = kreport.warnings().len();
+    checks.push(manifest::Check {
+        name: "kernel-config".into(),
+        result: if warned == 0 { "passed" } else { "warned" }.into(),
+        detail: format!(
+            "{kver}: {} options checked, {warned} optional missing",
+            kreport.findings.len()
+        ),
+    });
+    log(&format!(
+        "kernel: {kver}, configuration has every required option ({warned} optional missing)"
+    ));
     lap("kernel", &mut timings);
 
     // --- seed ----------------------------------------------------------------------------
@@ -650,7 +701,8 @@ pub fn build(
             initrd_size: rd.bytes.len() as u64,
             initrd_sha256: initrd_sha,
         },
-        checks: Vec::new(),
+        checks,
+        rke2: rke2_info,
     };
     let mut manifest_json = serde_json::to_vec_pretty(&manifest).map_err(stage("esp"))?;
     manifest_json.push(b'\n');

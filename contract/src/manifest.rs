@@ -19,6 +19,17 @@ pub struct Manifest {
     /// Named checks the build ran and their outcome (e.g. `kernel-config`, `fips-supervisor`).
     #[serde(default)]
     pub checks: Vec<Check>,
+    /// The RKE2 payload baked into the root, when the definition has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rke2: Option<Rke2>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rke2 {
+    pub version: String,
+    /// Preloaded air-gap image references, sorted.
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -101,7 +101,9 @@ pub trait Mounted {
     fn dir(&self) -> &Path;
 }
 
-/// Mounts with `mount(8)` (vfat, iso9660, ext4, ... detected by the kernel/blkid).
+/// Mounts read-only with the mount(2) system call, trying the filesystems config volumes use.
+/// Not `mount(8)`: under SELinux that runs as `mount_t`, which may not mount on a directory
+/// the agent created under /run; the agent's own domain may.
 #[derive(Debug)]
 pub struct SystemMounter {
     /// Directory under which mount points are created (e.g. `/run/rke2-firstboot`).
@@ -120,13 +122,17 @@ impl Mounted for SystemMount {
 
 impl Drop for SystemMount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = nix::mount::umount(&self.dir);
         let _ = fs::remove_dir(&self.dir);
     }
 }
 
+/// Filesystems a config drive, an RKE2CFG volume or the ESP may carry.
+const VOLUME_FSTYPES: [&str; 3] = ["vfat", "iso9660", "ext4"];
+
 impl Mounter for SystemMounter {
     fn mount(&self, device: &Path) -> Result<Box<dyn Mounted>, SourceError> {
+        use nix::mount::MsFlags;
         let name = device
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -136,26 +142,20 @@ impl Mounter for SystemMounter {
             path: dir.clone(),
             msg: e.to_string(),
         })?;
-        let out = std::process::Command::new("mount")
-            .args(["-o", "ro,nosuid,nodev,noexec"])
-            .arg(device)
-            .arg(&dir)
-            .output()
-            .map_err(|e| SourceError::Read {
-                path: device.to_path_buf(),
-                msg: format!("cannot run mount: {e}"),
-            })?;
-        if !out.status.success() {
-            let _ = fs::remove_dir(&dir);
-            return Err(SourceError::Read {
-                path: device.to_path_buf(),
-                msg: format!(
-                    "mount failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
+        let flags =
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let mut tried = Vec::new();
+        for fstype in VOLUME_FSTYPES {
+            match nix::mount::mount(Some(device), &dir, Some(fstype), flags, None::<&str>) {
+                Ok(()) => return Ok(Box::new(SystemMount { dir })),
+                Err(e) => tried.push(format!("{fstype}: {e}")),
+            }
         }
-        Ok(Box::new(SystemMount { dir }))
+        let _ = fs::remove_dir(&dir);
+        Err(SourceError::Read {
+            path: device.to_path_buf(),
+            msg: format!("mount failed ({})", tried.join(", ")),
+        })
     }
 }
 

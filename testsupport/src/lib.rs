@@ -1,0 +1,51 @@
+//! Test support for rke2-image. NOTHING here is used by production code.
+//!
+//! - [`buildinfo`]: writes and reads Go's `.go.buildinfo` blob (the format `go version -m`
+//!   reads), so the stand-in binary can carry the build settings a real rke2 release carries.
+//! - [`fixture`]: writes a directory shaped like an official RKE2 release (bundle tarball,
+//!   `docker save` image tarballs, image lists, `sha256sum-amd64.txt`) around the stand-in.
+//! - The `rke2` binary of this crate is a TEST DOUBLE for the real `rke2`: it answers
+//!   `rke2 --version` from its own build information; `server`/`agent` come with a later issue.
+
+pub mod buildinfo;
+pub mod fixture;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Builds (if needed) the stand-in `rke2` binary of this crate and returns its path. For tests
+/// of other crates: runs `cargo build -p rke2-testsupport --bin rke2` in the same target
+/// directory as the running test executable.
+pub fn stand_in_binary() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Test executables live in <target>/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(|d| d.parent()).ok_or_else(|| {
+        anyhow::anyhow!("cannot find the target directory from {}", exe.display())
+    })?;
+    let target_dir = profile_dir.parent().ok_or_else(|| {
+        anyhow::anyhow!("cannot find the target directory from {}", exe.display())
+    })?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "rke2-testsupport",
+        "--bin",
+        "rke2",
+    ])
+    .env("CARGO_TARGET_DIR", target_dir);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status()?;
+    anyhow::ensure!(
+        status.success(),
+        "building the stand-in rke2 failed: {status}"
+    );
+    let bin = profile_dir.join("rke2");
+    anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
+    Ok(bin)
+}
