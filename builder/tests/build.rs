@@ -389,3 +389,67 @@ fn bad_definitions_fail_clearly_and_leave_nothing() {
     let e = failing_build(&fx, |t| t.replace("console=ttyS0,115200", "enforcing=0"));
     assert!(e.contains("enforcing"), "{e}");
 }
+
+/// A definition with an `rke2:` section and the CIS profile, built from a generated release
+/// (the stand-in rke2 is a test double): the payload's version, images and checks reach the
+/// manifest and `inspect`, and the image still passes the format oracles.
+#[test]
+fn build_with_rke2_payload_and_cis() {
+    let Some(fx) = fixture() else { return };
+    const VERSION: &str = "v1.31.5+rke2r1";
+    let (dir, def) = workspace(&fx, &format!("rke2:\n  artifacts: release\n  version: {VERSION}\n  images: [core, canal]\nsecurity:\n  cis: true\n"));
+    let release = dir.path().join("release");
+    fs::create_dir(&release).unwrap();
+    let bin = rke2_testsupport::stand_in_binary().unwrap();
+    rke2_testsupport::fixture::write_release(
+        &release,
+        &bin,
+        &rke2_testsupport::fixture::FixtureOptions::new(VERSION),
+    )
+    .unwrap();
+    let out = run_ok(&mut rke2_image_in(&def, &["build", def.to_str().unwrap()]));
+    let image = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let out = run_ok(&mut rke2_image_in(
+        &def,
+        &["inspect", "--json", image.to_str().unwrap()],
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+    let m = &v["manifest"];
+    assert_eq!(m["rke2"]["version"], VERSION);
+    assert!(!m["rke2"]["images"].as_array().unwrap().is_empty());
+    let checks: Vec<String> = m["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={}",
+                c["name"].as_str().unwrap(),
+                c["result"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        checks.iter().any(|c| c.starts_with("kernel-config=")),
+        "{checks:?}"
+    );
+    assert!(!checks.iter().any(|c| c.ends_with("=failed")), "{checks:?}");
+    let kinds: Vec<&str> = m["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.len() > 5,
+        "release artifacts recorded as inputs: {kinds:?}"
+    );
+    let text = run_ok(&mut rke2_image_in(
+        &def,
+        &["inspect", image.to_str().unwrap()],
+    ));
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("rke2       {VERSION}")));
+    let out = tool("sgdisk", &["-v", image.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No problems found"));
+}
