@@ -123,6 +123,18 @@ fn decompressor<'a>(
     })
 }
 
+/// Entries that describe the next entry or the archive rather than a file; they get no
+/// entry number, in `load` and `read_entries` alike.
+fn is_metadata(kind: EntryType) -> bool {
+    matches!(
+        kind,
+        EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink
+    )
+}
+
 fn pax_value<'a>(exts: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
     exts.iter()
         .rev()
@@ -179,13 +191,7 @@ pub fn load(path: &Path, tree: &mut Tree) -> Result<LoadStats, ArchiveError> {
         };
         let header = entry.header().clone();
         let kind = header.entry_type();
-        if matches!(
-            kind,
-            EntryType::XGlobalHeader
-                | EntryType::XHeader
-                | EntryType::GNULongName
-                | EntryType::GNULongLink
-        ) {
+        if is_metadata(kind) {
             continue;
         }
         // Numbered exactly as `read_entries` numbers them.
@@ -302,13 +308,7 @@ impl ArchiveSource {
         let mut ordinal = 0u64;
         for entry in archive.entries().map_err(ctx)? {
             let mut entry = entry.map_err(ctx)?;
-            if matches!(
-                entry.header().entry_type(),
-                EntryType::XGlobalHeader
-                    | EntryType::XHeader
-                    | EntryType::GNULongName
-                    | EntryType::GNULongLink
-            ) {
+            if is_metadata(entry.header().entry_type()) {
                 continue;
             }
             // Keep numbering identical to `load`, which enumerates the same iterator.
