@@ -41,15 +41,15 @@ fn run(cmd: &mut Command) -> Result<Vec<u8>> {
 }
 
 /// Builds the test image with `<programs>/rke2-image` (and its `rke2-init`, `rke2-firstboot`)
-/// from `base` into `work`.
-pub fn build(base: &Path, programs: &Path, work: &Path) -> Result<Image> {
+/// from `base` into `work`; `extra` is appended to the definition (e.g. an `rke2:` section).
+pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<Image> {
     fs::create_dir_all(work)?;
     let ws = workspace();
     let def = work.join("test-image.yaml");
     fs::write(
         &def,
         format!(
-            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: qemu-test\nversion: \"1\"\nepoch: 1767225600\nbase:\n  archive: {}\noverlays:\n  - source: {}\n  - source: {}\n  - source: {}\nkernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: {}\n",
+            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: qemu-test\nversion: \"1\"\nepoch: 1767225600\nbase:\n  archive: {}\noverlays:\n  - source: {}\n  - source: {}\n  - source: {}\nkernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: {}\n{extra}",
             base.display(),
             ws.join("overlays/base").display(),
             ws.join("overlays/firstboot").display(),
