@@ -40,7 +40,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("stage {stage}: {source}")]
+    #[error("stage {stage}")]
     Stage {
         stage: &'static str,
         #[source]

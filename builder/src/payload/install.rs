@@ -283,11 +283,16 @@ pub fn check_kernel_modules(tree: &Tree) -> Result<Check, PayloadError> {
 pub fn check_not_enabled(tree: &Tree) -> Result<Check, PayloadError> {
     for (p, _) in tree.iter() {
         let s = String::from_utf8_lossy(p);
-        let in_wants = (s.starts_with("etc/systemd/system/")
-            || s.starts_with("usr/lib/systemd/system/"))
-            && s.contains(".wants/rke2-")
-            || s.contains(".requires/rke2-");
-        if in_wants {
+        let in_unit_dir =
+            s.starts_with("etc/systemd/system/") || s.starts_with("usr/lib/systemd/system/");
+        // Only the two role units: rke2-firstboot.service (which must be enabled) shares the
+        // prefix.
+        let enables_role = [".wants/", ".requires/"].iter().any(|dep| {
+            ["rke2-server.service", "rke2-agent.service"]
+                .iter()
+                .any(|unit| s.ends_with(&format!("{dep}{unit}")))
+        });
+        if in_unit_dir && enables_role {
             return Err(PayloadError::Invalid(format!(
                 "/{s} enables an rke2 unit at build time; remove it (the first-boot agent chooses the role)"
             )));
@@ -304,6 +309,27 @@ pub fn check_not_enabled(tree: &Tree) -> Result<Check, PayloadError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::tree::{Inode, Kind};
+
+    #[test]
+    fn only_role_units_count_as_enabled() {
+        let link = |t: &str| Inode::new(Kind::Symlink(t.as_bytes().to_vec()), 0o777, 0, 0, 0);
+        let mut t = Tree::new(0);
+        // The first-boot agent must be enabled; it shares the rke2- prefix.
+        t.insert(
+            b"usr/lib/systemd/system/multi-user.target.wants/rke2-firstboot.service",
+            link("../rke2-firstboot.service"),
+        )
+        .unwrap();
+        assert!(check_not_enabled(&t).is_ok());
+        t.insert(
+            b"etc/systemd/system/multi-user.target.wants/rke2-agent.service",
+            link("/usr/lib/systemd/system/rke2-agent.service"),
+        )
+        .unwrap();
+        let e = check_not_enabled(&t).unwrap_err().to_string();
+        assert!(e.contains("rke2-agent.service enables an rke2 unit"), "{e}");
+    }
 
     #[test]
     fn rewrites_prefix_and_refuses_unknown_units() {
