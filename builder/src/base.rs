@@ -190,7 +190,7 @@ impl BaseRequest {
 }
 
 /// Bumped whenever the mmdebstrap options below change what a base contains.
-const RECIPE_VERSION: &str = "1";
+const RECIPE_VERSION: &str = "2";
 
 /// `mmdebstrap --version`, trimmed (e.g. `mmdebstrap 1.3.5`).
 pub fn mmdebstrap_version() -> Result<String, BaseError> {
@@ -370,6 +370,14 @@ pub fn mmdebstrap_args(req: &BaseRequest, no_initramfs_deb: &Path, output: &Path
         "--customize-hook=rm -f \"$1/etc/resolv.conf\" \"$1/etc/hostname\"".into(),
         // Backup copies dpkg and debconf keep of their databases.
         "--customize-hook=rm -f \"$1\"/var/lib/dpkg/*-old \"$1\"/var/cache/debconf/*-old".into(),
+        // The file-mirror hook bind-mounts the stand-in package at its host path and leaves
+        // the (now empty) mount target and its directories behind: remove them, walking up
+        // only through directories no package owns, so the base does not depend on where the
+        // cache lives.
+        format!(
+            "--customize-hook=f=\"{deb}\"; rm -f \"$1$f\"; d=$(dirname \"$f\"); while [ \"$d\" != / ] && ! chroot \"$1\" dpkg-query -S \"$d\" >/dev/null 2>&1 && rmdir \"$1$d\" 2>/dev/null; do d=$(dirname \"$d\"); done",
+            deb = no_initramfs_deb.display()
+        ),
         req.suite.clone(),
         output.display().to_string(),
     ];

@@ -107,6 +107,12 @@ fn mmdebstrap_builds_a_lean_base_and_caches_it() {
     assert!(!listing.contains("./usr/share/man/man1/"));
     assert!(!listing.contains("./var/lib/apt/lists/deb."));
     assert!(!listing.contains(" ./etc/resolv.conf"));
+    // Nothing of the build host's cache path (where the stand-in package was mounted from).
+    let cache = dir.path().display().to_string();
+    assert!(
+        !listing.contains(&format!(".{cache}")),
+        "cache path leaked into the base"
+    );
 
     // Extended attributes survive: systemd's postinst gives the journal directory POSIX ACLs,
     // which tar shows as `x:` lines under the entry with --xattrs -vv.
