@@ -532,60 +532,88 @@ pub fn build(
         .map_err(|e| invalid("outputs", format!("creating {}: {e}", temp.path.display())))?;
     out.set_len(disk_size).map_err(stage("outputs"))?;
 
-    // --- rootfs --------------------------------------------------------------------------
-    let written =
-        erofs::write(&tree, &plan, &out, root_a.offset, root_a.size).map_err(stage("rootfs"))?;
-    log(&format!(
-        "rootfs: EROFS {} MiB, {} inodes",
-        written.size.div_ceil(MIB),
-        written.inodes
-    ));
-    lap("rootfs", &mut timings);
-
-    // --- verity --------------------------------------------------------------------------
-    let params = verity::Params {
-        data_block_size: partitions::BLOCK as u32,
-        hash_block_size: partitions::BLOCK as u32,
-        data_blocks: written.size / partitions::BLOCK,
-        salt: Sha256::new()
-            .chain_update(seed)
-            .chain_update(b"verity-salt")
-            .finalize()
-            .to_vec(),
-        uuid: derive16(&seed, "verity-uuid"),
-        algorithm: "sha256".into(),
-    };
-    let root_hash = verity::format(&out, root_a.offset, &out, verity_a.offset, &params)
-        .map_err(stage("verity"))?;
-    let root_hash_hex = hex::encode(root_hash);
-    log(&format!("verity: root hash {root_hash_hex}"));
-    lap("verity", &mut timings);
-
-    // --- initrd --------------------------------------------------------------------------
+    // --- rootfs, verity | initrd ----------------------------------------------------------
+    // The initrd (and the boot files the ESP needs from the base) depend only on the tree, so
+    // they are prepared on the second core while the root filesystem and its hash tree are
+    // written.
     let init_blob = Blob::HostFile {
         path: init_path.clone(),
         len: init_len,
     };
     let mut modules: Vec<&str> = initrd::BOOT_MODULES.to_vec();
     modules.extend(def.extra_modules.iter().map(String::as_str));
-    let rd = initrd::build(
-        &tree,
-        &initrd::Spec {
-            init: &init_blob,
-            kver: &kver,
-            modules: &modules,
-            extra_files: &[],
-            mtime: epoch,
-        },
-    )
-    .map_err(stage("initrd"))?;
+    let salt = Sha256::new()
+        .chain_update(seed)
+        .chain_update(b"verity-salt")
+        .finalize()
+        .to_vec();
+    let (written, params, root_hash, side) = std::thread::scope(|scope| {
+        let side = scope.spawn(
+            || -> Result<(initrd::Initrd, Blob, Blob, Duration), BuildError> {
+                let start = Instant::now();
+                let rd = initrd::build(
+                    &tree,
+                    &initrd::Spec {
+                        init: &init_blob,
+                        kver: &kver,
+                        modules: &modules,
+                        extra_files: &[],
+                        mtime: epoch,
+                    },
+                )
+                .map_err(stage("initrd"))?;
+                // One pass over the base for both boot files, kept in memory for the ESP.
+                let mut boot_files: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+                Tree::read_blobs(&[(0usize, &kernel_blob), (1, &sdboot_blob)], &mut |i, r| {
+                    r.read_to_end(&mut boot_files[i]).map(|_| ())
+                })
+                .map_err(stage("initrd"))?;
+                let [kernel, sdboot] = boot_files;
+                Ok((
+                    rd,
+                    Blob::bytes(kernel),
+                    Blob::bytes(sdboot),
+                    start.elapsed(),
+                ))
+            },
+        );
+        let main = (|| -> Result<_, BuildError> {
+            let written = erofs::write(&tree, &plan, &out, root_a.offset, root_a.size)
+                .map_err(stage("rootfs"))?;
+            let params = verity::Params {
+                data_block_size: partitions::BLOCK as u32,
+                hash_block_size: partitions::BLOCK as u32,
+                data_blocks: written.size / partitions::BLOCK,
+                salt,
+                uuid: derive16(&seed, "verity-uuid"),
+                algorithm: "sha256".into(),
+            };
+            let root_hash = verity::format(&out, root_a.offset, &out, verity_a.offset, &params)
+                .map_err(stage("verity"))?;
+            Ok((written, params, root_hash))
+        })();
+        let side = side
+            .join()
+            .map_err(|_| invalid("initrd", "the initrd thread panicked"))?;
+        let (written, params, root_hash) = main?;
+        Ok::<_, BuildError>((written, params, root_hash, side?))
+    })?;
+    let (rd, kernel_blob, sdboot_blob, initrd_time) = side;
+    let root_hash_hex = hex::encode(root_hash);
+    log(&format!(
+        "rootfs: EROFS {} MiB, {} inodes",
+        written.size.div_ceil(MIB),
+        written.inodes
+    ));
+    log(&format!("verity: root hash {root_hash_hex}"));
+    lap("rootfs+verity", &mut timings);
     let initrd_sha = sha256_hex(&rd.bytes);
     log(&format!(
-        "initrd: {} modules, {} KiB (zstd)",
+        "initrd: {} modules, {} KiB (zstd), built alongside in {:.1}s",
         rd.modules.len(),
-        rd.bytes.len() / 1024
+        rd.bytes.len() / 1024,
+        initrd_time.as_secs_f64()
     ));
-    lap("initrd", &mut timings);
 
     // --- esp + manifest ------------------------------------------------------------------
     let slot = 'a';
