@@ -2,7 +2,8 @@
 //!
 //! [`load`] reads an archive once and records every entry into a [`Tree`] with its metadata
 //! (type, mode, owner, mtime, xattrs from PAX `SCHILY.xattr.*` records, symlink targets, hard
-//! links, device numbers); regular files become [`Blob::Archive`] references by entry number.
+//! links, device numbers); regular files become [`Blob::Archive`] references by entry number,
+//! except small ones (up to 4 KiB), which are kept in memory from that first pass.
 //! [`ArchiveSource::read_entries`] streams the archive again when a writer needs the bytes.
 
 use std::fs::File;
@@ -123,6 +124,9 @@ fn decompressor<'a>(
     })
 }
 
+/// Regular files up to this size are held in memory from the first pass.
+const KEEP_SMALL_FILES: u64 = 4096;
+
 /// Entries that describe the next entry or the archive rather than a file; they get no
 /// entry number, in `load` and `read_entries` alike.
 fn is_metadata(kind: EntryType) -> bool {
@@ -226,11 +230,20 @@ pub fn load(path: &Path, tree: &mut Tree) -> Result<LoadStats, ArchiveError> {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let len = entry.size();
                 content_bytes += len;
-                Kind::File(Blob::Archive {
-                    source: source.clone(),
-                    entry: this,
-                    len,
-                })
+                if len <= KEEP_SMALL_FILES {
+                    // Small files (configuration, mostly) are kept: stages that read
+                    // os-release, SELinux config or policy files then need no further pass
+                    // over the archive, at the cost of a few MiB.
+                    let mut data = Vec::with_capacity(len as usize);
+                    entry.read_to_end(&mut data).map_err(io_err)?;
+                    Kind::File(Blob::bytes(data))
+                } else {
+                    Kind::File(Blob::Archive {
+                        source: source.clone(),
+                        entry: this,
+                        len,
+                    })
+                }
             }
             EntryType::Directory => Kind::Dir,
             EntryType::Symlink => {
