@@ -5,8 +5,10 @@
 //! `rke2-init` grows it for the state partition) and the dm-verity superblock and hash tree.
 
 pub mod cmdline;
+pub mod crc;
 pub mod gpt;
 pub mod manifest;
 pub mod partitions;
 pub mod paths;
+pub mod release;
 pub mod verity;

@@ -18,17 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::buildinfo;
 
-pub const PARTS: &[&str] = &[
-    "core",
-    "canal",
-    "cilium",
-    "calico",
-    "multus",
-    "flannel",
-    "ingress-nginx",
-    "harvester",
-    "vsphere",
-];
+pub use rke2_image_contract::release::IMAGE_PARTS as PARTS;
 
 #[derive(Debug, Clone)]
 pub struct FixtureOptions {

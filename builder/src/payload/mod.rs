@@ -114,17 +114,7 @@ pub struct Rke2Spec {
 }
 
 /// Parts of a release that have their own tarball and image list.
-pub const PARTS: &[&str] = &[
-    "core",
-    "canal",
-    "cilium",
-    "calico",
-    "multus",
-    "flannel",
-    "ingress-nginx",
-    "harvester",
-    "vsphere",
-];
+pub use rke2_image_contract::release::IMAGE_PARTS as PARTS;
 /// The legacy combined tarball (core + canal).
 pub const LEGACY: &str = "legacy";
 const CNIS: &[&str] = &["canal", "cilium", "calico", "multus", "flannel", "none"];
