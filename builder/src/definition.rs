@@ -454,7 +454,7 @@ impl Definition {
             if p.is_absolute() {
                 p.to_path_buf()
             } else {
-                dir.join(p)
+                lexical_join(dir, p)
             }
         };
 
@@ -667,6 +667,30 @@ impl Definition {
     }
 }
 
+/// `dir/rel` with `.` dropped and `..` folded into a preceding normal component, so messages
+/// and outputs show `out/x.raw` rather than `images/../out/x.raw`. Lexical only: a `..` after
+/// a symlinked directory is kept as written.
+fn lexical_join(dir: &Path, rel: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in dir.components().chain(rel.components()) {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_)))
+                    && !out.is_symlink() =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 fn parse_owner(s: &str) -> Option<(u32, u32)> {
     let (u, g) = s.split_once(':')?;
     Some((u.parse().ok()?, g.parse().ok()?))
@@ -749,6 +773,26 @@ mod tests {
         assert!(e.message.contains("unsupported version"), "{e}");
         let e = parse("kind: Image\nname: x\n").unwrap_err();
         assert_eq!(e.key, "apiVersion");
+    }
+
+    #[test]
+    fn relative_paths_are_folded() {
+        assert_eq!(
+            lexical_join(Path::new("images"), Path::new("../out")),
+            PathBuf::from("out")
+        );
+        assert_eq!(
+            lexical_join(Path::new("./images"), Path::new("./a/../b")),
+            PathBuf::from("images/b")
+        );
+        assert_eq!(
+            lexical_join(Path::new("images"), Path::new("../../x")),
+            PathBuf::from("../x")
+        );
+        assert_eq!(
+            lexical_join(Path::new("."), Path::new("..")),
+            PathBuf::from("..")
+        );
     }
 
     #[test]
