@@ -21,6 +21,9 @@ pub const INITRD_MODULES: &str = "lib/modules";
 pub const IMAGE_SHARE: &str = "usr/share/rke2-image";
 /// Air-gap image tarballs preloaded into the verified root.
 pub const AIRGAP_IMAGES: &str = "usr/share/rke2-image/images";
+/// Extra manifests / HelmChartConfig files baked from the definition; the first-boot agent
+/// links them into the server manifests directory on servers (that directory is node state).
+pub const BAKED_MANIFESTS: &str = "usr/share/rke2-image/manifests";
 /// Defaults baked into the image for `rke2-firstboot` (lowest-priority config source).
 pub const BAKED_NODE_CONFIG: &str = "usr/share/rke2-image/node-config.yaml";
 /// Written by the builder: facts about the image (name, version) for the node programs.

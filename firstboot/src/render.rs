@@ -194,9 +194,12 @@ pub fn phase(root: &Root, input: &RenderInput<'_>, p: Phase) -> Result<(), Rende
             }
         }
         Phase::Airgap => {
-            if let Some((cfg, _)) = input.rke2 {
+            if let Some((cfg, a)) = input.rke2 {
                 if cfg.cluster.airgap_images != Some(false) {
                     airgap(root)?;
+                }
+                if a.role == Role::Server {
+                    baked_manifests(root)?;
                 }
             }
         }
@@ -534,23 +537,61 @@ fn rke2_files(root: &Root, cfg: &NativeConfig, a: &Assignment) -> Result<(), Ren
     Ok(())
 }
 
-fn airgap(root: &Root) -> Result<(), RenderError> {
-    let dir = root.host_path(paths::AIRGAP_IMAGES)?;
-    let mut names: Vec<String> = match fs::read_dir(&dir) {
+/// Regular files directly in `dir` of the image whose names pass `keep`, sorted.
+fn image_files(
+    root: &Root,
+    dir: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, RenderError> {
+    let host = root.host_path(dir)?;
+    let mut names: Vec<String> = match fs::read_dir(&host) {
         Ok(rd) => rd
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| rke2::is_image_tarball(n))
+            .filter(|n| keep(n))
             .collect(),
-        Err(_) => return Ok(()),
+        Err(_) => Vec::new(),
     };
     names.sort();
-    for n in names {
+    Ok(names)
+}
+
+fn airgap(root: &Root) -> Result<(), RenderError> {
+    for n in image_files(root, paths::AIRGAP_IMAGES, rke2::is_image_tarball)? {
         root.symlink(
             &format!("{}/{n}", rke2::AGENT_IMAGES_DIR),
             &format!("/{}/{n}", paths::AIRGAP_IMAGES),
         )?;
+    }
+    Ok(())
+}
+
+/// Links the manifests baked into the image into the server manifests directory; files the
+/// node configuration writes there under the same name win (they are written in the rke2
+/// phase, and an existing regular file is left alone).
+fn baked_manifests(root: &Root) -> Result<(), RenderError> {
+    let names = image_files(root, paths::BAKED_MANIFESTS, |n| {
+        n.ends_with(".yaml") || n.ends_with(".yml")
+    })?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    for d in ["/var/lib/rancher", "/var/lib/rancher/rke2"] {
+        root.mkdir(d, Attrs::root(0o755))?;
+    }
+    root.mkdir("/var/lib/rancher/rke2/server", Attrs::root(0o700))?;
+    root.mkdir(rke2::MANIFESTS_DIR, Attrs::root(0o700))?;
+    for n in names {
+        let link = format!("{}/{n}", rke2::MANIFESTS_DIR);
+        if root
+            .host_path(&link)?
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_file())
+        {
+            continue;
+        }
+        root.symlink(&link, &format!("/{}/{n}", paths::BAKED_MANIFESTS))?;
     }
     Ok(())
 }

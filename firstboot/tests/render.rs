@@ -225,6 +225,10 @@ fn airgap_links_unit_location_and_never_both_services() {
         wants.join("rke2-server.service"),
     )
     .unwrap();
+    // Manifests baked into the image are for servers only.
+    let baked = t.path().join("usr/share/rke2-image/manifests");
+    fs::create_dir_all(&baked).unwrap();
+    fs::write(baked.join("ingress.yaml"), "kind: HelmChartConfig\n").unwrap();
     let loaded = load("agent.yaml", example("agent.yaml"), &Identity::default());
     agent::render_to(&Root::new(t.path()), &loaded, &mut |_| Ok(())).unwrap();
     let links: Vec<String> = dump(t.path())
@@ -244,6 +248,27 @@ fn airgap_links_unit_location_and_never_both_services() {
     );
     // Agents get no manifests and no server-only keys.
     assert!(!t.path().join("var/lib/rancher/rke2/server").exists());
+
+    // The same image as a single server: the baked manifest is linked into the server's
+    // manifests directory.
+    let s = tempfile::tempdir().unwrap();
+    seed(s.path());
+    let baked = s.path().join("usr/share/rke2-image/manifests");
+    fs::create_dir_all(&baked).unwrap();
+    fs::write(baked.join("ingress.yaml"), "kind: HelmChartConfig\n").unwrap();
+    let loaded = load(
+        "single-server.yaml",
+        example("single-server.yaml"),
+        &Identity::default(),
+    );
+    agent::render_to(&Root::new(s.path()), &loaded, &mut |_| Ok(())).unwrap();
+    let link = s
+        .path()
+        .join("var/lib/rancher/rke2/server/manifests/ingress.yaml");
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        Path::new("/usr/share/rke2-image/manifests/ingress.yaml")
+    );
     let cfg = fs::read_to_string(t.path().join("etc/rancher/rke2/config.yaml")).unwrap();
     assert!(
         cfg.contains("server: https://rke2.example.internal:9345\n"),

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use rke2_image_contract::paths::IMAGE_SHARE;
+use rke2_image_contract::paths::BAKED_MANIFESTS;
 
 use super::{Options, PayloadError, Rke2Spec};
 use crate::tree::{Blob, Inode, Kind, Tree};
@@ -62,7 +62,7 @@ pub fn apply(tree: &mut Tree, spec: &Rke2Spec, opts: &Options) -> Result<(), Pay
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         tree.insert_resolved(
-            format!("{IMAGE_SHARE}/manifests/{name}").as_bytes(),
+            format!("{BAKED_MANIFESTS}/{name}").as_bytes(),
             Inode::new(Kind::File(Blob::bytes(data)), 0o644, 0, 0, e),
         )?;
     }
