@@ -5,10 +5,12 @@
 //! - [`fixture`]: writes a directory shaped like an official RKE2 release (bundle tarball,
 //!   `docker save` image tarballs, image lists, `sha256sum-amd64.txt`) around the stand-in.
 //! - The `rke2` binary of this crate is a TEST DOUBLE for the real `rke2`: it answers
-//!   `rke2 --version` from its own build information; `server`/`agent` come with a later issue.
+//!   `rke2 --version` from its own build information; `rke2 server` / `rke2 agent` speak the
+//!   supervisor join protocol on :9345 ([`standin`]).
 
 pub mod buildinfo;
 pub mod fixture;
+pub mod standin;
 
 use std::path::PathBuf;
 use std::process::Command;
