@@ -1,6 +1,8 @@
 //! The stand-in `rke2 server` / `rke2 agent` against each other, against curl and openssl as
 //! independent clients, and against the node agent's join preflight.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap (helpers outside #[test] included)
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -135,7 +137,7 @@ fn server_protocol_with_curl_and_openssl() {
     // /cacerts is the CA file and the token pins its exact bytes.
     let (code, cacerts) = curl(&["-k", &format!("{}/cacerts", s.url())]);
     assert_eq!(code, 200);
-    assert_eq!(cacerts.as_bytes(), std::fs::read(&ca).unwrap());
+    assert_eq!(cacerts.as_bytes(), std::fs::read(ca).unwrap());
     let hash = hex::encode(Sha256::digest(cacerts.as_bytes()));
     let token = s.token();
     assert!(
