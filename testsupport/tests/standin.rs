@@ -31,14 +31,21 @@ impl Drop for Server {
 
 impl Server {
     fn start(root: &Path, ready_delay: u64) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["server", "--bind", "127.0.0.1:0", "--ready-delay"])
+        Server::start_with(root, ready_delay, None)
+    }
+
+    fn start_with(root: &Path, ready_delay: u64, notify_socket: Option<&Path>) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["server", "--bind", "127.0.0.1:0", "--ready-delay"])
             .arg(ready_delay.to_string())
             .arg("--root")
             .arg(root)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .env_remove("NOTIFY_SOCKET")
+            .stderr(Stdio::piped());
+        if let Some(n) = notify_socket {
+            cmd.env("NOTIFY_SOCKET", n);
+        }
+        let mut child = cmd.spawn().unwrap();
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -112,6 +119,7 @@ fn agent(root: &Path, timeout: u64) -> Output {
     Command::new(BIN)
         .args(["agent", "--timeout", &timeout.to_string(), "--root"])
         .arg(root)
+        .env_remove("NOTIFY_SOCKET")
         .output()
         .unwrap()
 }
@@ -393,4 +401,59 @@ fn firstboot_preflight_speaks_the_same_protocol() {
         Err(PreflightError::CaMismatch { .. }) => {}
         other => panic!("expected CaMismatch, got {other:?}"),
     }
+}
+
+/// Both sides send `READY=1` over the systemd notify protocol (a datagram on `$NOTIFY_SOCKET`),
+/// the server only once it accepts connections, the agent only after it joined.
+#[test]
+fn notifies_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let d = tempfile::tempdir().unwrap();
+    let sock_path = d.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let recv = || {
+        let mut b = [0u8; 4096];
+        let n = sock.recv(&mut b).unwrap();
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    let root = d.path().join("server");
+    let s = Server::start_with(&root, 0, Some(&sock_path));
+    let msg = recv();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    assert!(
+        msg.contains(&format!("serving on 127.0.0.1:{}", s.port)),
+        "{msg:?}"
+    );
+    assert_eq!(
+        curl(&["-k", &format!("{}/ping", s.url())]),
+        (200, "pong".into())
+    );
+
+    let a = agent_root(&s, &s.token());
+    let o = Command::new(BIN)
+        .args(["agent", "--timeout", "30", "--root"])
+        .arg(a.path())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let msg = recv();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    assert!(msg.contains(&format!("joined {}", s.url())), "{msg:?}");
+
+    // A failed join must not report ready.
+    let bad = agent_root(&s, "wrong-password");
+    let o = Command::new(BIN)
+        .args(["agent", "--timeout", "30", "--root"])
+        .arg(bad.path())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    assert!(sock.recv(&mut b).is_err(), "failed agent notified systemd");
 }
