@@ -215,49 +215,101 @@ struct Tls {
     key: PrivateKeyDer<'static>,
 }
 
-/// Loads the CA and serving certificate from `server/tls/`, creating them on first start.
+fn ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "rke2-server-ca@standin");
+    Ok(p)
+}
+
+/// Loads the CA from `server/tls/` (creating it on first start, then kept: the token pins it)
+/// and issues a fresh serving certificate for the current addresses, as addresses may change
+/// between boots while the CA must not.
 fn server_tls(root: &Path, sans: &[String]) -> Result<Tls, StandinError> {
     let dir = root.join(SERVER_DIR).join("tls");
     let ca_path = dir.join("server-ca.crt");
+    let ca_key_path = dir.join("server-ca.key");
     let crt_path = dir.join("serving-kube-apiserver.crt");
     let key_path = dir.join("serving-kube-apiserver.key");
-    if !ca_path.exists() || !crt_path.exists() || !key_path.exists() {
-        let cerr = |e: rcgen::Error| StandinError::Cert(e.to_string());
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cerr)?;
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "rke2-server-ca@standin");
-        let ca_key = rcgen::KeyPair::generate().map_err(cerr)?;
-        let ca = rcgen::CertifiedIssuer::self_signed(p, ca_key).map_err(cerr)?;
+    let cerr = |e: rcgen::Error| StandinError::Cert(e.to_string());
+    let issuer = if ca_path.exists() && ca_key_path.exists() {
+        let pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| {
+            StandinError::Cert(format!(
+                "{}: {e} (remove the server/tls directory to start a new cluster)",
+                ca_key_path.display()
+            ))
+        })?;
+        // Same subject and key as the stored CA, so issued certificates chain to it.
+        rcgen::Issuer::new(ca_params().map_err(cerr)?, key)
+    } else {
         let key = rcgen::KeyPair::generate().map_err(cerr)?;
-        let mut p = rcgen::CertificateParams::new(sans.to_vec()).map_err(cerr)?;
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "kube-apiserver");
-        let cert = p.signed_by(&key, &ca).map_err(cerr)?;
-        write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-        write_atomic(&crt_path, cert.pem().as_bytes(), 0o644)?;
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params().map_err(cerr)?, key).map_err(cerr)?;
+        write_atomic(&ca_key_path, ca.key().serialize_pem().as_bytes(), 0o600)?;
         write_atomic(&ca_path, ca.pem().as_bytes(), 0o644)?;
-        log(&format!(
-            "created CA and serving certificate (SANs {}) in {}",
-            sans.join(","),
-            dir.display()
-        ));
-    }
+        log(&format!("created CA {}", ca_path.display()));
+        let pem = ca.key().serialize_pem();
+        rcgen::Issuer::new(
+            ca_params().map_err(cerr)?,
+            rcgen::KeyPair::from_pem(&pem).map_err(cerr)?,
+        )
+    };
+    let key = rcgen::KeyPair::generate().map_err(cerr)?;
+    let mut p = rcgen::CertificateParams::new(sans.to_vec()).map_err(cerr)?;
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "kube-apiserver");
+    let cert = p.signed_by(&key, &issuer).map_err(cerr)?;
+    write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_atomic(&crt_path, cert.pem().as_bytes(), 0o644)?;
+    log(&format!("serving certificate for {}", sans.join(",")));
     let cacerts = std::fs::read(&ca_path).map_err(io(&ca_path))?;
-    let crt = std::fs::read(&crt_path).map_err(io(&crt_path))?;
-    let key = std::fs::read(&key_path).map_err(io(&key_path))?;
-    let mut chain = Vec::new();
-    for c in CertificateDer::pem_slice_iter(&crt).chain(CertificateDer::pem_slice_iter(&cacerts)) {
-        chain
-            .push(c.map_err(|e| StandinError::Cert(format!("bad PEM in {}: {e}", dir.display())))?);
+    let mut chain = vec![cert.der().clone()];
+    for c in CertificateDer::pem_slice_iter(&cacerts) {
+        chain.push(c.map_err(|e| StandinError::Cert(format!("{}: {e}", ca_path.display())))?);
     }
-    let key = PrivateKeyDer::from_pem_slice(&key)
-        .map_err(|e| StandinError::Cert(format!("{}: {e}", key_path.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+        .map_err(|e| StandinError::Cert(format!("serving key: {e}")))?;
     Ok(Tls {
         cacerts,
         chain,
         key,
     })
+}
+
+/// The machine's own IPv4 (`/proc/net/fib_trie` LOCAL host routes) and IPv6
+/// (`/proc/net/if_inet6`) addresses, so agents can verify the server at whichever it uses.
+fn local_addresses() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last = None;
+        for l in t.lines() {
+            let l = l.trim();
+            if let Some(ip) = l.strip_prefix("|-- ") {
+                last = ip.parse::<Ipv4Addr>().ok();
+            } else if l == "/32 host LOCAL" {
+                out.extend(last.take().map(|ip| ip.to_string()));
+            }
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for l in t.lines() {
+            let Some(hex) = l.split_whitespace().next() else {
+                continue;
+            };
+            if let Ok(b) = hex::decode(hex) {
+                if let Ok(b) = <[u8; 16]>::try_from(b.as_slice()) {
+                    let ip = std::net::Ipv6Addr::from(b);
+                    // Link-local addresses need a zone and cannot be a certificate SAN usefully.
+                    if ip.segments()[0] & 0xffc0 != 0xfe80 {
+                        out.push(ip.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A random password for a server without a configured token. Secrets are the one place this
@@ -306,6 +358,7 @@ impl Server {
         if !opts.bind.ip().is_unspecified() {
             sans.push(opts.bind.ip().to_string());
         }
+        sans.extend(local_addresses());
         sans.extend(cfg.tls_san.clone().unwrap_or_default());
         sans.extend(opts.tls_san.iter().cloned());
         sans.sort();

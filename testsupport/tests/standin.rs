@@ -180,6 +180,25 @@ fn server_protocol_with_curl_and_openssl() {
         sans.contains("IP Address:127.0.0.1") && sans.contains("DNS:node1"),
         "{sans}"
     );
+    // Every global address of this machine (per `ip`) is a SAN, so agents can use any of them.
+    let ip = Command::new("ip")
+        .args(["-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    for l in String::from_utf8_lossy(&ip.stdout).lines() {
+        let mut w = l
+            .split_whitespace()
+            .skip_while(|w| *w != "inet" && *w != "inet6");
+        w.next();
+        let addr = w.next().unwrap().split('/').next().unwrap();
+        let want = addr.parse::<std::net::IpAddr>().unwrap();
+        assert!(
+            sans.split(", ")
+                .filter_map(|x| x.trim().strip_prefix("IP Address:"))
+                .any(|x| x.parse::<std::net::IpAddr>().ok() == Some(want)),
+            "{addr} missing from {sans}"
+        );
+    }
     // readyz: 401 without or with bad credentials, 503 while starting, then ok for both users.
     let readyz = format!("{}/v1-rke2/readyz", s.url());
     let node = format!("node:{}", s.password());
@@ -210,6 +229,11 @@ fn server_protocol_with_curl_and_openssl() {
     // A restart keeps the CA and the password, so issued tokens stay valid.
     let s2 = Server::start(d.path(), 0);
     assert_eq!(s2.token(), token);
+    // ... and its new serving certificate still chains to the pinned CA.
+    assert_eq!(
+        curl(&["--cacert", ca, &format!("{}/ping", s2.url())]),
+        (200, "pong".into())
+    );
 }
 
 #[test]
