@@ -833,6 +833,7 @@ pub fn main(cmd: &str, args: &[String]) -> Result<(), StandinError> {
     let mut ready_delay = None;
     let mut tls_san = Vec::new();
     let mut timeout = Duration::from_secs(600);
+    let mut exit_after_join = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let (k, inline) = match a.split_once('=') {
@@ -866,6 +867,7 @@ pub fn main(cmd: &str, args: &[String]) -> Result<(), StandinError> {
                 })?);
             }
             "--tls-san" if cmd == "server" => tls_san.push(val()?),
+            "--exit-after-join" if cmd == "agent" => exit_after_join = true,
             "--timeout" if cmd == "agent" => {
                 let v = val()?;
                 timeout = Duration::from_secs(v.parse().map_err(|_| {
@@ -875,7 +877,7 @@ pub fn main(cmd: &str, args: &[String]) -> Result<(), StandinError> {
             other => {
                 return Err(StandinError::Usage(format!(
                     "unknown option {other:?} for `rke2 {cmd}` (server: --root --bind \
-                     --ready-delay --tls-san; agent: --root --timeout)"
+                     --ready-delay --tls-san; agent: --root --timeout --exit-after-join)"
                 )))
             }
         }
@@ -888,6 +890,17 @@ pub fn main(cmd: &str, args: &[String]) -> Result<(), StandinError> {
             tls_san,
         })?
         .serve(),
-        _ => agent(&AgentOpts { root, timeout }).map(|_| ()),
+        _ => {
+            agent(&AgentOpts { root, timeout })?;
+            if !exit_after_join {
+                // The real agent keeps running; its unit (Type=notify, Restart=always) would
+                // otherwise restart and rejoin forever.
+                log("joined; staying up (pass --exit-after-join to exit instead)");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            Ok(())
+        }
     }
 }

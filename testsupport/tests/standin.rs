@@ -117,7 +117,13 @@ fn agent_root(server: &Server, token: &str) -> tempfile::TempDir {
 
 fn agent(root: &Path, timeout: u64) -> Output {
     Command::new(BIN)
-        .args(["agent", "--timeout", &timeout.to_string(), "--root"])
+        .args([
+            "agent",
+            "--exit-after-join",
+            "--timeout",
+            &timeout.to_string(),
+            "--root",
+        ])
         .arg(root)
         .env_remove("NOTIFY_SOCKET")
         .output()
@@ -457,7 +463,7 @@ fn notifies_systemd() {
 
     let a = agent_root(&s, &s.token());
     let o = Command::new(BIN)
-        .args(["agent", "--timeout", "30", "--root"])
+        .args(["agent", "--exit-after-join", "--timeout", "30", "--root"])
         .arg(a.path())
         .env("NOTIFY_SOCKET", &sock_path)
         .output()
@@ -470,7 +476,7 @@ fn notifies_systemd() {
     // A failed join must not report ready.
     let bad = agent_root(&s, "wrong-password");
     let o = Command::new(BIN)
-        .args(["agent", "--timeout", "30", "--root"])
+        .args(["agent", "--exit-after-join", "--timeout", "30", "--root"])
         .arg(bad.path())
         .env("NOTIFY_SOCKET", &sock_path)
         .output()
@@ -480,4 +486,33 @@ fn notifies_systemd() {
         .unwrap();
     let mut b = [0u8; 64];
     assert!(sock.recv(&mut b).is_err(), "failed agent notified systemd");
+}
+
+/// Without `--exit-after-join` the agent stays up after joining, as the real one does under its
+/// `Restart=always` unit.
+#[test]
+fn agent_stays_up_after_joining() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), 0);
+    let a = agent_root(&s, &s.token());
+    let mut child = Command::new(BIN)
+        .args(["agent", "--timeout", "30", "--root"])
+        .arg(a.path())
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let joined = a.path().join("var/lib/rancher/rke2/agent/joined");
+    let t0 = Instant::now();
+    while !joined.exists() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(joined.exists(), "agent did not join");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "agent exited after joining"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
