@@ -31,12 +31,17 @@ impl Drop for Server {
 
 impl Server {
     fn start(root: &Path, ready_delay: u64) -> Server {
-        Server::start_with(root, ready_delay, None)
+        Server::start_with(root, ready_delay, None, "127.0.0.1:0")
     }
 
-    fn start_with(root: &Path, ready_delay: u64, notify_socket: Option<&Path>) -> Server {
+    fn start_with(
+        root: &Path,
+        ready_delay: u64,
+        notify_socket: Option<&Path>,
+        bind: &str,
+    ) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.args(["server", "--bind", "127.0.0.1:0", "--ready-delay"])
+        cmd.args(["server", "--bind", bind, "--ready-delay"])
             .arg(ready_delay.to_string())
             .arg("--root")
             .arg(root)
@@ -449,7 +454,7 @@ fn notifies_systemd() {
         String::from_utf8_lossy(&b[..n]).into_owned()
     };
     let root = d.path().join("server");
-    let s = Server::start_with(&root, 0, Some(&sock_path));
+    let s = Server::start_with(&root, 0, Some(&sock_path), "127.0.0.1:0");
     let msg = recv();
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
     assert!(
@@ -515,4 +520,41 @@ fn agent_stays_up_after_joining() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Bound to all addresses, the server is verifiable at this machine's own non-loopback address
+/// (as a second VM reaches it), without any `tls-san`.
+#[test]
+fn agent_joins_over_a_non_loopback_address() {
+    let ip = Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ip.stdout);
+    let Some(addr) = text.lines().find_map(|l| {
+        let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
+        w.next();
+        w.next()
+            .and_then(|a| a.split('/').next())
+            .map(str::to_string)
+    }) else {
+        println!("SKIPPED (this machine has no global IPv4 address)");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start_with(d.path(), 0, None, "0.0.0.0:0");
+    let a = tempfile::tempdir().unwrap();
+    write(
+        &a.path().join("etc/rancher/rke2/config.yaml"),
+        &format!("server: https://{addr}:{}\ntoken: {}\n", s.port, s.token()),
+    );
+    let o = agent(a.path(), 30);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let joined =
+        std::fs::read_to_string(a.path().join("var/lib/rancher/rke2/agent/joined")).unwrap();
+    assert!(
+        joined.contains(&format!("server=https://{addr}:{}\n", s.port)),
+        "{joined}"
+    );
 }
