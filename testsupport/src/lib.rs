@@ -5,10 +5,12 @@
 //! - [`fixture`]: writes a directory shaped like an official RKE2 release (bundle tarball,
 //!   `docker save` image tarballs, image lists, `sha256sum-amd64.txt`) around the stand-in.
 //! - The `rke2` binary of this crate is a TEST DOUBLE for the real `rke2`: it answers
-//!   `rke2 --version` from its own build information; `server`/`agent` come with a later issue.
+//!   `rke2 --version` from its own build information; `rke2 server` / `rke2 agent` speak the
+//!   supervisor join protocol on :9345 ([`standin`]).
 
 pub mod buildinfo;
 pub mod fixture;
+pub mod standin;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,5 +49,36 @@ pub fn stand_in_binary() -> anyhow::Result<PathBuf> {
     );
     let bin = profile_dir.join("rke2");
     anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
-    Ok(bin)
+    Ok(strip_debug(&bin).unwrap_or(bin))
+}
+
+/// A copy of `bin` without debug information (a debug build carrying TLS crates is ~60 MB,
+/// ~10 MB stripped), which fixtures and images then carry and compress. Sections such as
+/// `.go.buildinfo` stay. Refreshed when `bin` is newer; `None` (use `bin`) if strip fails.
+fn strip_debug(bin: &std::path::Path) -> Option<PathBuf> {
+    let dir = bin.parent()?.join("standin-stripped");
+    let out = dir.join("rke2");
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    if std::fs::metadata(&out)
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| m >= built)
+    {
+        return Some(out);
+    }
+    std::fs::create_dir_all(&dir).ok()?;
+    // Test processes may race here: each strips to its own file, then renames atomically.
+    let tmp = dir.join(format!("rke2.{}.tmp", std::process::id()));
+    let ok = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(bin)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok || std::fs::rename(&tmp, &out).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        eprintln!("note: could not strip {}; using it as is", bin.display());
+        return None;
+    }
+    Some(out)
 }

@@ -1,7 +1,7 @@
 //! TEST DOUBLE standing in for the real `rke2` binary in release fixtures. It is never part of
 //! an image built from a real release. It carries a `.go.buildinfo` section like a Go binary
 //! (the fixture generator writes the version and build settings into it) and answers
-//! `rke2 --version` from it. `server` and `agent` are implemented by a later issue.
+//! `rke2 --version` from it. `server` and `agent` speak the join protocol (see `standin`).
 
 use rke2_testsupport::buildinfo;
 
@@ -43,8 +43,10 @@ fn main() {
             println!("go version {go}");
         }
         Some(cmd @ ("server" | "agent")) => {
-            eprintln!("rke2 stand-in (test double): `{cmd}` is not implemented yet");
-            std::process::exit(1);
+            if let Err(e) = rke2_testsupport::standin::main(cmd, &args[1..]) {
+                eprintln!("rke2-standin: {cmd}: {e}");
+                std::process::exit(1);
+            }
         }
         _ => {
             eprintln!("usage: rke2 [--version|server|agent] (stand-in test double)");
