@@ -10,16 +10,15 @@
 //! Every path lives under a root so tests can run it in a temporary directory.
 
 use std::io::{BufRead, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rke2_firstboot::http::{self, HttpError, Url};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 /// The supervisor port of RKE2.
@@ -394,12 +393,14 @@ impl Server {
             "token written to {} (CA sha256 {hash})",
             token_path.display()
         ));
-        let cfg_tls = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| StandinError::Cert(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(tls.chain, tls.key)
-            .map_err(|e| StandinError::Cert(e.to_string()))?;
+        let cfg_tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StandinError::Cert(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(tls.chain, tls.key)
+        .map_err(|e| StandinError::Cert(e.to_string()))?;
         let listener = TcpListener::bind(opts.bind).map_err(|source| StandinError::Io {
             path: PathBuf::from(format!("bind {}", opts.bind)),
             source,
@@ -583,120 +584,34 @@ fn check_images(root: &Path) -> Result<Vec<PathBuf>, StandinError> {
     Ok(out)
 }
 
-struct Target {
-    host: String,
-    port: u16,
+/// The server URL from the config as the node agent's HTTP client takes it; RKE2's default
+/// supervisor port when the URL names none.
+fn parse_server(s: &str) -> Option<Url> {
+    let mut url = Url::parse(s).ok().filter(|u| u.https)?;
+    let authority = s.strip_prefix("https://")?.split('/').next()?;
+    let host_end = authority.rfind(']').map_or(0, |i| i + 1);
+    if !authority[host_end..].contains(':') {
+        url.port = PORT;
+    }
+    Some(url)
 }
 
-fn parse_server(s: &str) -> Option<Target> {
-    let rest = s.strip_prefix("https://")?;
-    let auth = rest.split('/').next()?;
-    let (host, port) = if let Some(r) = auth.strip_prefix('[') {
-        let (h, p) = r.split_once(']')?;
-        (h, p.strip_prefix(':'))
-    } else {
-        match auth.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (auth, None),
-        }
-    };
-    let port = match port {
-        Some(p) => p.parse().ok()?,
-        None => PORT,
-    };
-    (!host.is_empty()).then(|| Target {
-        host: host.to_string(),
-        port,
-    })
-}
-
-/// Accepts any certificate: used only to fetch `/cacerts`, whose hash the token then checks.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// One `GET` over TLS; returns status and body.
+/// One GET with the node agent's client; connection failures say what was tried.
 fn get(
-    t: &Target,
-    cfg: Arc<rustls::ClientConfig>,
+    base: &Url,
+    tls: &http::Tls,
     path: &str,
     auth: Option<&str>,
 ) -> Result<(u16, Vec<u8>), String> {
-    let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolving {}: {e}", t.host))?
-        .collect();
-    let addr = addrs
-        .first()
-        .ok_or_else(|| format!("{} has no address", t.host))?;
-    let tcp = TcpStream::connect_timeout(addr, Duration::from_secs(10))
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
-    let name = ServerName::try_from(t.host.clone()).map_err(|e| format!("{}: {e}", t.host))?;
-    let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n",
-        t.host, t.port
-    );
-    if let Some(a) = auth {
-        req.push_str(&format!("Authorization: {a}\r\n"));
+    let url = Url {
+        path: path.to_string(),
+        ..base.clone()
+    };
+    match http::get(&url, tls, auth, Duration::from_secs(10), 1 << 20) {
+        Ok(r) => Ok((r.status, r.body)),
+        Err(HttpError::Connect { addr, source }) => Err(format!("connecting to {addr}: {source}")),
+        Err(e) => Err(e.to_string()),
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("TLS to {addr}: {e}"))?;
-    let mut buf = Vec::new();
-    match s.read_to_end(&mut buf) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
-        Err(e) => return Err(format!("TLS to {addr}: {e}")),
-    }
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
-    let head = String::from_utf8_lossy(&buf[..split]);
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("malformed HTTP status line")?;
-    Ok((status, buf[split + 4..].to_vec()))
 }
 
 /// Joins the server named in the config; writes `agent/joined` on success.
@@ -714,14 +629,7 @@ pub fn agent(opts: &AgentOpts) -> Result<Joined, StandinError> {
         msg: format!("server {server:?} is not https://<host>[:port]"),
     })?;
     let images = check_images(&opts.root)?;
-    let server = format!("https://{}:{}", target.host, target.port);
-    let insecure = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StandinError::Cert(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-        .with_no_client_auth();
-    let insecure = Arc::new(insecure);
+    let server = format!("https://{}", target.authority());
     let start = Instant::now();
     let mut attempts = 0u32;
     let mut delay = Duration::from_millis(500);
@@ -742,7 +650,7 @@ pub fn agent(opts: &AgentOpts) -> Result<Joined, StandinError> {
     log(&format!("joining {server}"));
     let cacerts = loop {
         attempts += 1;
-        match get(&target, insecure.clone(), "/cacerts", None) {
+        match get(&target, &http::Tls::Insecure, "/cacerts", None) {
             Ok((200, body)) => break body,
             Ok((st, _)) => wait(attempts, format!("/cacerts answered HTTP {st}"))?,
             Err(e) => wait(attempts, e)?,
@@ -764,23 +672,13 @@ pub fn agent(opts: &AgentOpts) -> Result<Joined, StandinError> {
         Some(_) => log("CA matches the token's hash"),
         None => log("token has no CA hash; trusting the CA the server presents"),
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&cacerts) {
-        let c = c.map_err(|e| StandinError::Cert(format!("{server}/cacerts: {e}")))?;
-        roots
-            .add(c)
-            .map_err(|e| StandinError::Cert(format!("{server}/cacerts: {e}")))?;
-    }
-    let verified = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StandinError::Cert(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let verified = Arc::new(verified);
+    let roots = http::roots_from_pem(&cacerts)
+        .map_err(|e| StandinError::Cert(format!("{server}/cacerts: {e}")))?;
+    let verified = http::Tls::Roots(Arc::new(roots));
     let auth = token.basic("node");
     loop {
         attempts += 1;
-        match get(&target, verified.clone(), "/v1-rke2/readyz", Some(&auth)) {
+        match get(&target, &verified, "/v1-rke2/readyz", Some(&auth)) {
             Ok((st @ (401 | 403), _)) => {
                 return Err(StandinError::TokenRejected { server, status: st })
             }
