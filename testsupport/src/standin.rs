@@ -43,8 +43,12 @@ pub enum StandinError {
     BadToken(String),
     #[error("certificates: {0}")]
     Cert(String),
-    #[error("token rejected by {server} (HTTP {status} from /v1-rke2/readyz as user node)")]
-    TokenRejected { server: String, status: u16 },
+    #[error("token rejected by {server} (HTTP {status} from /v1-rke2/readyz as user {user})")]
+    TokenRejected {
+        server: String,
+        status: u16,
+        user: String,
+    },
     #[error(
         "server CA does not match the token — refusing to join ({server}/cacerts has sha256 \
          {got}, the token pins {want})"
@@ -327,7 +331,10 @@ pub struct Server {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     cacerts: Arc<Vec<u8>>,
+    /// `node` then `server` basic-auth header values.
     auth: Arc<Vec<String>>,
+    /// The CA certificate and key for joining servers (`/v1-rke2/server-bootstrap`).
+    bootstrap: Arc<Vec<u8>>,
     ready_delay: Duration,
 }
 
@@ -363,6 +370,10 @@ impl Server {
         sans.sort();
         sans.dedup();
         let tls = server_tls(&opts.root, &sans)?;
+        let ca_key_path = opts.root.join(SERVER_DIR).join("tls/server-ca.key");
+        let mut bootstrap = tls.cacerts.clone();
+        bootstrap.extend_from_slice(BOOTSTRAP_SEPARATOR.as_bytes());
+        bootstrap.extend(std::fs::read(&ca_key_path).map_err(io(&ca_key_path))?);
         let hash = hex::encode(Sha256::digest(&tls.cacerts));
         let token_path = opts.root.join(SERVER_DIR).join("token");
         let password =
@@ -420,6 +431,7 @@ impl Server {
             tls: Arc::new(cfg_tls),
             cacerts: Arc::new(tls.cacerts),
             auth: Arc::new(auth),
+            bootstrap: Arc::new(bootstrap),
             ready_delay: Duration::from_secs(
                 opts.ready_delay.or(cfg.standin_ready_delay).unwrap_or(5),
             ),
@@ -445,10 +457,11 @@ impl Server {
             let tls = self.tls.clone();
             let cacerts = self.cacerts.clone();
             let auth = self.auth.clone();
+            let bootstrap = self.bootstrap.clone();
             let delay = self.ready_delay;
             std::thread::spawn(move || {
                 let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                if let Err(e) = handle(tcp, tls, &cacerts, &auth, start, delay) {
+                if let Err(e) = handle(tcp, tls, &cacerts, &auth, &bootstrap, start, delay) {
                     log(&format!("connection from {peer}: {e}"));
                 }
             });
@@ -462,6 +475,7 @@ fn handle(
     tls: Arc<rustls::ServerConfig>,
     cacerts: &[u8],
     auth: &[String],
+    bootstrap: &[u8],
     start: Instant,
     delay: Duration,
 ) -> std::io::Result<()> {
@@ -506,6 +520,12 @@ fn handle(
                     (200, "OK", b"ok".to_vec())
                 }
             }
+            _ => (401, "Unauthorized", b"Unauthorized".to_vec()),
+        },
+        // Only servers may fetch the cluster CA key.
+        ("GET", "/v1-rke2/server-bootstrap") => match authz {
+            Some(a) if auth.get(1) == Some(&a) => (200, "OK", bootstrap.to_vec()),
+            Some(a) if auth.contains(&a) => (403, "Forbidden", b"Forbidden".to_vec()),
             _ => (401, "Unauthorized", b"Unauthorized".to_vec()),
         },
         ("GET", _) => (404, "Not Found", b"not found".to_vec()),
@@ -614,31 +634,45 @@ fn get(
     }
 }
 
-/// Joins the server named in the config; writes `agent/joined` on success.
-pub fn agent(opts: &AgentOpts) -> Result<Joined, StandinError> {
-    let cfg = Config::load(&opts.root)?;
-    let cfg_path = opts.root.join(CONFIG);
+/// A supervisor this node has authenticated to: its address, CA (pinned by the token) and a
+/// client verifying against that CA.
+struct Joined0 {
+    server: String,
+    target: Url,
+    ca_sha256: String,
+    verified: http::Tls,
+    auth: String,
+}
+
+/// The join protocol both roles share, as RKE2 runs it: fetch `/cacerts` unverified, compare
+/// its hash with the token's, then poll `/v1-rke2/readyz` verified against that CA with basic
+/// auth as `user` (`node` for agents, `server` for joining servers) until it answers `ok`.
+fn join(
+    cfg: &Config,
+    cfg_path: &Path,
+    user: &str,
+    timeout: Duration,
+) -> Result<Joined0, StandinError> {
     let missing = |k: &str| StandinError::Config {
-        path: cfg_path.clone(),
-        msg: format!("no `{k}` key (an agent needs `server: https://<host>:9345` and `token`)"),
+        path: cfg_path.to_path_buf(),
+        msg: format!("no `{k}` key (joining needs `server: https://<host>:9345` and `token`)"),
     };
     let server = cfg.server.clone().ok_or_else(|| missing("server"))?;
     let token = Token::parse(cfg.token.as_deref().ok_or_else(|| missing("token"))?)?;
     let target = parse_server(&server).ok_or_else(|| StandinError::Config {
-        path: cfg_path.clone(),
+        path: cfg_path.to_path_buf(),
         msg: format!("server {server:?} is not https://<host>[:port]"),
     })?;
-    let images = check_images(&opts.root)?;
     let server = format!("https://{}", target.authority());
     let start = Instant::now();
     let mut attempts = 0u32;
     let mut delay = Duration::from_millis(500);
     let mut wait = |attempts: u32, last: String| -> Result<(), StandinError> {
         log(&format!("attempt {attempts}: {last}"));
-        if start.elapsed() + delay > opts.timeout {
+        if start.elapsed() + delay > timeout {
             return Err(StandinError::Timeout {
                 server: server.clone(),
-                secs: opts.timeout.as_secs(),
+                secs: timeout.as_secs(),
                 attempts,
                 last,
             });
@@ -647,7 +681,7 @@ pub fn agent(opts: &AgentOpts) -> Result<Joined, StandinError> {
         delay = (delay * 2).min(Duration::from_secs(5));
         Ok(())
     };
-    log(&format!("joining {server}"));
+    log(&format!("joining {server} as {user}"));
     let cacerts = loop {
         attempts += 1;
         match get(&target, &http::Tls::Insecure, "/cacerts", None) {
@@ -675,12 +709,16 @@ pub fn agent(opts: &AgentOpts) -> Result<Joined, StandinError> {
     let roots = http::roots_from_pem(&cacerts)
         .map_err(|e| StandinError::Cert(format!("{server}/cacerts: {e}")))?;
     let verified = http::Tls::Roots(Arc::new(roots));
-    let auth = token.basic("node");
+    let auth = token.basic(user);
     loop {
         attempts += 1;
         match get(&target, &verified, "/v1-rke2/readyz", Some(&auth)) {
             Ok((st @ (401 | 403), _)) => {
-                return Err(StandinError::TokenRejected { server, status: st })
+                return Err(StandinError::TokenRejected {
+                    server,
+                    status: st,
+                    user: user.to_string(),
+                })
             }
             Ok((200, body)) if body.trim_ascii() == b"ok" => break,
             Ok((st, body)) => wait(
@@ -693,20 +731,99 @@ pub fn agent(opts: &AgentOpts) -> Result<Joined, StandinError> {
             Err(e) => wait(attempts, e)?,
         }
     }
-    log(&format!("/v1-rke2/readyz on {server}: ok; joined"));
+    log(&format!("/v1-rke2/readyz on {server}: ok"));
+    Ok(Joined0 {
+        server,
+        target,
+        ca_sha256: got,
+        verified,
+        auth,
+    })
+}
+
+/// Joins the server named in the config; writes `agent/joined` on success.
+pub fn agent(opts: &AgentOpts) -> Result<Joined, StandinError> {
+    let cfg = Config::load(&opts.root)?;
+    let images = check_images(&opts.root)?;
+    let j = join(&cfg, &opts.root.join(CONFIG), "node", opts.timeout)?;
+    log(&format!("joined {}", j.server));
     let joined = opts.root.join(AGENT_DIR).join("joined");
-    let mut rec = format!("server={server}\nca-sha256={got}\n");
+    let mut rec = format!("server={}\nca-sha256={}\n", j.server, j.ca_sha256);
     for i in &images {
         rec.push_str(&format!("image={}\n", i.display()));
     }
     write_atomic(&joined, rec.as_bytes(), 0o644)?;
-    notify_ready(&format!("joined {server}"));
+    notify_ready(&format!("joined {}", j.server));
     Ok(Joined {
-        server,
-        ca_sha256: got,
+        server: j.server,
+        ca_sha256: j.ca_sha256,
         images,
     })
 }
+
+/// A server whose config names `server:` joins that cluster before serving, as an RKE2 server
+/// joining an HA control plane does: authenticated as `server`, it fetches the cluster CA from
+/// `/v1-rke2/server-bootstrap` and serves with it, so the same token works against every
+/// server. Kept across restarts (the CA is only fetched while `server/tls/` has none).
+pub fn join_cluster(root: &Path, timeout: Duration) -> Result<Option<Joined>, StandinError> {
+    let cfg = Config::load(root)?;
+    if cfg.server.is_none() {
+        return Ok(None);
+    }
+    let tls = root.join(SERVER_DIR).join("tls");
+    let (ca, key) = (tls.join("server-ca.crt"), tls.join("server-ca.key"));
+    let j = join(&cfg, &root.join(CONFIG), "server", timeout)?;
+    if !(ca.exists() && key.exists()) {
+        let url = Url {
+            path: "/v1-rke2/server-bootstrap".into(),
+            ..j.target.clone()
+        };
+        let r = http::get(
+            &url,
+            &j.verified,
+            Some(&j.auth),
+            Duration::from_secs(10),
+            1 << 20,
+        )
+        .map_err(|e| StandinError::Cert(format!("{}/v1-rke2/server-bootstrap: {e}", j.server)))?;
+        if r.status != 200 {
+            return Err(StandinError::Cert(format!(
+                "{}/v1-rke2/server-bootstrap answered HTTP {}",
+                j.server, r.status
+            )));
+        }
+        let text = String::from_utf8_lossy(&r.body);
+        let (crt_pem, key_pem) = text.split_once(BOOTSTRAP_SEPARATOR).ok_or_else(|| {
+            StandinError::Cert(format!(
+                "{}/v1-rke2/server-bootstrap: not a CA certificate and key",
+                j.server
+            ))
+        })?;
+        if hex::encode(Sha256::digest(crt_pem.as_bytes())) != j.ca_sha256 {
+            return Err(StandinError::Cert(format!(
+                "{}/v1-rke2/server-bootstrap: the CA differs from /cacerts",
+                j.server
+            )));
+        }
+        write_atomic(&key, key_pem.as_bytes(), 0o600)?;
+        write_atomic(&ca, crt_pem.as_bytes(), 0o644)?;
+        log(&format!("adopted the cluster CA of {}", j.server));
+    }
+    write_atomic(
+        &root.join(SERVER_DIR).join("joined"),
+        format!("server={}\nca-sha256={}\n", j.server, j.ca_sha256).as_bytes(),
+        0o644,
+    )?;
+    log(&format!("joined {} as a server", j.server));
+    Ok(Some(Joined {
+        server: j.server,
+        ca_sha256: j.ca_sha256,
+        images: Vec::new(),
+    }))
+}
+
+/// Between the CA certificate and its key in a `/v1-rke2/server-bootstrap` answer.
+const BOOTSTRAP_SEPARATOR: &str = "\n---8<--- server-ca.key\n";
 
 fn notify_ready(status: &str) {
     // Outside systemd NOTIFY_SOCKET is unset and this is a no-op.
@@ -766,7 +883,7 @@ pub fn main(cmd: &str, args: &[String]) -> Result<(), StandinError> {
             }
             "--tls-san" if cmd == "server" => tls_san.push(val()?),
             "--exit-after-join" if cmd == "agent" => exit_after_join = true,
-            "--timeout" if cmd == "agent" => {
+            "--timeout" => {
                 let v = val()?;
                 timeout = Duration::from_secs(v.parse().map_err(|_| {
                     StandinError::Usage(format!("--timeout {v}: not a number of seconds"))
@@ -775,19 +892,22 @@ pub fn main(cmd: &str, args: &[String]) -> Result<(), StandinError> {
             other => {
                 return Err(StandinError::Usage(format!(
                     "unknown option {other:?} for `rke2 {cmd}` (server: --root --bind \
-                     --ready-delay --tls-san; agent: --root --timeout --exit-after-join)"
+                     --ready-delay --tls-san --timeout; agent: --root --timeout --exit-after-join)"
                 )))
             }
         }
     }
     match cmd {
-        "server" => Server::bind(&ServerOpts {
-            root,
-            bind,
-            ready_delay,
-            tls_san,
-        })?
-        .serve(),
+        "server" => {
+            join_cluster(&root, timeout)?;
+            Server::bind(&ServerOpts {
+                root,
+                bind,
+                ready_delay,
+                tls_san,
+            })?
+            .serve()
+        }
         _ => {
             agent(&AgentOpts { root, timeout })?;
             if !exit_after_join {

@@ -521,3 +521,79 @@ fn agent_stays_up_after_joining() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// HA: a second server whose config names the first joins it as `server`, adopts the cluster CA
+/// from `/v1-rke2/server-bootstrap`, and then serves with it, so the first server's token (which
+/// pins that CA) lets an agent join through the second server. Agents may not fetch the CA key.
+#[test]
+fn second_server_joins_first_and_serves_the_cluster_ca() {
+    let d1 = tempfile::tempdir().unwrap();
+    let s1 = Server::start(d1.path(), 0);
+    let token = s1.token();
+    let d2 = tempfile::tempdir().unwrap();
+    write(
+        &d2.path().join("etc/rancher/rke2/config.yaml"),
+        &format!("server: {}\ntoken: {token}\n", s1.url()),
+    );
+    let s2 = Server::start(d2.path(), 0);
+    assert_eq!(
+        std::fs::read(s1.ca_file()).unwrap(),
+        std::fs::read(s2.ca_file()).unwrap(),
+        "the joining server must serve the cluster CA"
+    );
+    assert_eq!(s2.token(), token);
+    let joined =
+        std::fs::read_to_string(d2.path().join("var/lib/rancher/rke2/server/joined")).unwrap();
+    assert!(joined.contains(&format!("server={}", s1.url())), "{joined}");
+    // Independent client: curl trusting only the cluster CA accepts the second server.
+    let (st, body) = curl(&[
+        "--cacert",
+        s1.ca_file().to_str().unwrap(),
+        &format!("{}/ping", s2.url()),
+    ]);
+    assert_eq!((st, body.as_str()), (200, "pong"));
+    let a = agent_root(&s2, &token);
+    let o = agent(a.path(), 30);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The CA key is for servers only.
+    let pw = s1.password();
+    let (st, _) = curl(&[
+        "-k",
+        "-u",
+        &format!("node:{pw}"),
+        &format!("{}/v1-rke2/server-bootstrap", s1.url()),
+    ]);
+    assert_eq!(st, 403);
+    let (st, _) = curl(&["-k", &format!("{}/v1-rke2/server-bootstrap", s1.url())]);
+    assert_eq!(st, 401);
+    // A second server with a wrong password is refused and does not start.
+    let d3 = tempfile::tempdir().unwrap();
+    write(
+        &d3.path().join("etc/rancher/rke2/config.yaml"),
+        &format!(
+            "server: {}\ntoken: {}:wrong\n",
+            s1.url(),
+            token.rsplit_once(':').unwrap().0
+        ),
+    );
+    let o = Command::new(BIN)
+        .args([
+            "server",
+            "--bind",
+            "127.0.0.1:0",
+            "--timeout",
+            "10",
+            "--root",
+        ])
+        .arg(d3.path())
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("token rejected") && err.contains("as user server"),
+        "{err}"
+    );
+    assert!(!d3.path().join("var/lib/rancher/rke2/server/token").exists());
+}
