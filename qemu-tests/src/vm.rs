@@ -1,6 +1,7 @@
 //! One QEMU virtual machine with its serial console captured.
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -51,6 +52,26 @@ pub enum Boot {
     },
 }
 
+/// Where a NIC is plugged in. Nothing here reaches beyond 127.0.0.1.
+#[derive(Debug, Clone)]
+pub enum Net {
+    /// A member port of a [`crate::hub::Hub`] (a QEMU UDP socket netdev on 127.0.0.1).
+    Hub { hub: SocketAddr, local: SocketAddr },
+    /// QEMU user networking, isolated (`restrict=on`), guest network 10.0.2.0/24; each forward
+    /// makes `guest` (an address:port inside that network) a TCP tunnel to `host` (on
+    /// 127.0.0.1).
+    User {
+        forwards: Vec<(SocketAddr, SocketAddr)>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Nic {
+    /// `52:54:00:xx:xx:xx`
+    pub mac: String,
+    pub net: Net,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub disk: PathBuf,
@@ -59,6 +80,12 @@ pub struct Config {
     pub cpus: u32,
     /// Also write the console to this file (kept for inspection after the test).
     pub log: Option<PathBuf>,
+    /// Virtio NICs; none: the machine has no network at all.
+    pub nics: Vec<Nic>,
+    /// `-fw_cfg name=NAME,file=PATH` entries (configuration and test knobs).
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// More disks, attached read-only after the boot disk (config drives).
+    pub drives: Vec<PathBuf>,
 }
 
 impl Config {
@@ -69,6 +96,9 @@ impl Config {
             memory_mib: 2048,
             cpus: 2,
             log: None,
+            nics: Vec::new(),
+            fw_cfg: Vec::new(),
+            drives: Vec::new(),
         }
     }
 }
@@ -142,7 +172,7 @@ fn probe_accel(accel: &str) -> Option<Duration> {
 /// A running VM. Dropping it kills QEMU.
 pub struct Vm {
     child: Child,
-    console: Arc<Mutex<Vec<u8>>>,
+    console: Arc<Mutex<Console>>,
     started: Instant,
     _vars: Option<tempfile::TempDir>,
     status: Option<ExitStatus>,
@@ -181,13 +211,41 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
         "-no-reboot",
         "-serial",
         "stdio",
-        "-nic",
-        "none",
     ]);
+    if cfg.nics.is_empty() {
+        c.args(["-nic", "none"]);
+    }
+    for (i, nic) in cfg.nics.iter().enumerate() {
+        let netdev = match &nic.net {
+            Net::Hub { hub, local } => {
+                format!("socket,id=net{i},udp={hub},localaddr={local}")
+            }
+            Net::User { forwards } => {
+                let mut n = format!("user,id=net{i},restrict=on,net=10.0.2.0/24");
+                for (guest, host) in forwards {
+                    n.push_str(&format!(",guestfwd=tcp:{guest}-tcp:{host}"));
+                }
+                n
+            }
+        };
+        c.arg("-netdev").arg(netdev);
+        c.arg("-device")
+            .arg(format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac));
+    }
+    for (name, file) in &cfg.fw_cfg {
+        c.arg("-fw_cfg")
+            .arg(format!("name={name},file={}", file.display()));
+    }
     c.arg("-drive").arg(format!(
         "file={},format=raw,if=virtio,cache=unsafe",
         cfg.disk.display()
     ));
+    for d in &cfg.drives {
+        c.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            d.display()
+        ));
+    }
     match &cfg.boot {
         Boot::Uefi => {
             c.arg("-drive").arg(format!(
@@ -227,7 +285,8 @@ impl Vm {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(VmError::Spawn)?;
-        let console = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let console = Arc::new(Mutex::new(Console::default()));
         let mut log = cfg.log.as_ref().and_then(|p| std::fs::File::create(p).ok());
         for stream in [
             child
@@ -255,7 +314,9 @@ impl Vm {
                         let _ = f.write_all(&buf[..n]);
                     }
                     if let Ok(mut c) = console.lock() {
-                        c.extend_from_slice(&buf[..n]);
+                        c.bytes.extend_from_slice(&buf[..n]);
+                        let end = c.bytes.len();
+                        c.arrivals.push((end, started.elapsed()));
                     }
                 }
             });
@@ -263,7 +324,7 @@ impl Vm {
         Ok(Vm {
             child,
             console,
-            started: Instant::now(),
+            started,
             _vars: vars_dir,
             status: None,
         })
@@ -271,8 +332,29 @@ impl Vm {
 
     /// Everything the console printed so far.
     pub fn console(&self) -> String {
-        let c = self.console.lock().map(|c| c.clone()).unwrap_or_default();
+        let c = self
+            .console
+            .lock()
+            .map(|c| c.bytes.clone())
+            .unwrap_or_default();
         String::from_utf8_lossy(&c).into_owned()
+    }
+
+    /// When (since QEMU started) the console first showed `marker`, as recorded by the reader
+    /// thread when the bytes arrived, so it is exact however late the test looks.
+    pub fn seen_at(&self, marker: &str) -> Option<Duration> {
+        let c = self.console.lock().ok()?;
+        let end = find(&c.bytes, marker.as_bytes())? + marker.len();
+        let i = c.arrivals.partition_point(|(e, _)| *e < end);
+        c.arrivals.get(i).map(|(_, t)| *t)
+    }
+
+    /// Kills QEMU at once: a power cut (nothing the guest has not written reaches the disk).
+    pub fn power_cut(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
     }
 
     /// The last [`TAIL_LINES`] console lines.
@@ -365,6 +447,20 @@ impl Drop for Vm {
     }
 }
 
+/// Console bytes and when they arrived: (end offset, time since start) per read.
+#[derive(Default)]
+struct Console {
+    bytes: Vec<u8>,
+    arrivals: Vec<(usize, Duration)>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 /// Last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -395,5 +491,41 @@ mod tests {
         assert!(joined.contains("unit=1,file=/v.fd"));
         assert!(joined.contains("-nic none"));
         assert!(joined.contains("file=/d.img,format=raw,if=virtio"));
+    }
+
+    #[test]
+    fn networks_stay_on_loopback_and_user_net_is_restricted() {
+        let mut cfg = Config::new("/d.img", Boot::Uefi);
+        cfg.nics = vec![
+            Nic {
+                mac: "52:54:00:00:00:01".into(),
+                net: Net::Hub {
+                    hub: "127.0.0.1:4000".parse().unwrap(),
+                    local: "127.0.0.1:4001".parse().unwrap(),
+                },
+            },
+            Nic {
+                mac: "52:54:00:00:00:02".into(),
+                net: Net::User {
+                    forwards: vec![(
+                        "10.0.2.100:9345".parse().unwrap(),
+                        "127.0.0.1:5000".parse().unwrap(),
+                    )],
+                },
+            },
+        ];
+        cfg.fw_cfg = vec![("opt/x".into(), PathBuf::from("/c.yaml"))];
+        let joined = command(&cfg, None)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(!joined.contains("-nic none"));
+        assert!(joined.contains("socket,id=net0,udp=127.0.0.1:4000,localaddr=127.0.0.1:4001"));
+        assert!(joined.contains(
+            "user,id=net1,restrict=on,net=10.0.2.0/24,guestfwd=tcp:10.0.2.100:9345-tcp:127.0.0.1:5000"
+        ));
+        assert!(joined.contains("virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02"));
+        assert!(joined.contains("-fw_cfg name=opt/x,file=/c.yaml"));
     }
 }

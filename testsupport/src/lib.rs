@@ -82,3 +82,95 @@ fn strip_debug(bin: &std::path::Path) -> Option<PathBuf> {
     }
     Some(out)
 }
+
+/// A stand-in `rke2 server` running on this machine (bound to loopback by the caller's
+/// `--bind`), with its log lines. Dropping it kills the process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub port: u16,
+    pub root: PathBuf,
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Runs `<bin> server --root <root> <args>` and waits up to 30 s for it to listen.
+    /// `notify_socket`: the `NOTIFY_SOCKET` it gets (none by default).
+    pub fn start(
+        bin: &std::path::Path,
+        root: &std::path::Path,
+        args: &[&str],
+        notify_socket: Option<&std::path::Path>,
+    ) -> anyhow::Result<ServerProcess> {
+        use std::io::BufRead;
+        let mut cmd = Command::new(bin);
+        cmd.arg("server")
+            .args(args)
+            .arg("--root")
+            .arg(root)
+            .env_remove("NOTIFY_SOCKET")
+            .stderr(std::process::Stdio::piped());
+        if let Some(n) = notify_socket {
+            cmd.env("NOTIFY_SOCKET", n);
+        }
+        let mut child = cmd.spawn()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr pipe"))?;
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut seen = Vec::new();
+        let port = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(l) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("stand-in server did not listen; log:\n{}", seen.join("\n"));
+            };
+            if let Some(p) = l
+                .strip_prefix("rke2-standin: listening on ")
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+            {
+                break p;
+            }
+            seen.push(l);
+        };
+        Ok(ServerProcess {
+            child,
+            port,
+            root: root.to_path_buf(),
+            log: rx,
+        })
+    }
+
+    /// The `K10…` token the server wrote.
+    pub fn token(&self) -> anyhow::Result<String> {
+        let p = self.root.join("var/lib/rancher/rke2/server/token");
+        Ok(std::fs::read_to_string(&p)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            .trim()
+            .to_string())
+    }
+
+    /// Log lines received so far.
+    pub fn drain_log(&self) -> String {
+        self.log.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,10 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (helpers outside #[test] included)
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rke2_firstboot::dialects::native::Role;
@@ -16,17 +14,9 @@ use sha2::{Digest, Sha256};
 const BIN: &str = env!("CARGO_BIN_EXE_rke2");
 
 struct Server {
-    child: Child,
+    p: rke2_testsupport::ServerProcess,
     port: u16,
     root: PathBuf,
-    log: mpsc::Receiver<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -40,41 +30,18 @@ impl Server {
         notify_socket: Option<&Path>,
         bind: &str,
     ) -> Server {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["server", "--bind", bind, "--ready-delay"])
-            .arg(ready_delay.to_string())
-            .arg("--root")
-            .arg(root)
-            .env_remove("NOTIFY_SOCKET")
-            .stderr(Stdio::piped());
-        if let Some(n) = notify_socket {
-            cmd.env("NOTIFY_SOCKET", n);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port = loop {
-            let l = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("server did not report listening");
-            if let Some(a) = l.strip_prefix("rke2-standin: listening on ") {
-                break a.rsplit(':').next().unwrap().parse().unwrap();
-            }
-        };
+        let delay = ready_delay.to_string();
+        let p = rke2_testsupport::ServerProcess::start(
+            Path::new(BIN),
+            root,
+            &["--bind", bind, "--ready-delay", &delay],
+            notify_socket,
+        )
+        .unwrap();
         Server {
-            child,
-            port,
+            port: p.port,
             root: root.to_path_buf(),
-            log: rx,
+            p,
         }
     }
 
@@ -99,7 +66,7 @@ impl Server {
     }
 
     fn drain_log(&self) -> String {
-        self.log.try_iter().collect::<Vec<_>>().join("\n")
+        self.p.drain_log()
     }
 }
 
@@ -327,7 +294,7 @@ fn agent_refuses_wrong_ca_hash() {
     assert!(!a.path().join("var/lib/rancher/rke2/agent/joined").exists());
     // It never sent credentials to the untrusted server.
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!s.drain_log().contains("readyz"));
+    assert!(!s.drain_log().contains("GET /v1-rke2/readyz"));
 }
 
 #[test]
