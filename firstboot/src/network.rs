@@ -559,6 +559,72 @@ mod tests {
         );
     }
 
+    /// `<sys>/class/net/<name>/address` (+ `device` for physical NICs), as the kernel shows it.
+    fn fake_sysfs(links: &[(&str, &str, bool)]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for (name, mac, physical) in links {
+            let d = t.path().join("class/net").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("address"), format!("{mac}\n")).unwrap();
+            if *physical {
+                std::os::unix::fs::symlink(
+                    "../../../devices/pci0000:00/0000:00:03.0",
+                    d.join("device"),
+                )
+                .unwrap();
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn mac_to_interface_name_from_sysfs() {
+        let sys = fake_sysfs(&[
+            ("lo", "00:00:00:00:00:00", false),
+            ("eth0", "52:54:00:00:01:01", true),
+            ("eth1", "52:54:00:00:01:02", true),
+            // A VLAN on eth0 sorts first and carries the same MAC: the NIC still wins.
+            ("a.100", "52:54:00:00:01:01", false),
+        ]);
+        let p = sys.path();
+        assert_eq!(
+            ifname_for_mac(p, "52:54:00:00:01:01").unwrap().as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            ifname_for_mac(p, "52-54-00-00-01-02").unwrap().as_deref(),
+            Some("eth1")
+        );
+        assert_eq!(ifname_for_mac(p, "52:54:00:00:09:09").unwrap(), None);
+        let plan = |link| NetworkPlan {
+            link,
+            addresses: vec![Cidr::parse("10.0.0.12/24").unwrap()],
+            gateways: vec![],
+            dns: vec![],
+            search: vec![],
+            mtu: None,
+        };
+        let e = ifname(p, &plan(Link::Mac("52:54:00:00:09:09".into())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no network interface has MAC 52:54:00:00:09:09")
+                && e.contains("eth0=52:54:00:00:01:01, eth1=52:54:00:00:01:02"),
+            "{e}"
+        );
+        // A name is used as given, whether or not sysfs has it yet.
+        assert_eq!(
+            ifname(p, &plan(Link::Name("bond0".into()))).unwrap(),
+            "bond0"
+        );
+        // No sysfs class/net at all: an error naming the path.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(ifname_for_mac(empty.path(), "52:54:00:00:01:01")
+            .unwrap_err()
+            .to_string()
+            .contains("class/net"));
+    }
+
     #[test]
     fn ip_output_is_compared_by_address() {
         let p = NetworkPlan {
