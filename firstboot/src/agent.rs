@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::atomic::Root;
 use crate::dialects::{self, DialectError};
 use crate::identity::Identity;
+use crate::network::{self, NetworkPlan};
 use crate::plan::Plan;
 use crate::preflight::{self, Backoff, PreflightError, Token};
 use crate::render::{self, Phase, RenderError, RenderInput, PHASES};
@@ -29,6 +30,8 @@ pub enum AgentError {
     Preflight(#[from] PreflightError),
     #[error("no configuration found (tried: {0})")]
     NothingFound(String),
+    #[error("network: {0}")]
+    Network(String),
 }
 
 /// A parsed configuration with this machine's assignment.
@@ -121,6 +124,10 @@ pub fn render_to(
     Ok(())
 }
 
+/// Makes the network file the System phase wrote live on this machine, reporting progress
+/// through the callback; returns the interface name it configured, or why it could not.
+pub type NetworkApply = Box<dyn Fn(&NetworkPlan, &mut dyn FnMut(&str)) -> Result<String, String>>;
+
 /// What `run` needs from the machine.
 pub struct RunEnv {
     pub root: PathBuf,
@@ -128,11 +135,20 @@ pub struct RunEnv {
     pub identity: Identity,
     /// Overrides the configuration's preflight deadline (tests).
     pub preflight_backoff: Option<Backoff>,
+    /// Called after the System phase when the node has a `network` section, before the join
+    /// preflight needs the address. None: the file is written but not applied (tests).
+    pub network_apply: Option<NetworkApply>,
+    /// Test knob: stop forever at the top of this phase (after the previous phases' writes
+    /// were flushed), so a test can cut the power there.
+    pub pause_before: Option<Phase>,
 }
 
 impl std::fmt::Debug for RunEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunEnv").field("root", &self.root).finish()
+        f.debug_struct("RunEnv")
+            .field("root", &self.root)
+            .field("pause_before", &self.pause_before)
+            .finish()
     }
 }
 
@@ -195,6 +211,9 @@ fn run_inner(
     let input = loaded.input();
     render::check(root, &input)?;
     for p in PHASES {
+        if env.pause_before == Some(p) {
+            pause(p, status);
+        }
         if p == Phase::Enable {
             if let Some((cfg, a)) = input.rke2 {
                 if let (Some(url), true) = (&a.server_url, cfg.cluster.preflight.enabled) {
@@ -216,6 +235,11 @@ fn run_inner(
         status(p.describe());
         render::phase(root, &input, p)?;
         root.flush().map_err(RenderError::from)?;
+        if p == Phase::System {
+            if let Some(net) = input.rke2.and_then(|(_, a)| a.network.as_ref()) {
+                apply_network(env, net, status)?;
+            }
+        }
     }
     let mut also_start = Vec::new();
     if !loaded.plan.bootcmd.is_empty() {
@@ -228,6 +252,32 @@ fn run_inner(
         unit: input.rke2.map(|(_, a)| a.role.unit()),
         also_start,
     })
+}
+
+fn apply_network(
+    env: &RunEnv,
+    net: &NetworkPlan,
+    status: &mut dyn FnMut(&str),
+) -> Result<(), AgentError> {
+    match &env.network_apply {
+        Some(apply) => {
+            let ifname = apply(net, status).map_err(AgentError::Network)?;
+            status(&format!("network: {}", network::describe(net, &ifname)));
+        }
+        None => status(&format!(
+            "network: {} written, not applied (no apply hook)",
+            network::NETWORK_FILE
+        )),
+    }
+    Ok(())
+}
+
+/// The test knob's pause: report, then wait for the test to cut the power.
+fn pause(p: Phase, status: &mut dyn FnMut(&str)) -> ! {
+    status(&format!("test knob: pausing before phase {}", p.name()));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// `status`: a one-paragraph summary from the stamp or the failure record (no secrets: neither

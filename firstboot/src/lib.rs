@@ -2,7 +2,8 @@
 //!
 //! - [`init`]: `rke2-init`, PID 1 of the initrd (verity root, state partition, switch_root).
 //! - The first-boot agent (`rke2-firstboot`): config [`sources`], [`dialects`] mapped onto one
-//!   [`plan`], node [`identity`] and [`role`], [`render`] into a root directory, join
+//!   [`plan`], node [`identity`] and [`role`], [`render`] into a root directory, static [`network`]
+//!   addressing, join
 //!   [`preflight`] on :9345, and the [`agent`] driving it all.
 
 pub mod agent;
@@ -11,6 +12,7 @@ pub mod dialects;
 pub mod http;
 pub mod identity;
 pub mod init;
+pub mod network;
 pub mod plan;
 pub mod preflight;
 pub mod render;

@@ -8,12 +8,18 @@ use clap::{Parser, Subcommand};
 use rke2_firstboot::agent::{self, AgentError, RunEnv, RunOutcome};
 use rke2_firstboot::atomic::Root;
 use rke2_firstboot::identity::Identity;
+use rke2_firstboot::network;
 use rke2_firstboot::preflight::Backoff;
 use rke2_firstboot::render::{Phase, RenderError};
+use rke2_firstboot::sources::fw_cfg::{self, FwCfg, PauseKnob};
 use rke2_firstboot::sources::{
-    baked::Baked, cmdline_url::CmdlineUrl, config_drive::ConfigDrive, esp::Esp, fw_cfg::FwCfg,
-    Found, Source, SystemMounter,
+    baked::Baked, cmdline_url::CmdlineUrl, config_drive::ConfigDrive, esp::Esp, Found, Source,
+    SystemMounter,
 };
+
+/// How long `run` waits for a static address to show up before the join preflight (which
+/// retries on its own, so this only makes the console tell a clearer story).
+const NETWORK_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Parser)]
 #[command(
@@ -181,15 +187,28 @@ fn run(root: PathBuf) -> ExitCode {
         }),
         Box::new(Baked { root: root.clone() }),
     ];
+    let mut status = |m: &str| {
+        println!("rke2-firstboot: {m}");
+        notify(&[sd_notify::NotifyState::Status(m)]);
+    };
+    let pause_before = match fw_cfg::pause_knob(&sys) {
+        PauseKnob::Absent => None,
+        PauseKnob::Pause(p) => Some(p),
+        PauseKnob::Ignored(w) => {
+            status(&format!("warning: {w}"));
+            None
+        }
+    };
+    let net_sys = sys.clone();
     let env = RunEnv {
         root: root.clone(),
         sources,
         identity,
         preflight_backoff: None,
-    };
-    let mut status = |m: &str| {
-        println!("rke2-firstboot: {m}");
-        notify(&[sd_notify::NotifyState::Status(m)]);
+        network_apply: Some(Box::new(move |net, status| {
+            network::apply(&net_sys, net, NETWORK_WAIT, status).map_err(|e| e.to_string())
+        })),
+        pause_before,
     };
     match agent::run(&env, &mut status) {
         Ok(RunOutcome::AlreadyDone) => {

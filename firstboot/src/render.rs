@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::atomic::{Attrs, FsError, Root};
 use crate::dialects::native::{NativeConfig, Role};
+use crate::network::{self, NetworkPlan};
 use crate::plan::{Command, IdRef, Owner, Plan};
 use crate::rke2::{self, Rke2Error};
 use crate::role::Assignment;
@@ -73,7 +74,7 @@ impl Phase {
         match self {
             Phase::Users => "creating users and ssh keys",
             Phase::Files => "writing files, directories and links",
-            Phase::System => "hostname, time zone, NTP, systemd units",
+            Phase::System => "hostname, network, time zone, NTP, systemd units",
             Phase::Rke2 => "writing the RKE2 configuration",
             Phase::Airgap => "linking preloaded air-gap images",
             Phase::Enable => "enabling the RKE2 service",
@@ -401,6 +402,9 @@ fn system(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
         text.push_str(&format!("127.0.1.1\t{f} {short}\n"));
         root.write("/etc/hosts", text.as_bytes(), Attrs::root(0o644))?;
     }
+    if let Some(net) = input.rke2.and_then(|(_, a)| a.network.as_ref()) {
+        network_files(root, net)?;
+    }
     if let Some(tz) = &plan.timezone {
         if root.exists("usr/share/zoneinfo") && !root.exists(&format!("usr/share/zoneinfo/{tz}")) {
             return Err(RenderError::Invalid(format!(
@@ -494,6 +498,27 @@ fn system(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
             Some(true) => enable_unit(root, &u.name)?,
             Some(false) => disable_unit(root, &u.name)?,
             None => {}
+        }
+    }
+    Ok(())
+}
+
+/// The networkd file for this node's static address, and the resolver configuration.
+fn network_files(root: &Root, net: &NetworkPlan) -> Result<(), RenderError> {
+    root.write(
+        network::NETWORK_FILE,
+        network::networkd_file(net).as_bytes(),
+        Attrs::root(0o644),
+    )?;
+    if let Some(text) = network::resolv_conf(net) {
+        // A symlink there means a resolver manager (systemd-resolved) owns the file; networkd
+        // hands it the DNS= servers itself.
+        let link = root
+            .host_path(network::RESOLV_CONF)?
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink());
+        if !link {
+            root.write(network::RESOLV_CONF, text.as_bytes(), Attrs::root(0o644))?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::dialects::native::{NativeConfig, Role};
 use crate::identity::{normalize_mac, Identity};
+use crate::network::{self, NetworkPlan};
 
 /// Port of the RKE2 supervisor (join endpoint).
 pub const SUPERVISOR_PORT: u16 = 9345;
@@ -36,6 +37,8 @@ pub struct Assignment {
     pub taints: Vec<String>,
     /// This node's own pass-through RKE2 keys (override the cluster-wide ones).
     pub extra: BTreeMap<String, Value>,
+    /// Static addressing for this machine, resolved to its link.
+    pub network: Option<NetworkPlan>,
 }
 
 /// Normalises a server address to `https://host:port` (default port 9345).
@@ -121,10 +124,21 @@ pub fn resolve(cfg: &NativeConfig, id: &Identity) -> Result<Assignment, RoleErro
             labels: cfg.labels.clone(),
             taints: cfg.taints.clone(),
             extra: BTreeMap::new(),
+            network: cfg
+                .network
+                .as_ref()
+                .map(|n| network::resolve("network", n, &[], id))
+                .transpose()
+                .map_err(|e| RoleError::Invalid(e.to_string()))?,
         });
     }
-    let found: Vec<_> = cfg.nodes.iter().filter(|n| matches(n, id)).collect();
-    let node = match found.as_slice() {
+    let found: Vec<_> = cfg
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches(n, id))
+        .collect();
+    let (index, node) = match found.as_slice() {
         [] => {
             return Err(RoleError::NoMatch {
                 identity: id.to_string(),
@@ -136,7 +150,7 @@ pub fn resolve(cfg: &NativeConfig, id: &Identity) -> Result<Assignment, RoleErro
                 identity: id.to_string(),
                 nodes: many
                     .iter()
-                    .map(|n| n.hostname.as_str())
+                    .map(|(_, n)| n.hostname.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
             })
@@ -163,6 +177,21 @@ pub fn resolve(cfg: &NativeConfig, id: &Identity) -> Result<Assignment, RoleErro
         Some(server_url(addr)?)
     };
     let extra = node.config.clone();
+    let network = match &node.network {
+        Some(n) => {
+            let macs = node
+                .matches
+                .mac
+                .as_ref()
+                .map(|m| m.to_vec())
+                .unwrap_or_default();
+            Some(
+                network::resolve(&format!("nodes[{index}].network"), n, &macs, id)
+                    .map_err(|e| RoleError::Invalid(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     Ok(Assignment {
         hostname: Some(node.hostname.clone()),
         role: node.role,
@@ -171,6 +200,7 @@ pub fn resolve(cfg: &NativeConfig, id: &Identity) -> Result<Assignment, RoleErro
         labels: node.labels.clone(),
         taints: node.taints.clone(),
         extra,
+        network,
     })
 }
 

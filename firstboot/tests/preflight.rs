@@ -307,6 +307,8 @@ fn run_joins_and_enables_agent_after_preflight() {
         sources: vec![Box::new(Fixed(agent_config(s.port, &token_for(&a, "pw"))))],
         identity: Identity::default(),
         preflight_backoff: Some(quick()),
+        network_apply: None,
+        pause_before: None,
     };
     let mut log = Vec::new();
     let out = agent::run(&env, &mut |m| log.push(m.to_string())).unwrap();
@@ -354,6 +356,8 @@ fn failed_run_enables_nothing_and_says_why() {
         )))],
         identity: Identity::default(),
         preflight_backoff: Some(quick()),
+        network_apply: None,
+        pause_before: None,
     };
     let e = agent::run(&env, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("token rejected"), "{e}");

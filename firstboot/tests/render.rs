@@ -276,3 +276,263 @@ fn airgap_links_unit_location_and_never_both_services() {
     );
     assert!(!cfg.contains("tls-san") && !cfg.contains("cni"), "{cfg}");
 }
+
+const NET_FILE: &str = "etc/systemd/network/10-rke2-firstboot.network";
+
+fn single_with_network(network: &str) -> Vec<u8> {
+    format!("apiVersion: rke2-image/v1\nkind: NodeConfig\nhostname: edge-1\n{network}").into_bytes()
+}
+
+#[test]
+fn network_by_interface_name_renders_and_rerenders_identically() {
+    let cfg = single_with_network(
+        "network:\n  interface: enp0s3\n  addresses: [\"192.168.50.10/24\"]\n  gateway: 192.168.50.1\n  mtu: 9000\n",
+    );
+    let t = tempfile::tempdir().unwrap();
+    seed(t.path());
+    let loaded = load("edge.yaml", cfg, &Identity::default());
+    agent::render_to(&Root::new(t.path()), &loaded, &mut |_| Ok(())).unwrap();
+    assert_eq!(
+        fs::read_to_string(t.path().join(NET_FILE)).unwrap(),
+        "# Written by rke2-firstboot from the node configuration's network section.\n\
+         [Match]\nName=enp0s3\n\n[Link]\nMTUBytes=9000\n\n[Network]\nDHCP=no\n\
+         LinkLocalAddressing=no\nIPv6AcceptRA=no\nAddress=192.168.50.10/24\nGateway=192.168.50.1\n"
+    );
+    // No dns/search: the resolver configuration is left alone.
+    assert!(!t.path().join("etc/resolv.conf").exists());
+    let before: Vec<(String, Vec<u8>)> = dump(t.path())
+        .into_iter()
+        .filter(|l| !l.starts_with("var/lib/rke2-firstboot/done"))
+        .map(|l| {
+            let rel = l.split(' ').next().unwrap().to_string();
+            let bytes = fs::read(t.path().join(&rel)).unwrap_or_default();
+            (l, bytes)
+        })
+        .collect();
+    // A second render (a re-run after a crash) gives the same tree, byte for byte.
+    agent::render_to(&Root::new(t.path()), &loaded, &mut |_| Ok(())).unwrap();
+    let after: Vec<(String, Vec<u8>)> = dump(t.path())
+        .into_iter()
+        .filter(|l| !l.starts_with("var/lib/rke2-firstboot/done"))
+        .map(|l| {
+            let rel = l.split(' ').next().unwrap().to_string();
+            let bytes = fs::read(t.path().join(&rel)).unwrap_or_default();
+            (l, bytes)
+        })
+        .collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn network_resolver_symlink_is_left_to_its_manager() {
+    let cfg = single_with_network(
+        "network:\n  interface: eth0\n  addresses: [10.1.0.5/16]\n  dns: [10.1.0.1, \"fd00::53\"]\n  search: [corp.example, lab.example.]\n",
+    );
+    // Plain file: replaced with our servers.
+    let t = tempfile::tempdir().unwrap();
+    seed(t.path());
+    fs::write(t.path().join("etc/resolv.conf"), "nameserver 8.8.8.8\n").unwrap();
+    let loaded = load("edge.yaml", cfg.clone(), &Identity::default());
+    agent::render_to(&Root::new(t.path()), &loaded, &mut |_| Ok(())).unwrap();
+    let rc = fs::read_to_string(t.path().join("etc/resolv.conf")).unwrap();
+    assert!(
+        rc.ends_with(
+            "nameserver 10.1.0.1\nnameserver fd00::53\nsearch corp.example lab.example.\n"
+        ),
+        "{rc}"
+    );
+    let net = fs::read_to_string(t.path().join(NET_FILE)).unwrap();
+    assert!(
+        net.contains("DNS=10.1.0.1\nDNS=fd00::53\nDomains=corp.example lab.example.\n"),
+        "{net}"
+    );
+    // A symlink (systemd-resolved's stub): untouched; networkd feeds resolved itself.
+    let s = tempfile::tempdir().unwrap();
+    seed(s.path());
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        s.path().join("etc/resolv.conf"),
+    )
+    .unwrap();
+    agent::render_to(&Root::new(s.path()), &loaded, &mut |_| Ok(())).unwrap();
+    assert_eq!(
+        fs::read_link(s.path().join("etc/resolv.conf")).unwrap(),
+        Path::new("../run/systemd/resolve/stub-resolv.conf")
+    );
+}
+
+#[test]
+fn network_from_cloud_config_rke2_key() {
+    let cfg = b"#cloud-config\nhostname: cc-1\nnetwork:\n  version: 2\nrke2:\n  network:\n    interface: \"52:54:00:AB:CD:EF\"\n    addresses: [\"fd00:1::5/64\"]\n".to_vec();
+    let t = tempfile::tempdir().unwrap();
+    seed(t.path());
+    let loaded = load("user-data", cfg, &Identity::default());
+    // cloud-init's own network key is not read: said so, by name.
+    let w = loaded.plan.warnings.join("\n");
+    assert!(
+        w.contains("network: ignored") && w.contains("rke2.network"),
+        "{w}"
+    );
+    agent::render_to(&Root::new(t.path()), &loaded, &mut |_| Ok(())).unwrap();
+    let net = fs::read_to_string(t.path().join(NET_FILE)).unwrap();
+    assert!(
+        net.contains("[Match]\nMACAddress=52:54:00:ab:cd:ef\nKind=!*\n")
+            && net.contains("LinkLocalAddressing=ipv6\n")
+            && net.contains("Address=fd00:1::5/64\n"),
+        "{net}"
+    );
+}
+
+#[test]
+fn no_network_section_writes_no_network_file() {
+    let t = render(
+        "single-server",
+        "single-server.yaml",
+        example("single-server.yaml"),
+        &[],
+    );
+    assert!(!t.path().join("etc/systemd/network").exists());
+}
+
+/// The example cluster with one node's entry patched.
+fn cluster_with(node: &str, extra: &str) -> String {
+    let base = String::from_utf8(example("cluster.yaml")).unwrap();
+    let at = base.find(&format!("  - hostname: {node}\n")).unwrap();
+    let end = base[at + 4..]
+        .find("\n  - hostname:")
+        .map(|i| at + 4 + i + 1)
+        .unwrap_or(base.len());
+    let mut entry = base[at..end].to_string();
+    // Drop the entry's own network section, if any, then add ours.
+    if let Some(i) = entry.find("    network:\n") {
+        entry.truncate(i);
+        entry = entry.trim_end_matches(|c| c != '\n').to_string();
+    }
+    entry = entry
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    format!("{}{entry}{extra}{}", &base[..at], &base[end..])
+}
+
+#[test]
+fn network_errors_name_the_key_and_the_fix() {
+    let cases: Vec<(String, &str)> = vec![
+        (
+            cluster_with("cp-2", "    network:\n      interface: eth0\n      addresses: [10.0.0.300/24]\n"),
+            "nodes[1].network.addresses[0]: \"10.0.0.300/24\" is not an address/prefix; write it like 10.0.0.11/24",
+        ),
+        (
+            cluster_with("cp-2", "    network:\n      interface: eth0\n      addresses: [10.0.0.12]\n"),
+            "nodes[1].network.addresses[0]: \"10.0.0.12\" is not an address/prefix",
+        ),
+        (
+            cluster_with("cp-2", "    network:\n      interface: eth0\n"),
+            "nodes[1].network.addresses: at least one address/prefix is required",
+        ),
+        (
+            cluster_with("cp-2", "    network:\n      addresses: [10.0.0.12/24]\n"),
+            "nodes[1].network.interface: required: this node is not matched by mac",
+        ),
+        (
+            cluster_with("cp-2", "    network:\n      interface: \"eth0:1\"\n      addresses: [10.0.0.12/24]\n"),
+            "nodes[1].network.interface: \"eth0:1\" is neither a MAC address",
+        ),
+        (
+            cluster_with("cp-1", "    network:\n      addresses: [10.0.0.11/24]\n      gateway: 10.0.0.999\n"),
+            "nodes[0].network.gateway: \"10.0.0.999\" is not an IP address",
+        ),
+        (
+            cluster_with("cp-1", "    network:\n      addresses: [10.0.0.11/24]\n      gateway: [10.0.0.1, 10.0.0.2]\n"),
+            "nodes[0].network.gateway[1]: at most one IPv4 and one IPv6 gateway",
+        ),
+        (
+            cluster_with("cp-1", "    network:\n      addresses: [10.0.0.11/24]\n      gateway: \"fd00::1\"\n"),
+            "nodes[0].network.gateway: fd00::1 is an IPv6 gateway but no IPv6 address is configured",
+        ),
+        (
+            cluster_with("cp-1", "    network:\n      addresses: [10.0.0.11/24]\n      dns: [resolver.example]\n"),
+            "nodes[0].network.dns[0]: \"resolver.example\" is not an IP address",
+        ),
+        (
+            cluster_with("cp-1", "    network:\n      addresses: [10.0.0.11/24]\n      search: [\"bad domain\"]\n"),
+            "nodes[0].network.search[0]: \"bad domain\" is not a domain name",
+        ),
+        (
+            cluster_with("cp-1", "    network:\n      addresses: [\"fd00::11/64\"]\n      mtu: 1000\n"),
+            "nodes[0].network.mtu: 1000 is out of range; use 1280..65535",
+        ),
+        (
+            cluster_with("cp-1", "    network:\n      addresses: [10.0.0.11/24]\n      adresses: [10.0.0.12/24]\n"),
+            "adresses",
+        ),
+        (
+            cluster_with("cp-2", "    network:\n      interface: eth0\n      addresses: [10.0.0.21/24]\n"),
+            "nodes[3].network.addresses[0]: 10.0.0.21 is also nodes[1]'s (cp-2) address; give each node its own",
+        ),
+        (
+            format!(
+                "{}network:\n  interface: eth0\n  addresses: [10.0.0.50/24]\n",
+                String::from_utf8(example("cluster.yaml")).unwrap()
+            ),
+            "network: with a nodes list set nodes[].network per node",
+        ),
+        (
+            String::from_utf8(single_with_network("network:\n  addresses: [10.0.0.5/24]\n")).unwrap(),
+            "network.interface: required: a single-node configuration has no match.mac to default to; set it to the interface's MAC",
+        ),
+    ];
+    for (cfg, want) in cases {
+        let e = agent::validate("x.yaml", cfg.as_bytes())
+            .expect_err(want)
+            .to_string();
+        assert!(e.contains(want), "want {want:?} in: {e}");
+    }
+}
+
+#[test]
+fn network_interface_default_needs_a_listed_mac_on_this_machine() {
+    // Matched by uuid while the node's network relies on its listed MAC, which this machine
+    // lacks: caught at run time, naming the key to set.
+    let cfg = cluster_with("cp-2", "    network:\n      addresses: [10.0.0.12/24]\n").replace(
+        "match: { uuid: 6f1d7a3e-0c4b-4d0f-9a55-2b1c3d4e5f60 }",
+        "match: { uuid: 6f1d7a3e-0c4b-4d0f-9a55-2b1c3d4e5f60, mac: \"52:54:00:00:01:02\" }",
+    );
+    agent::validate("x.yaml", cfg.as_bytes()).unwrap();
+    let found = rke2_firstboot::sources::Found {
+        origin: "x.yaml".into(),
+        bytes: cfg.clone().into_bytes(),
+        meta_hostname: None,
+    };
+    let e = agent::load(
+        &found,
+        &Identity::from_args(&[
+            "uuid=6f1d7a3e-0c4b-4d0f-9a55-2b1c3d4e5f60",
+            "mac=52:54:00:99:00:01",
+        ])
+        .unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("nodes[1].network.interface: not set, and none of this node's match.mac (52:54:00:00:01:02) is on this machine")
+            && e.contains("set network.interface"),
+        "{e}"
+    );
+    // With the MAC present, it is the one configured.
+    let l = load(
+        "x.yaml",
+        cfg.into_bytes(),
+        &Identity::from_args(&[
+            "uuid=6f1d7a3e-0c4b-4d0f-9a55-2b1c3d4e5f60",
+            "mac=52:54:00:00:01:02",
+        ])
+        .unwrap(),
+    );
+    let net = l.assignment.unwrap().network.unwrap();
+    assert_eq!(
+        net.link,
+        rke2_firstboot::network::Link::Mac("52:54:00:00:01:02".into())
+    );
+}

@@ -41,6 +41,8 @@ fn run(root: &Path, sources: Vec<Box<dyn Source>>) -> Result<RunOutcome, AgentEr
         sources,
         identity: Identity::from_args(&["mac=52:54:00:12:34:56", "serial=SN 42"]).unwrap(),
         preflight_backoff: None,
+        network_apply: None,
+        pause_before: None,
     };
     agent::run(&env, &mut |_| {})
 }

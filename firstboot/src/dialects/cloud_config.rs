@@ -182,6 +182,10 @@ pub fn parse(text: &str) -> Result<Plan, String> {
         ("power_state", "not applicable"),
         ("phone_home", "not applicable"),
         ("ca_certs", "trust anchors are part of the image"),
+        (
+            "network",
+            "NoCloud network configuration is not supported yet; set rke2.network",
+        ),
     ] {
         top.ignore(k, why, &mut w);
     }

@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::network;
 use crate::plan::{self, Dialect, FileSpec, Owner, Plan, UserSpec};
 
 pub const API_GROUP: &str = "rke2-image/";
@@ -89,6 +90,31 @@ pub struct NativeConfig {
     /// Cluster configuration: the machines, matched by identity.
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
+    /// Single-node configuration: static addressing (`interface` required).
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+}
+
+/// Static addressing of one interface (see [`crate::network`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NetworkSpec {
+    /// A MAC address or an interface name. Default: the node's `match.mac` this machine has.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// `address/prefix`, IPv4 or IPv6; at least one.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// One address or a list (at most one IPv4 and one IPv6).
+    #[serde(default)]
+    pub gateway: Option<OneOrMany>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Search domains.
+    #[serde(default)]
+    pub search: Vec<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +313,9 @@ pub struct NodeSpec {
     /// Per-node RKE2 keys; override `cluster.config`.
     #[serde(default)]
     pub config: BTreeMap<String, Value>,
+    /// Static addressing for this node.
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
 }
 
 /// RKE2 keys the structured fields own; setting them through `config` would bypass checks.
@@ -434,6 +463,27 @@ pub fn check(cfg: &NativeConfig) -> Result<(), String> {
                 }
             }
         }
+        if let Some(net) = &n.network {
+            let key = format!("nodes[{i}].network");
+            network::check(&key, net).map_err(|e| e.to_string())?;
+            if net.interface.is_none() && m.mac.is_none() {
+                return Err(network::interface_required(&key).to_string());
+            }
+        }
+    }
+    check_unique_addresses(cfg)?;
+    if let Some(net) = &cfg.network {
+        if !cfg.nodes.is_empty() {
+            return Err(
+                "network: with a nodes list set nodes[].network per node instead of a top-level \
+                 network"
+                    .into(),
+            );
+        }
+        network::check("network", net).map_err(|e| e.to_string())?;
+        if net.interface.is_none() {
+            return Err(network::interface_required("network").to_string());
+        }
     }
     let inits: Vec<&str> = cfg
         .nodes
@@ -472,6 +522,29 @@ pub fn check(cfg: &NativeConfig) -> Result<(), String> {
                  or set cluster.server to join an existing cluster"
                     .into(),
             );
+        }
+    }
+    Ok(())
+}
+
+/// Two nodes configured with the same address would fight over it on the wire.
+fn check_unique_addresses(cfg: &NativeConfig) -> Result<(), String> {
+    let mut seen: BTreeMap<std::net::IpAddr, usize> = BTreeMap::new();
+    for (i, n) in cfg.nodes.iter().enumerate() {
+        let Some(net) = &n.network else { continue };
+        for (j, a) in net.addresses.iter().enumerate() {
+            let Some(c) = network::Cidr::parse(a) else {
+                continue;
+            };
+            if let Some(other) = seen.insert(c.addr, i) {
+                if other != i {
+                    return Err(format!(
+                        "nodes[{i}].network.addresses[{j}]: {} is also nodes[{other}]'s ({}) \
+                         address; give each node its own",
+                        c.addr, cfg.nodes[other].hostname
+                    ));
+                }
+            }
         }
     }
     Ok(())
