@@ -4,11 +4,14 @@
 //!   console, wait for markers with timeouts; every failure carries the console tail.
 //! - [`probe`]: parse the `RKE2-PROBE key=value` lines printed by the test-only overlay
 //!   `overlays/qemu-test` (a unit that reports facts and powers off).
+//! - [`cluster`]: several VMs from copies of one image, configured through fw_cfg or a
+//!   NoCloud drive, with per-node timings.
 //! - [`hub`]: a private Ethernet segment between VMs over UDP on 127.0.0.1.
 //! - [`built`]: test images built by the real pipeline (`rke2-image build`) with the
 //!   test-only probe overlay.
 
 pub mod built;
+pub mod cluster;
 pub mod hub;
 pub mod probe;
 pub mod vm;
