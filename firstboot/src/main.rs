@@ -164,6 +164,15 @@ fn run(root: PathBuf) -> ExitCode {
     let _ = std::process::Command::new("modprobe")
         .args(["-q", "qemu_fw_cfg"])
         .status();
+    // The identity (NIC MACs) and config drives (/dev/disk/by-label) come from devices udev
+    // is still adding at this point of the boot (drivers load on coldplug): wait for its queue
+    // to drain first, bounded so a stuck event cannot hold the node forever.
+    let settled = std::process::Command::new("udevadm")
+        .args(["settle", "--timeout=120"])
+        .status();
+    if !settled.is_ok_and(|s| s.success()) {
+        println!("rke2-firstboot: warning: udevadm settle did not finish; devices may be missing");
+    }
     let identity = Identity::probe(&sys, &proc);
     let mount_base = PathBuf::from("/run/rke2-firstboot");
     let sources: Vec<Box<dyn Source>> = vec![
