@@ -442,7 +442,8 @@ pub fn describe(p: &NetworkPlan, ifname: &str) -> String {
     }
 }
 
-fn run(args: &[&str]) -> Result<String, NetworkError> {
+/// Runs a command; a failure names the command line, its exit status and its stderr.
+pub fn run(args: &[&str]) -> Result<String, NetworkError> {
     let cmd = args.join(" ");
     let (prog, rest) = args.split_first().ok_or_else(|| NetworkError::Command {
         cmd: cmd.clone(),
@@ -492,6 +493,17 @@ pub fn apply(
     p: &NetworkPlan,
     wait: Duration,
     status: &mut dyn FnMut(&str),
+) -> Result<String, NetworkError> {
+    apply_with(sys, p, wait, status, &mut |args| run(args))
+}
+
+/// [`apply`] with the command runner passed in (tests record the commands instead).
+pub fn apply_with(
+    sys: &Path,
+    p: &NetworkPlan,
+    wait: Duration,
+    status: &mut dyn FnMut(&str),
+    run: &mut dyn FnMut(&[&str]) -> Result<String, NetworkError>,
 ) -> Result<String, NetworkError> {
     let ifname = ifname(sys, p)?;
     run(&["networkctl", "reload"])?;
@@ -623,6 +635,97 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("class/net"));
+    }
+
+    #[test]
+    fn apply_reloads_reconfigures_the_resolved_link_and_waits_for_the_address() {
+        let sys = fake_sysfs(&[("ens3", "52:54:00:00:01:02", true)]);
+        let p = NetworkPlan {
+            link: Link::Mac("52:54:00:00:01:02".into()),
+            addresses: vec![Cidr::parse("10.0.0.12/24").unwrap()],
+            gateways: vec![],
+            dns: vec![],
+            search: vec![],
+            mtu: None,
+        };
+        let mut calls = Vec::new();
+        let mut log = Vec::new();
+        let got = apply_with(
+            sys.path(),
+            &p,
+            Duration::from_secs(20),
+            &mut |m| log.push(m.to_string()),
+            &mut |a| {
+                calls.push(a.join(" "));
+                // The address shows up on the second look.
+                let polls = calls.iter().filter(|c| c.starts_with("ip ")).count();
+                Ok(if polls >= 2 {
+                    "2: ens3    inet 10.0.0.12/24 brd 10.0.0.255 scope global ens3\n".into()
+                } else {
+                    String::new()
+                })
+            },
+        )
+        .unwrap();
+        assert_eq!(got, "ens3");
+        assert_eq!(
+            calls,
+            [
+                "networkctl reload",
+                "networkctl reconfigure ens3",
+                "ip -o addr show dev ens3",
+                "ip -o addr show dev ens3"
+            ]
+        );
+        assert!(log.is_empty(), "{log:?}");
+
+        // The address never shows: a warning after the wait, not an error.
+        let mut log = Vec::new();
+        apply_with(
+            sys.path(),
+            &p,
+            Duration::ZERO,
+            &mut |m| log.push(m.to_string()),
+            &mut |_| Ok(String::new()),
+        )
+        .unwrap();
+        assert!(
+            log.len() == 1 && log[0].contains("10.0.0.12/24 not up on ens3"),
+            "{log:?}"
+        );
+
+        // A failing command stops the apply with its error.
+        let e = apply_with(sys.path(), &p, Duration::ZERO, &mut |_| {}, &mut |a| {
+            Err(NetworkError::Command {
+                cmd: a.join(" "),
+                status: "exit status: 1".into(),
+                stderr: "Failed to connect to bus".into(),
+            })
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "`networkctl reload` failed (exit status: 1): Failed to connect to bus"
+        );
+    }
+
+    #[test]
+    fn command_errors_name_the_command_and_its_stderr() {
+        let e = run(&["sh", "-c", "echo no such link >&2; exit 3"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "`sh -c echo no such link >&2; exit 3` failed (exit status: 3): no such link"
+        );
+        let e = run(&["/nonexistent/networkctl", "reload"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("`/nonexistent/networkctl reload` failed (could not start)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -135,7 +135,11 @@ pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
         .chain(plan.directories.iter().map(|d| d.path.clone()))
         .chain(plan.links.iter().map(|l| l.path.clone()))
         .chain(plan.units.iter().map(|u| format!("{UNIT_DIR}/{}", u.name)));
-    for p in paths {
+    let net = input
+        .rke2
+        .and_then(|(_, a)| a.network.as_ref())
+        .map(|_| network::NETWORK_FILE.to_string());
+    for p in paths.chain(net) {
         root.host_path(&p)?;
     }
     for u in &plan.units {

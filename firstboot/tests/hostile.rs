@@ -84,6 +84,23 @@ fn absolute_symlink_inside_root_is_not_followed() {
 }
 
 #[test]
+fn network_directory_symlinked_out_of_the_root_fails_before_any_write() {
+    let t = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("etc/systemd")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), t.path().join("etc/systemd/network")).unwrap();
+    let before = common::dump(t.path());
+    let e = attempt_in(
+        t.path(),
+        b"apiVersion: rke2-image/v1\nkind: NodeConfig\nhostname: h1\nusers:\n  - name: ops\nnetwork:\n  interface: eth0\n  addresses: [10.0.0.5/24]\n",
+    );
+    assert!(e.contains("is a symlink inside the target root"), "{e}");
+    // Checked up front: not even the users phase ran.
+    assert_eq!(common::dump(t.path()), before, "the root changed");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn huge_config() {
     let mut big = b"#cloud-config\nwrite_files:\n  - path: /x\n    content: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 5 << 20));
