@@ -1,6 +1,6 @@
 //! Static node addressing: the `network` section of a native configuration, checked, resolved
 //! for this machine, rendered as a systemd-networkd `.network` file and made live with
-//! `networkctl`.
+//! a restart of systemd-networkd.
 //!
 //! Machines in a disconnected datacenter (and the cluster boot test) have no DHCP server: each
 //! node must have its address before the join preflight reaches the initializer.
@@ -485,8 +485,8 @@ pub fn missing_addresses(p: &NetworkPlan, ip_output: &str) -> Vec<Cidr> {
         .collect()
 }
 
-/// Makes the written `.network` file live: `networkctl reload`, then `networkctl reconfigure
-/// IF`, then waits up to `wait` for the addresses to show in `ip -o addr` (the join preflight
+/// Makes the written `.network` file live: `systemctl restart systemd-networkd.service` (it
+/// reads every `.network` file when it starts), then waits up to `wait` for the addresses to show in `ip -o addr` (the join preflight
 /// retries anyway, so a slow link is reported, not an error). Returns the interface name.
 pub fn apply(
     sys: &Path,
@@ -506,8 +506,11 @@ pub fn apply_with(
     run: &mut dyn FnMut(&[&str]) -> Result<String, NetworkError>,
 ) -> Result<String, NetworkError> {
     let ifname = ifname(sys, p)?;
-    run(&["networkctl", "reload"])?;
-    run(&["networkctl", "reconfigure", &ifname])?;
+    // Not `networkctl reload`/`reconfigure`: they are D-Bus calls, and Debian's policy denies
+    // systemd-networkd's reply to a service domain (`send_msg` to initrc_t), so they time out
+    // under enforcing SELinux. A restart goes through PID 1; on first boot nothing depends on
+    // the links yet, so restarting them costs nothing.
+    run(&["systemctl", "restart", "systemd-networkd.service"])?;
     let start = Instant::now();
     loop {
         let missing = match run(&["ip", "-o", "addr", "show", "dev", &ifname]) {
@@ -671,8 +674,7 @@ mod tests {
         assert_eq!(
             calls,
             [
-                "networkctl reload",
-                "networkctl reconfigure ens3",
+                "systemctl restart systemd-networkd.service",
                 "ip -o addr show dev ens3",
                 "ip -o addr show dev ens3"
             ]
@@ -706,7 +708,7 @@ mod tests {
         .to_string();
         assert_eq!(
             e,
-            "`networkctl reload` failed (exit status: 1): Failed to connect to bus"
+            "`systemctl restart systemd-networkd.service` failed (exit status: 1): Job failed"
         );
     }
 

@@ -112,7 +112,10 @@ fn failing_network_apply_fails_the_run_with_the_command_and_enables_nothing() {
     let t = tempfile::tempdir().unwrap();
     common::seed(t.path());
     let apply: agent::NetworkApply = Box::new(|_, _| {
-        Err("`networkctl reload` failed (exit status: 1): Failed to connect to bus".into())
+        Err(
+            "`systemctl restart systemd-networkd.service` failed (exit status: 1): Job failed"
+                .into(),
+        )
     });
     let e = agent::run(
         &env(t.path(), joining_agent(closed_port()), Some(apply)),
@@ -122,7 +125,7 @@ fn failing_network_apply_fails_the_run_with_the_command_and_enables_nothing() {
     .to_string();
     assert_eq!(
         e,
-        "network: `networkctl reload` failed (exit status: 1): Failed to connect to bus"
+        "network: `systemctl restart systemd-networkd.service` failed (exit status: 1): Job failed"
     );
     assert!(!t.path().join("var/lib/rke2-firstboot/done").exists());
     assert!(!t
@@ -130,7 +133,10 @@ fn failing_network_apply_fails_the_run_with_the_command_and_enables_nothing() {
         .join("etc/systemd/system/multi-user.target.wants/rke2-agent.service")
         .exists());
     let (ok, status) = agent::status(&Root::new(t.path())).unwrap();
-    assert!(!ok && status.contains("networkctl reload"), "{status}");
+    assert!(
+        !ok && status.contains("systemctl restart systemd-networkd"),
+        "{status}"
+    );
 }
 
 #[test]

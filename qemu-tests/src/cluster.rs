@@ -214,7 +214,8 @@ pub fn avc_denials(console: &str) -> Vec<&str> {
 }
 
 /// Denials that are ours to fix: on paths without a proper label (rke2-init or the builder
-/// got a label wrong) or by or against our programs.
+/// got a label wrong), or by or against our programs: the rke2 domains, and `initrc_t`, the
+/// domain systemd gives services without their own (rke2-firstboot, the probe).
 pub fn our_denials(console: &str) -> Vec<&str> {
     avc_denials(console)
         .into_iter()
@@ -223,6 +224,7 @@ pub fn our_denials(console: &str) -> Vec<&str> {
                 .iter()
                 .any(|t| d.contains(&format!("tcontext=system_u:object_r{t}")))
                 || d.contains("rke2")
+                || d.contains(":initrc_t:")
         })
         .collect()
 }
