@@ -641,7 +641,7 @@ mod tests {
     }
 
     #[test]
-    fn apply_reloads_reconfigures_the_resolved_link_and_waits_for_the_address() {
+    fn apply_restarts_networkd_resolves_the_link_and_waits_for_the_address() {
         let sys = fake_sysfs(&[("ens3", "52:54:00:00:01:02", true)]);
         let p = NetworkPlan {
             link: Link::Mac("52:54:00:00:01:02".into()),
@@ -701,7 +701,7 @@ mod tests {
             Err(NetworkError::Command {
                 cmd: a.join(" "),
                 status: "exit status: 1".into(),
-                stderr: "Failed to connect to bus".into(),
+                stderr: "Job failed".into(),
             })
         })
         .unwrap_err()
