@@ -32,6 +32,8 @@ pub enum AgentError {
     NothingFound(String),
     #[error("network: {0}")]
     Network(String),
+    #[error("SELinux labels: {0}")]
+    Relabel(String),
 }
 
 /// A parsed configuration with this machine's assignment.
@@ -128,6 +130,10 @@ pub fn render_to(
 /// through the callback; returns the interface name it configured, or why it could not.
 pub type NetworkApply = Box<dyn Fn(&NetworkPlan, &mut dyn FnMut(&str)) -> Result<String, String>>;
 
+/// Sets the SELinux labels the loaded policy gives these existing host paths (the binary runs
+/// `restorecon`); or why it could not.
+pub type Relabel = Box<dyn Fn(&[PathBuf]) -> Result<(), String>>;
+
 /// What `run` needs from the machine.
 pub struct RunEnv {
     pub root: PathBuf,
@@ -141,6 +147,8 @@ pub struct RunEnv {
     /// Test knob: stop forever at the top of this phase (after the previous phases' writes
     /// were flushed), so a test can cut the power there.
     pub pause_before: Option<Phase>,
+    /// Called after every phase with what it wrote (None: no SELinux on this root, tests).
+    pub relabel: Option<Relabel>,
 }
 
 impl std::fmt::Debug for RunEnv {
@@ -235,6 +243,7 @@ fn run_inner(
         status(p.describe());
         render::phase(root, &input, p)?;
         root.flush().map_err(RenderError::from)?;
+        relabel(env, root)?;
         if p == Phase::System {
             if let Some(net) = input.rke2.and_then(|(_, a)| a.network.as_ref()) {
                 apply_network(env, net, status)?;
@@ -277,6 +286,20 @@ fn pause(p: Phase, status: &mut dyn FnMut(&str)) -> ! {
     status(&format!("test knob: pausing before phase {}", p.name()));
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Labels what the last phase wrote, before anything (the next phase, RKE2) uses it.
+fn relabel(env: &RunEnv, root: &Root) -> Result<(), AgentError> {
+    let touched: Vec<PathBuf> = root
+        .take_touched()
+        .into_iter()
+        // Written then removed within the phase: nothing to label.
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .collect();
+    match &env.relabel {
+        Some(f) if !touched.is_empty() => f(&touched).map_err(AgentError::Relabel),
+        _ => Ok(()),
     }
 }
 

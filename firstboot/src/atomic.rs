@@ -77,6 +77,13 @@ pub struct Root {
     /// Directories with renames not yet made durable; [`Root::flush`] fsyncs each once, so a
     /// phase that writes many files into one directory pays for one directory fsync.
     pending: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
+    /// Every entry written, created or asked for since [`Root::take_touched`]: the node's
+    /// SELinux labels are set from the policy afterwards (a file created by a service gets
+    /// the type its parent and the creating domain imply, not the one the policy gives the
+    /// path: `/etc/rancher/rke2/config.yaml` would be `etc_runtime_t`, which RKE2 may not
+    /// read). Entries that already existed are included, so a re-run after a crash also fixes
+    /// what the crashed run wrote but did not relabel.
+    touched: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
 }
 
 /// Ownership and mode of a written entry.
@@ -102,6 +109,7 @@ impl Root {
         Root {
             dir: dir.into(),
             pending: Default::default(),
+            touched: Default::default(),
         }
     }
 
@@ -139,6 +147,7 @@ impl Root {
     /// Creates the parents of `path` (mode 0755, root-owned) as needed; returns the host path.
     fn prepare(&self, path: &str) -> Result<PathBuf, FsError> {
         let host = self.host_path(path)?;
+        self.touched.borrow_mut().insert(host.clone());
         if let Some(parent) = host.parent() {
             if !parent.exists() {
                 // Remember the new levels and the existing directory that gained an entry.
@@ -156,6 +165,7 @@ impl Root {
                     .mode(0o755)
                     .create(parent)
                     .map_err(io("create directory", parent))?;
+                self.touched.borrow_mut().extend(created.iter().cloned());
                 let mut pending = self.pending.borrow_mut();
                 pending.extend(created);
                 pending.insert(p.to_path_buf());
@@ -307,6 +317,13 @@ fn temp_name(host: &Path) -> PathBuf {
 }
 
 impl Root {
+    /// The host paths touched since the last call, sorted (see the `touched` field).
+    pub fn take_touched(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.touched.borrow_mut())
+            .into_iter()
+            .collect()
+    }
+
     fn note_parent(&self, host: &Path) {
         if let Some(parent) = host.parent() {
             self.pending.borrow_mut().insert(parent.to_path_buf());

@@ -209,6 +209,8 @@ fn run(root: PathBuf) -> ExitCode {
         }
     };
     let net_sys = sys.clone();
+    // Labels only matter (and restorecon only works) with SELinux enabled.
+    let selinux_enabled = sys.join("fs/selinux/enforce").exists();
     let env = RunEnv {
         root: root.clone(),
         sources,
@@ -218,6 +220,7 @@ fn run(root: PathBuf) -> ExitCode {
             network::apply(&net_sys, net, NETWORK_WAIT, status).map_err(|e| e.to_string())
         })),
         pause_before,
+        relabel: selinux_enabled.then(|| Box::new(restorecon) as agent::Relabel),
     };
     match agent::run(&env, &mut status) {
         Ok(RunOutcome::AlreadyDone) => {
@@ -245,6 +248,27 @@ fn run(root: PathBuf) -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// `restorecon -F` on the paths (the full context the policy's file_contexts give, as the
+/// image builder labelled everything else), in batches to stay below the argument limit.
+fn restorecon(paths: &[PathBuf]) -> Result<(), String> {
+    for chunk in paths.chunks(256) {
+        let out = std::process::Command::new("restorecon")
+            .arg("-F")
+            .arg("--")
+            .args(chunk)
+            .output()
+            .map_err(|e| format!("running restorecon: {e} (the image needs policycoreutils)"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "restorecon failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn fail(e: &AgentError) -> ExitCode {

@@ -69,6 +69,7 @@ fn env(root: &Path, cfg: Vec<u8>, apply: Option<agent::NetworkApply>) -> RunEnv 
         preflight_backoff: Some(quick()),
         network_apply: apply,
         pause_before: None,
+        relabel: None,
     }
 }
 
@@ -364,4 +365,68 @@ fn networkd_accepts_the_mac_file_and_skips_virtual_links_with_that_mac() {
     );
     assert!(!out.contains("Configuring with"), "{out}");
     assert!(!out.contains("10.0.0.11"), "{out}");
+}
+
+/// Every phase hands what it wrote (new directories included) to the relabel hook before the
+/// next phase runs, so RKE2 never meets a file with the label its creator's domain implied;
+/// a failing relabel fails the run with nothing enabled.
+#[test]
+fn relabel_hook_sees_every_written_path_after_its_phase() {
+    let t = tempfile::tempdir().unwrap();
+    common::seed(t.path());
+    let cfg = "apiVersion: rke2-image/v1\nkind: NodeConfig\nhostname: s1\nnetwork:\n  interface: eth0\n  addresses: [10.0.0.5/24]\n";
+    let seen: Arc<Mutex<Vec<Vec<std::path::PathBuf>>>> = Arc::default();
+    let mut e = env(
+        t.path(),
+        cfg.as_bytes().to_vec(),
+        Some(Box::new(|_, _| Ok("eth0".into()))),
+    );
+    let s2 = seen.clone();
+    e.relabel = Some(Box::new(move |paths| {
+        s2.lock().unwrap().push(paths.to_vec());
+        Ok(())
+    }));
+    let mut log = Vec::new();
+    agent::run(&e, &mut |m| log.push(m.to_string())).unwrap();
+    let batches = seen.lock().unwrap().clone();
+    let all: Vec<_> = batches.iter().flatten().collect();
+    for p in [
+        "etc/rancher",
+        "etc/rancher/rke2/config.yaml",
+        NET_FILE,
+        "etc/systemd/system/multi-user.target.wants/rke2-server.service",
+        "var/lib/rke2-firstboot/done",
+    ] {
+        assert!(
+            all.contains(&&t.path().join(p)),
+            "{p} not relabelled; got {all:#?}"
+        );
+    }
+    for p in &all {
+        assert!(
+            p.starts_with(t.path()) && fs::symlink_metadata(p).is_ok(),
+            "{p:?}"
+        );
+    }
+    // The network file is labelled before networkd is restarted to read it, i.e. in the
+    // System phase's batch, which comes before the one holding the RKE2 configuration.
+    let batch_of = |p: &str| batches.iter().position(|b| b.contains(&t.path().join(p)));
+    assert!(batch_of(NET_FILE) < batch_of("etc/rancher/rke2/config.yaml"));
+
+    let t = tempfile::tempdir().unwrap();
+    common::seed(t.path());
+    let mut e = env(t.path(), cfg.as_bytes().to_vec(), None);
+    e.relabel = Some(Box::new(|_| {
+        Err("restorecon failed (exit status: 255): boom".into())
+    }));
+    let err = agent::run(&e, &mut |_| {}).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "SELinux labels: restorecon failed (exit status: 255): boom"
+    );
+    assert!(!t.path().join("var/lib/rke2-firstboot/done").exists());
+    assert!(!t
+        .path()
+        .join("etc/systemd/system/multi-user.target.wants/rke2-server.service")
+        .exists());
 }

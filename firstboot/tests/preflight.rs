@@ -309,6 +309,7 @@ fn run_joins_and_enables_agent_after_preflight() {
         preflight_backoff: Some(quick()),
         network_apply: None,
         pause_before: None,
+        relabel: None,
     };
     let mut log = Vec::new();
     let out = agent::run(&env, &mut |m| log.push(m.to_string())).unwrap();
@@ -358,6 +359,7 @@ fn failed_run_enables_nothing_and_says_why() {
         preflight_backoff: Some(quick()),
         network_apply: None,
         pause_before: None,
+        relabel: None,
     };
     let e = agent::run(&env, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("token rejected"), "{e}");

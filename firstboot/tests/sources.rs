@@ -43,6 +43,7 @@ fn run(root: &Path, sources: Vec<Box<dyn Source>>) -> Result<RunOutcome, AgentEr
         preflight_backoff: None,
         network_apply: None,
         pause_before: None,
+        relabel: None,
     };
     agent::run(&env, &mut |_| {})
 }
