@@ -28,7 +28,8 @@ pub fn workspace() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn run(cmd: &mut Command) -> Result<Vec<u8>> {
+/// Runs a command; a failure carries its status and stderr. Returns its stdout.
+pub fn run(cmd: &mut Command) -> Result<Vec<u8>> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::built::{self, Image};
 use crate::probe;
@@ -78,26 +78,16 @@ pub fn cidata(path: &Path, user_data: &[u8], meta_data: &str) -> Result<()> {
     std::fs::write(&ud, user_data).with_context(|| format!("writing {}", ud.display()))?;
     std::fs::write(&md, meta_data).with_context(|| format!("writing {}", md.display()))?;
     let _ = std::fs::remove_file(path);
-    run(Command::new("mkfs.fat")
-        .args(["-C", "-n", "CIDATA"])
-        .arg(path)
-        .arg("2048"))?;
+    built::run(
+        Command::new("mkfs.fat")
+            .args(["-C", "-n", "CIDATA"])
+            .arg(path)
+            .arg("2048"),
+    )?;
     for (src, name) in [(&ud, "user-data"), (&md, "meta-data")] {
         let mut dst = String::from("::/");
         dst.push_str(name);
-        run(Command::new("mcopy").arg("-i").arg(path).arg(src).arg(&dst))?;
-    }
-    Ok(())
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        built::run(Command::new("mcopy").arg("-i").arg(path).arg(src).arg(&dst))?;
     }
     Ok(())
 }

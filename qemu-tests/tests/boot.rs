@@ -30,11 +30,9 @@ fn work_dir() -> PathBuf {
 fn image() -> Option<&'static Image> {
     static IMG: OnceLock<Option<Image>> = OnceLock::new();
     IMG.get_or_init(|| {
-        let base = std::env::var_os("RKE2_TEST_BASE")?;
-        let programs = std::env::var_os("RKE2_TEST_PROGRAMS")
-            .expect("RKE2_TEST_PROGRAMS must name the directory with rke2-image and rke2-init (scripts/test sets it)");
+        let (base, programs) = rke2_qemu_tests::test_inputs()?;
         let start = std::time::Instant::now();
-        let img = built::build(Path::new(&base), Path::new(&programs), &work_dir(), "").expect("building test image");
+        let img = built::build(&base, &programs, &work_dir(), "").expect("building test image");
         eprintln!(
             "built {} in {:.0} s (initrd {} bytes)",
             img.disk.display(),
@@ -44,18 +42,6 @@ fn image() -> Option<&'static Image> {
         Some(img)
     })
     .as_ref()
-}
-
-macro_rules! need_image {
-    () => {
-        match image() {
-            Some(i) => i,
-            None => {
-                println!("{}", rke2_qemu_tests::SKIP_NO_BASE);
-                return;
-            }
-        }
-    };
 }
 
 fn direct(img: &Image) -> Boot {
@@ -164,7 +150,7 @@ fn check_default_boot(b: &Booted) {
 
 #[test]
 fn default_image_boots_uefi_to_multi_user_verified_fips_selinux() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let disk = work_dir().join("default.raw");
     // The image file as built (it leaves disk.stateSize free for the state partition).
     built::copy_disk(&img.disk, &disk, None).unwrap();
@@ -179,7 +165,7 @@ fn default_image_boots_uefi_to_multi_user_verified_fips_selinux() {
 
 #[test]
 fn state_persists_across_boots_and_is_created_once() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let disk = work_dir().join("persist.raw");
     built::copy_disk(&img.disk, &disk, None).unwrap();
     let first = boot_to_probe(&disk, Boot::Uefi, "persist-1");
@@ -217,7 +203,7 @@ fn img_size(img: &Image) -> u64 {
 
 #[test]
 fn image_on_larger_disk_boots_and_state_fills_it() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let disk = work_dir().join("large.raw");
     let size = img_size(img) + (3 << 30);
     built::copy_disk(&img.disk, &disk, Some(size)).unwrap();
@@ -255,7 +241,7 @@ fn image_on_larger_disk_boots_and_state_fills_it() {
 
 #[test]
 fn tampered_root_is_refused() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let disk = work_dir().join("tampered.raw");
     built::copy_disk(&img.disk, &disk, None).unwrap();
     {
@@ -300,69 +286,6 @@ fn tampered_root_is_refused() {
     assert!(!c.contains("handing off to /sbin/init"));
 }
 
-/// An image with the RKE2 payload (a generated release around the stand-in rke2, a test
-/// double) and the CIS profile: the units are there but inactive until the first-boot agent
-/// picks a role, the CIS sysctls are active, SELinux is enforcing, rke2 carries our label.
-#[test]
-fn payload_units_inactive_cis_sysctls_active() {
-    let Some(base) = std::env::var_os("RKE2_TEST_BASE") else {
-        println!("{}", rke2_qemu_tests::SKIP_NO_BASE);
-        return;
-    };
-    let programs =
-        std::env::var_os("RKE2_TEST_PROGRAMS").expect("RKE2_TEST_PROGRAMS (scripts/test sets it)");
-    const VERSION: &str = "v1.31.5+rke2r1";
-    let work = work_dir().join("payload");
-    let release = work.join("release");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&release).unwrap();
-    let bin = rke2_testsupport::stand_in_binary().unwrap();
-    rke2_testsupport::fixture::write_release(
-        &release,
-        &bin,
-        &rke2_testsupport::fixture::FixtureOptions::new(VERSION),
-    )
-    .unwrap();
-    let img = built::build(
-        Path::new(&base),
-        Path::new(&programs),
-        &work,
-        &format!(
-            "rke2:\n  artifacts: {}\n  version: {VERSION}\nsecurity:\n  cis: true\n",
-            release.display()
-        ),
-    )
-    .unwrap();
-    let disk = work.join("payload.raw");
-    built::copy_disk(&img.disk, &disk, None).unwrap();
-    let b = boot_to_probe(&disk, Boot::Uefi, "payload");
-    check_default_boot(&b);
-    for u in ["rke2-server", "rke2-agent"] {
-        assert_eq!(
-            fact(&b, &format!("unit_file:{u}")),
-            "disabled",
-            "{:?}",
-            b.facts
-        );
-        assert_eq!(fact(&b, &format!("unit_active:{u}")), "inactive");
-    }
-    // The values rke2's CIS profile insists on.
-    assert_eq!(fact(&b, "sysctl:vm/overcommit_memory"), "1");
-    assert_eq!(fact(&b, "sysctl:vm/panic_on_oom"), "0");
-    assert_eq!(fact(&b, "sysctl:kernel/panic"), "10");
-    assert_eq!(fact(&b, "sysctl:kernel/panic_on_oops"), "1");
-    assert!(
-        fact(&b, "label:/usr/bin/rke2").contains(":rke2_exec_t:"),
-        "{:?}",
-        b.facts
-    );
-    assert!(
-        fact(&b, "airgap_images").contains("rke2-images-core"),
-        "{:?}",
-        b.facts
-    );
-}
-
 /// Kernel timestamp (seconds) of the first console line containing `needle`.
 fn stamp(console: &str, needle: &str) -> Option<f64> {
     let line = console.lines().find(|l| l.contains(needle))?;
@@ -377,7 +300,7 @@ fn stamp(console: &str, needle: &str) -> Option<f64> {
 #[test]
 #[ignore]
 fn measure_initrd_handoff() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let disk = work_dir().join("measure.raw");
     built::copy_disk(&img.disk, &disk, None).unwrap();
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -33,33 +33,18 @@ fn work_dir() -> PathBuf {
 fn image() -> Option<&'static Image> {
     static IMG: OnceLock<Option<Image>> = OnceLock::new();
     IMG.get_or_init(|| {
-        let base = std::env::var_os("RKE2_TEST_BASE")?;
-        let programs = std::env::var_os("RKE2_TEST_PROGRAMS")
-            .expect("RKE2_TEST_PROGRAMS must name the directory with rke2-image and rke2-init (scripts/test sets it)");
+        let (base, programs) = rke2_qemu_tests::test_inputs()?;
         let start = std::time::Instant::now();
-        let img = cluster::payload_image(
-            Path::new(&base),
-            Path::new(&programs),
-            &work_dir().join("image"),
-            VERSION,
-        )
-        .expect("building the cluster image");
-        eprintln!("built {} in {:.1} s", img.disk.display(), start.elapsed().as_secs_f64());
+        let img = cluster::payload_image(&base, &programs, &work_dir().join("image"), VERSION)
+            .expect("building the cluster image");
+        eprintln!(
+            "built {} in {:.1} s",
+            img.disk.display(),
+            start.elapsed().as_secs_f64()
+        );
         Some(img)
     })
     .as_ref()
-}
-
-macro_rules! need_image {
-    () => {
-        match image() {
-            Some(i) => i,
-            None => {
-                println!("{}", rke2_qemu_tests::SKIP_NO_BASE);
-                return;
-            }
-        }
-    };
 }
 
 /// A fresh directory for one test's disks and logs.
@@ -170,12 +155,60 @@ fn print_timings(reports: &[&Report]) {
     }
 }
 
+/// The payload without a node configuration: the RKE2 units are installed but stay disabled
+/// and inactive (the first-boot agent finds nothing and enables nothing), the CIS sysctls are
+/// active, rke2 carries its label and the air-gap tarballs are in the verified root.
+#[test]
+fn payload_units_inactive_without_configuration_cis_sysctls_active() {
+    let img = rke2_qemu_tests::need!(image());
+    let dir = test_dir("payload");
+    let _slots = SLOTS.take(1);
+    let mut n = Node::boot(
+        img,
+        &dir,
+        &NodeSpec::new("payload", Vec::new(), Delivery::None),
+    )
+    .unwrap();
+    let r = n.wait_probe(TIMEOUT).unwrap();
+    print_timings(&[&r]);
+    check_secure(&r);
+    assert!(
+        r.console.contains("no configuration found"),
+        "{}",
+        n.vm.tail()
+    );
+    for u in ["rke2-server", "rke2-agent"] {
+        assert_eq!(
+            r.fact(&format!("unit_file:{u}")),
+            "disabled",
+            "{:?}",
+            r.facts
+        );
+        assert_eq!(r.fact(&format!("unit_active:{u}")), "inactive");
+    }
+    // The values rke2's CIS profile insists on.
+    assert_eq!(r.fact("sysctl:vm/overcommit_memory"), "1");
+    assert_eq!(r.fact("sysctl:vm/panic_on_oom"), "0");
+    assert_eq!(r.fact("sysctl:kernel/panic"), "10");
+    assert_eq!(r.fact("sysctl:kernel/panic_on_oops"), "1");
+    assert!(
+        r.fact("label:/usr/bin/rke2").contains(":rke2_exec_t:"),
+        "{:?}",
+        r.facts
+    );
+    assert!(
+        r.fact("airgap_images").contains("rke2-images-core"),
+        "{:?}",
+        r.facts
+    );
+}
+
 /// Issue 6's main case: one server (initializer, configured through fw_cfg) and one agent
 /// (configured through a NoCloud drive) from the same configuration; the agent's first-boot
 /// preflight passes against the server's :9345 and its rke2-agent reports joined.
 #[test]
 fn server_and_agent_join_over_9345() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let dir = test_dir("join");
     let config = cluster_config(1, 1).into_bytes();
     let hub = Hub::start(2).unwrap();
@@ -253,7 +286,7 @@ fn ha_three_servers_and_an_agent() {
         println!("SKIPPED (set RKE2_TEST_HA=1 to run the three-server variant)");
         return;
     }
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let dir = test_dir("ha");
     let config = cluster_config(3, 1).into_bytes();
     let hub = Hub::start(4).unwrap();
@@ -389,7 +422,7 @@ fn failed_boot(img: &Image, name: &str, spec: NodeSpec, reason: &str) -> Report 
 
 #[test]
 fn wrong_token_password_is_rejected() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let srv = HostServer::start();
     let token = srv.p.token().unwrap();
     let wrong = format!("{}:not-the-password", token.rsplit_once(':').unwrap().0);
@@ -420,7 +453,7 @@ fn wrong_token_password_is_rejected() {
 
 #[test]
 fn server_ca_not_matching_the_token_is_refused() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let srv = HostServer::start();
     let token = srv.p.token().unwrap();
     // Right password, but the token pins another CA: a server impersonating the cluster.
@@ -453,7 +486,7 @@ fn server_ca_not_matching_the_token_is_refused() {
 
 #[test]
 fn unreachable_server_retries_then_fails_with_what_it_tried() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     // A segment with nobody else on it.
     let hub = Hub::start(1).unwrap();
     let m = mac(3, 3);
@@ -485,7 +518,7 @@ fn unreachable_server_retries_then_fails_with_what_it_tried() {
 
 #[test]
 fn no_node_matching_this_machine_names_its_macs() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let hub = Hub::start(1).unwrap();
     let m = mac(3, 4);
     // The cluster configuration, but this machine's MAC is in none of its entries.
@@ -516,7 +549,7 @@ fn no_node_matching_this_machine_names_its_macs() {
 /// the node converges to exactly the tree of an uninterrupted first boot of the same machine.
 #[test]
 fn power_cut_during_first_boot_converges() {
-    let img = need_image!();
+    let img = rke2_qemu_tests::need!(image());
     let dir = test_dir("power-cut");
     let m = mac(1, 1);
     let config = cluster_config(1, 1).into_bytes();
