@@ -229,6 +229,15 @@ fn run(root: PathBuf) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(RunOutcome::Configured { unit, also_start }) => {
+            // systemd reads /etc/hostname only at boot: make the name the System phase wrote
+            // the running one before RKE2 starts (it registers the node under it).
+            let written = std::fs::read_to_string(root.join("etc/hostname")).unwrap_or_default();
+            let name = written.trim();
+            if !name.is_empty() {
+                if let Err(e) = std::fs::write(proc.join("sys/kernel/hostname"), name) {
+                    status(&format!("warning: setting the hostname to {name}: {e}"));
+                }
+            }
             // The boot transaction was computed before our links existed: reload and start
             // what we enabled. The RKE2 units are ordered after us, so their start waits.
             let _ = std::process::Command::new("systemctl")

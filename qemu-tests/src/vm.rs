@@ -59,7 +59,8 @@ pub enum Net {
     Hub { hub: SocketAddr, local: SocketAddr },
     /// QEMU user networking, isolated (`restrict=on`), guest network 10.0.2.0/24; each forward
     /// makes `guest` (an address:port inside that network) a TCP tunnel to `host` (on
-    /// 127.0.0.1).
+    /// 127.0.0.1): every guest connection spawns `nc -N host port` (a `tcp:` chardev instead
+    /// would connect once, at QEMU start, and carry a single connection).
     User {
         forwards: Vec<(SocketAddr, SocketAddr)>,
     },
@@ -223,7 +224,11 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             Net::User { forwards } => {
                 let mut n = format!("user,id=net{i},restrict=on,net=10.0.2.0/24");
                 for (guest, host) in forwards {
-                    n.push_str(&format!(",guestfwd=tcp:{guest}-tcp:{host}"));
+                    n.push_str(&format!(
+                        ",guestfwd=tcp:{guest}-cmd:nc -N {} {}",
+                        host.ip(),
+                        host.port()
+                    ));
                 }
                 n
             }
@@ -523,7 +528,7 @@ mod tests {
         assert!(!joined.contains("-nic none"));
         assert!(joined.contains("socket,id=net0,udp=127.0.0.1:4000,localaddr=127.0.0.1:4001"));
         assert!(joined.contains(
-            "user,id=net1,restrict=on,net=10.0.2.0/24,guestfwd=tcp:10.0.2.100:9345-tcp:127.0.0.1:5000"
+            "user,id=net1,restrict=on,net=10.0.2.0/24,guestfwd=tcp:10.0.2.100:9345-cmd:nc -N 127.0.0.1 5000"
         ));
         assert!(joined.contains("virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02"));
         assert!(joined.contains("-fw_cfg name=opt/x,file=/c.yaml"));
