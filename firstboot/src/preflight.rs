@@ -102,7 +102,21 @@ impl Token {
         })
     }
 
-    fn basic(&self, user: &str) -> String {
+    /// A token with only a password (what a server accepts; no CA pin).
+    pub fn password_only(password: &str) -> Token {
+        Token {
+            ca_hash: None,
+            password: password.to_string(),
+        }
+    }
+
+    /// The password part (never logged).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The `Authorization` header value for basic auth as `user` with this token's password.
+    pub fn basic(&self, user: &str) -> String {
         let b =
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", self.password));
         format!("Basic {b}")

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use rke2_firstboot::http::{self, HttpError, Url};
+use rke2_firstboot::preflight::Token;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -130,56 +130,9 @@ impl Config {
     }
 }
 
-/// A parsed join token; the password never appears in `Debug` output.
-#[derive(Clone)]
-pub struct Token {
-    pub ca_hash: Option<String>,
-    password: String,
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("ca_hash", &self.ca_hash)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Token {
-    pub fn parse(s: &str) -> Result<Token, StandinError> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(StandinError::BadToken("empty".into()));
-        }
-        let Some(rest) = s.strip_prefix("K10") else {
-            return Ok(Token {
-                ca_hash: None,
-                password: s.to_string(),
-            });
-        };
-        let (hash, creds) = rest
-            .split_once("::")
-            .ok_or_else(|| StandinError::BadToken("K10 token without `::`".into()))?;
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StandinError::BadToken(
-                "the CA hash of a K10 token must be 64 hex digits".into(),
-            ));
-        }
-        let password = creds.split_once(':').map_or(creds, |(_, p)| p);
-        if password.is_empty() {
-            return Err(StandinError::BadToken("empty password".into()));
-        }
-        Ok(Token {
-            ca_hash: Some(hash.to_ascii_lowercase()),
-            password: password.to_string(),
-        })
-    }
-
-    fn basic(&self, user: &str) -> String {
-        let b =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", self.password));
-        format!("Basic {b}")
-    }
+/// The join token, parsed exactly as the node agent's preflight parses it (one parser).
+fn parse_token(s: &str) -> Result<Token, StandinError> {
+    Token::parse(s).map_err(|e| StandinError::BadToken(e.to_string()))
 }
 
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StandinError> {
@@ -379,7 +332,7 @@ impl Server {
         let password =
             match &cfg.token {
                 Some(t) => {
-                    let t = Token::parse(t)?;
+                    let t = parse_token(t)?;
                     if let Some(want) = t.ca_hash.as_ref().filter(|w| **w != hash) {
                         return Err(StandinError::Config {
                             path: opts.root.join(CONFIG),
@@ -390,10 +343,10 @@ impl Server {
                         ),
                         });
                     }
-                    t.password
+                    t.password().to_string()
                 }
                 None => match std::fs::read_to_string(&token_path) {
-                    Ok(s) => Token::parse(&s)?.password,
+                    Ok(s) => parse_token(&s)?.password().to_string(),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_password()?,
                     Err(e) => return Err(io(&token_path)(e)),
                 },
@@ -418,13 +371,7 @@ impl Server {
         })?;
         let auth = ["node", "server"]
             .iter()
-            .map(|u| {
-                Token {
-                    ca_hash: None,
-                    password: password.clone(),
-                }
-                .basic(u)
-            })
+            .map(|u| Token::password_only(&password).basic(u))
             .collect();
         Ok(Server {
             listener,
@@ -664,7 +611,7 @@ fn join(
         msg: format!("no `{k}` key (joining needs `server: https://<host>:9345` and `token`)"),
     };
     let server = cfg.server.clone().ok_or_else(|| missing("server"))?;
-    let token = Token::parse(cfg.token.as_deref().ok_or_else(|| missing("token"))?)?;
+    let token = parse_token(cfg.token.as_deref().ok_or_else(|| missing("token"))?)?;
     let target = parse_server(&server).ok_or_else(|| StandinError::Config {
         path: cfg_path.to_path_buf(),
         msg: format!("server {server:?} is not https://<host>[:port]"),
