@@ -204,8 +204,9 @@ pub fn avc_denials(console: &str) -> Vec<&str> {
 }
 
 /// Denials that are ours to fix: on paths without a proper label (rke2-init or the builder
-/// got a label wrong), or by or against our programs: the rke2 domains, and `initrc_t`, the
-/// domain systemd gives services without their own (rke2-firstboot, the probe).
+/// got a label wrong), by or against the rke2 domains and types, or by `initrc_t`, the domain
+/// systemd gives services without their own (rke2-firstboot, the probe). Denials of other
+/// domains looking at our processes (logind reading /proc of one) are the base policy's.
 pub fn our_denials(console: &str) -> Vec<&str> {
     avc_denials(console)
         .into_iter()
@@ -214,7 +215,7 @@ pub fn our_denials(console: &str) -> Vec<&str> {
                 .iter()
                 .any(|t| d.contains(&format!("tcontext=system_u:object_r{t}")))
                 || d.contains("rke2")
-                || d.contains(":initrc_t:")
+                || d.contains("scontext=system_u:system_r:initrc_t:")
         })
         .collect()
 }

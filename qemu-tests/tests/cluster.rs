@@ -481,7 +481,7 @@ fn server_ca_not_matching_the_token_is_refused() {
     let log = srv.p.drain_log();
     assert!(log.contains("GET /cacerts -> 200"), "{log}");
     // It refused before sending the password anywhere.
-    assert!(!log.contains("/v1-rke2/readyz"), "{log}");
+    assert!(!log.contains("GET /v1-rke2/readyz"), "{log}");
 }
 
 #[test]
