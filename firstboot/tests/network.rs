@@ -11,31 +11,16 @@ use std::process::Command;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use common::Fixed;
 use rke2_firstboot::agent::{self, AgentError, RunEnv, RunOutcome};
 use rke2_firstboot::atomic::Root;
 use rke2_firstboot::identity::Identity;
 use rke2_firstboot::network::Link;
 use rke2_firstboot::preflight::Backoff;
 use rke2_firstboot::render::Phase;
-use rke2_firstboot::sources::{Found, Source, SourceError};
 
 const NET_FILE: &str = "etc/systemd/network/10-rke2-firstboot.network";
 const MAC: &str = "52:54:00:12:34:56";
-
-struct Fixed(Vec<u8>);
-
-impl Source for Fixed {
-    fn name(&self) -> &'static str {
-        "test source"
-    }
-    fn fetch(&self) -> Result<Option<Found>, SourceError> {
-        Ok(Some(Found {
-            origin: "test".into(),
-            bytes: self.0.clone(),
-            meta_hostname: None,
-        }))
-    }
-}
 
 /// A two-node cluster: this machine (by MAC) is the agent joining the initializer.
 fn joining_agent(server_port: u16) -> Vec<u8> {

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use common::Fixed;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rke2_firstboot::agent::{self, RunEnv, RunOutcome};
 use rke2_firstboot::atomic::Root;
 use rke2_firstboot::dialects::native::Role;
 use rke2_firstboot::identity::Identity;
 use rke2_firstboot::preflight::{check, Backoff, PreflightError, Token};
-use rke2_firstboot::sources::{Found, Source, SourceError};
+use rke2_firstboot::sources::Source;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
@@ -273,20 +274,6 @@ fn unreachable_times_out_saying_what_was_tried() {
         msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("connect"),
         "{msg}"
     );
-}
-
-struct Fixed(Vec<u8>);
-impl Source for Fixed {
-    fn name(&self) -> &'static str {
-        "test source"
-    }
-    fn fetch(&self) -> Result<Option<Found>, SourceError> {
-        Ok(Some(Found {
-            origin: "test".into(),
-            bytes: self.0.clone(),
-            meta_hostname: None,
-        }))
-    }
 }
 
 fn agent_config(port: u16, token: &str) -> Vec<u8> {

@@ -300,26 +300,10 @@ fn network_by_interface_name_renders_and_rerenders_identically() {
     );
     // No dns/search: the resolver configuration is left alone.
     assert!(!t.path().join("etc/resolv.conf").exists());
-    let before: Vec<(String, Vec<u8>)> = dump(t.path())
-        .into_iter()
-        .filter(|l| !l.starts_with("var/lib/rke2-firstboot/done"))
-        .map(|l| {
-            let rel = l.split(' ').next().unwrap().to_string();
-            let bytes = fs::read(t.path().join(&rel)).unwrap_or_default();
-            (l, bytes)
-        })
-        .collect();
+    let before: Vec<(String, Vec<u8>)> = snapshot(t.path());
     // A second render (a re-run after a crash) gives the same tree, byte for byte.
     agent::render_to(&Root::new(t.path()), &loaded, &mut |_| Ok(())).unwrap();
-    let after: Vec<(String, Vec<u8>)> = dump(t.path())
-        .into_iter()
-        .filter(|l| !l.starts_with("var/lib/rke2-firstboot/done"))
-        .map(|l| {
-            let rel = l.split(' ').next().unwrap().to_string();
-            let bytes = fs::read(t.path().join(&rel)).unwrap_or_default();
-            (l, bytes)
-        })
-        .collect();
+    let after: Vec<(String, Vec<u8>)> = snapshot(t.path());
     assert_eq!(before, after);
 }
 
@@ -535,4 +519,17 @@ fn network_interface_default_needs_a_listed_mac_on_this_machine() {
         net.link,
         rke2_firstboot::network::Link::Mac("52:54:00:00:01:02".into())
     );
+}
+
+/// Every entry of the tree (but the stamp, which records the source) with its bytes.
+fn snapshot(root: &Path) -> Vec<(String, Vec<u8>)> {
+    dump(root)
+        .into_iter()
+        .filter(|l| !l.starts_with("var/lib/rke2-firstboot/done"))
+        .map(|l| {
+            let rel = l.split(' ').next().unwrap().to_string();
+            let bytes = fs::read(root.join(&rel)).unwrap_or_default();
+            (l, bytes)
+        })
+        .collect()
 }

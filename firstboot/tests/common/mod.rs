@@ -129,3 +129,22 @@ pub fn check_tree_except(root: &Path, case: &str, skip: &[&str]) {
 pub fn tool(cmd: &str, args: &[&str]) -> Option<std::process::Output> {
     std::process::Command::new(cmd).args(args).output().ok()
 }
+
+/// A configuration source that always finds these bytes.
+#[allow(dead_code)] // not every test file uses every helper
+pub struct Fixed(pub Vec<u8>);
+
+impl rke2_firstboot::sources::Source for Fixed {
+    fn name(&self) -> &'static str {
+        "test source"
+    }
+    fn fetch(
+        &self,
+    ) -> Result<Option<rke2_firstboot::sources::Found>, rke2_firstboot::sources::SourceError> {
+        Ok(Some(rke2_firstboot::sources::Found {
+            origin: "test".into(),
+            bytes: self.0.clone(),
+            meta_hostname: None,
+        }))
+    }
+}
