@@ -297,10 +297,21 @@ fn relabel(env: &RunEnv, root: &Root) -> Result<(), AgentError> {
         // Written then removed within the phase: nothing to label.
         .filter(|p| std::fs::symlink_metadata(p).is_ok())
         .collect();
-    match &env.relabel {
-        Some(f) if !touched.is_empty() => f(&touched).map_err(AgentError::Relabel),
-        _ => Ok(()),
+    let Some(f) = &env.relabel else {
+        return Ok(());
+    };
+    if touched.is_empty() {
+        return Ok(());
     }
+    f(&touched).map_err(AgentError::Relabel)?;
+    // Labels are inode metadata the next phase must not overtake: make them durable (a power
+    // cut seconds later lost a relabelled directory's label in the QEMU test).
+    for p in touched.iter().filter(|p| !p.is_symlink()) {
+        std::fs::File::open(p)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| AgentError::Relabel(format!("fsync {}: {e}", p.display())))?;
+    }
+    Ok(())
 }
 
 /// `status`: a one-paragraph summary from the stamp or the failure record (no secrets: neither

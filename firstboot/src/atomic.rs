@@ -147,7 +147,19 @@ impl Root {
     /// Creates the parents of `path` (mode 0755, root-owned) as needed; returns the host path.
     fn prepare(&self, path: &str) -> Result<PathBuf, FsError> {
         let host = self.host_path(path)?;
-        self.touched.borrow_mut().insert(host.clone());
+        {
+            // The entry and every directory above it up to the root: a parent an earlier,
+            // crashed run created (and could not relabel) exists now and is not created again.
+            let mut touched = self.touched.borrow_mut();
+            let mut p = host.as_path();
+            while p != self.dir && p.starts_with(&self.dir) {
+                touched.insert(p.to_path_buf());
+                match p.parent() {
+                    Some(q) => p = q,
+                    None => break,
+                }
+            }
+        }
         if let Some(parent) = host.parent() {
             if !parent.exists() {
                 // Remember the new levels and the existing directory that gained an entry.
@@ -165,7 +177,6 @@ impl Root {
                     .mode(0o755)
                     .create(parent)
                     .map_err(io("create directory", parent))?;
-                self.touched.borrow_mut().extend(created.iter().cloned());
                 let mut pending = self.pending.borrow_mut();
                 pending.extend(created);
                 pending.insert(p.to_path_buf());
@@ -348,6 +359,29 @@ impl Root {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn touched_covers_entries_and_every_existing_parent() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path());
+        r.write("/a/b/c", b"x", Attrs::root(0o644)).unwrap();
+        let want: Vec<PathBuf> = ["a", "a/b", "a/b/c"]
+            .iter()
+            .map(|p| t.path().join(p))
+            .collect();
+        assert_eq!(r.take_touched(), want);
+        assert!(r.take_touched().is_empty());
+        // A later run (after a crash) finds a and a/b existing and must still report them,
+        // so their labels get repaired; the root itself is never included.
+        let r = Root::new(t.path());
+        r.symlink("/a/b/d", "/x").unwrap();
+        r.mkdir("/a", Attrs::root(0o755)).unwrap();
+        let want: Vec<PathBuf> = ["a", "a/b", "a/b/d"]
+            .iter()
+            .map(|p| t.path().join(p))
+            .collect();
+        assert_eq!(r.take_touched(), want);
+    }
 
     #[test]
     fn rejects_traversal() {

@@ -5,8 +5,6 @@
 //!
 //! Also the failure cases of joining (against a stand-in server on 127.0.0.1 reached through
 //! an isolated user network) and a power cut in the middle of the first boot.
-//!
-//! `RKE2_TEST_HA=1` also runs the three-server variant (see `ha_three_servers_and_an_agent`).
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -277,15 +275,10 @@ fn server_and_agent_join_over_9345() {
     );
 }
 
-/// HA: three servers and one agent. The joining servers pass the preflight as `server`, join
-/// the initializer and serve the same cluster CA; the agent joins. Four guests need about
-/// twice the time of the two-node case on two cores, so it is opt-in: `RKE2_TEST_HA=1`.
+/// HA: three servers and one agent, four guests at once. The joining servers pass the
+/// preflight as `server`, join the initializer and serve the same cluster CA; the agent joins.
 #[test]
 fn ha_three_servers_and_an_agent() {
-    if std::env::var_os("RKE2_TEST_HA").is_none() {
-        println!("SKIPPED (set RKE2_TEST_HA=1 to run the three-server variant)");
-        return;
-    }
     let img = rke2_qemu_tests::need!(image());
     let dir = test_dir("ha");
     let config = cluster_config(3, 1).into_bytes();
