@@ -32,6 +32,9 @@ fn image() -> Option<&'static Image> {
     static IMG: OnceLock<Option<Image>> = OnceLock::new();
     IMG.get_or_init(|| {
         let (base, programs) = rke2_qemu_tests::test_inputs()?;
+        std::fs::create_dir_all(work_dir()).expect("creating the work directory");
+        // Timings of this run only.
+        let _ = std::fs::remove_file(work_dir().join("timings.log"));
         let start = std::time::Instant::now();
         let img = cluster::payload_image(&base, &programs, &work_dir().join("image"), VERSION)
             .expect("building the cluster image");
@@ -147,9 +150,21 @@ fn check_joined_node(r: &Report, hostname: &str, role: &str, addr: &str) {
     );
 }
 
+/// Prints each node's timings and appends them to `timings.log` next to the consoles
+/// (`scripts/test` shows that file: passing tests' output is captured).
 fn print_timings(reports: &[&Report]) {
+    use std::io::Write;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(work_dir().join("timings.log"))
+        .ok();
     for r in reports {
-        eprintln!("TIMING {} ({}): {}", r.name, accel(), r.timings);
+        let line = format!("TIMING {} ({}): {}", r.name, accel(), r.timings);
+        eprintln!("{line}");
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
     }
 }
 
