@@ -191,33 +191,8 @@ impl Report {
 
     /// AVC denials on the console.
     pub fn denials(&self) -> Vec<&str> {
-        avc_denials(&self.console)
+        probe::avc_denials(&self.console)
     }
-}
-
-/// Every `avc:  denied` line of a console.
-pub fn avc_denials(console: &str) -> Vec<&str> {
-    console
-        .lines()
-        .filter(|l| l.contains("avc:  denied"))
-        .collect()
-}
-
-/// Denials that are ours to fix: on paths without a proper label (rke2-init or the builder
-/// got a label wrong), by or against the rke2 domains and types, or by `initrc_t`, the domain
-/// systemd gives services without their own (rke2-firstboot, the probe). Denials of other
-/// domains looking at our processes (logind reading /proc of one) are the base policy's.
-pub fn our_denials(console: &str) -> Vec<&str> {
-    avc_denials(console)
-        .into_iter()
-        .filter(|d| {
-            [":unlabeled_t:", ":file_t:", ":default_t:", ":tmpfs_t:"]
-                .iter()
-                .any(|t| d.contains(&format!("tcontext=system_u:object_r{t}")))
-                || d.contains("rke2")
-                || d.contains("scontext=system_u:system_r:initrc_t:")
-        })
-        .collect()
 }
 
 impl Node {

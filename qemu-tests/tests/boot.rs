@@ -121,30 +121,14 @@ fn check_default_boot(b: &Booted) {
     );
     assert!(fact(b, "label:/etc").contains(":etc_t:"), "{:?}", b.facts);
     assert!(fact(b, "label:/var").contains(":var_t:"), "{:?}", b.facts);
-    let denials: Vec<&str> = b
-        .console
-        .lines()
-        .filter(|l| l.contains("avc:  denied"))
-        .collect();
-    for d in &denials {
+    for d in probe::avc_denials(&b.console) {
         eprintln!("observed: {d}");
     }
-    // A path rke2-init created without a proper label shows up with one of these types (the
-    // denial the throwaway init of the early measurements caused was `tmpfs_t` on /etc).
-    let unlabelled: Vec<&&str> = denials
-        .iter()
-        .filter(|d| {
-            [":unlabeled_t:", ":file_t:", ":default_t:", ":tmpfs_t:"]
-                .iter()
-                .any(|t| d.contains(&format!("tcontext=system_u:object_r{t}")))
-        })
-        .collect();
+    let ours = probe::our_denials(&b.console);
     assert!(
-        unlabelled.is_empty(),
-        "AVC denials on unlabelled paths: {unlabelled:#?}"
+        ours.is_empty(),
+        "AVC denials on unlabelled paths or for our components: {ours:#?}"
     );
-    let ours: Vec<&&str> = denials.iter().filter(|d| d.contains("rke2")).collect();
-    assert!(ours.is_empty(), "AVC denials for our units: {ours:#?}");
     assert!(b.console.contains("rke2-init: handing off to /sbin/init"));
 }
 

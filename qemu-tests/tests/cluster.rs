@@ -101,7 +101,7 @@ fn check_secure(r: &Report) {
     for d in r.denials() {
         eprintln!("{}: observed: {d}", r.name);
     }
-    let ours = cluster::our_denials(&r.console);
+    let ours = rke2_qemu_tests::probe::our_denials(&r.console);
     assert!(
         ours.is_empty(),
         "{}: AVC denials for our components: {ours:#?}",
