@@ -246,15 +246,18 @@ fn root_passes_fsck_erofs_and_verity_verify() {
         out.status.success() && !text.contains("<E>"),
         "fsck.erofs: {text}"
     );
-    let out = tool(
-        "veritysetup",
-        &[
-            "verify",
-            root.to_str().unwrap(),
-            hash.to_str().unwrap(),
-            &b.manifest.verity.root_hash,
-        ],
-    );
+    let verify = || {
+        tool(
+            "veritysetup",
+            &[
+                "verify",
+                root.to_str().unwrap(),
+                hash.to_str().unwrap(),
+                &b.manifest.verity.root_hash,
+            ],
+        )
+    };
+    let out = verify();
     assert!(
         out.status.success(),
         "veritysetup verify: {}",
@@ -265,15 +268,7 @@ fn root_passes_fsck_erofs_and_verity_verify() {
     let i = data.len() / 2 + 123;
     data[i] ^= 0x01;
     fs::write(&root, &data).unwrap();
-    let out = tool(
-        "veritysetup",
-        &[
-            "verify",
-            root.to_str().unwrap(),
-            hash.to_str().unwrap(),
-            &b.manifest.verity.root_hash,
-        ],
-    );
+    let out = verify();
     assert!(!out.status.success(), "veritysetup accepted corrupted data");
 }
 
