@@ -727,25 +727,27 @@ pub fn join_cluster(root: &Path, timeout: Duration) -> Result<Option<Joined>, St
     let (ca, key) = (tls.join("server-ca.crt"), tls.join("server-ca.key"));
     let j = join(&cfg, &root.join(CONFIG), "server", timeout)?;
     if !(ca.exists() && key.exists()) {
-        let url = Url {
-            path: "/v1-rke2/server-bootstrap".into(),
-            ..j.target.clone()
-        };
-        let r = http::get(
-            &url,
+        let body = match get(
+            &j.target,
             &j.verified,
+            "/v1-rke2/server-bootstrap",
             Some(&j.auth),
-            Duration::from_secs(10),
-            1 << 20,
-        )
-        .map_err(|e| StandinError::Cert(format!("{}/v1-rke2/server-bootstrap: {e}", j.server)))?;
-        if r.status != 200 {
-            return Err(StandinError::Cert(format!(
-                "{}/v1-rke2/server-bootstrap answered HTTP {}",
-                j.server, r.status
-            )));
-        }
-        let text = String::from_utf8_lossy(&r.body);
+        ) {
+            Ok((200, body)) => body,
+            Ok((st, _)) => {
+                return Err(StandinError::Cert(format!(
+                    "{}/v1-rke2/server-bootstrap answered HTTP {st}",
+                    j.server
+                )))
+            }
+            Err(e) => {
+                return Err(StandinError::Cert(format!(
+                    "{}/v1-rke2/server-bootstrap: {e}",
+                    j.server
+                )))
+            }
+        };
+        let text = String::from_utf8_lossy(&body);
         let (crt_pem, key_pem) = text.split_once(BOOTSTRAP_SEPARATOR).ok_or_else(|| {
             StandinError::Cert(format!(
                 "{}/v1-rke2/server-bootstrap: not a CA certificate and key",
