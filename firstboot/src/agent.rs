@@ -291,15 +291,16 @@ fn pause(p: Phase, status: &mut dyn FnMut(&str)) -> ! {
 
 /// Labels what the last phase wrote, before anything (the next phase, RKE2) uses it.
 fn relabel(env: &RunEnv, root: &Root) -> Result<(), AgentError> {
-    let touched: Vec<PathBuf> = root
-        .take_touched()
+    // Taken in any case: the set only ever holds one phase's writes.
+    let touched = root.take_touched();
+    let Some(f) = &env.relabel else {
+        return Ok(());
+    };
+    let touched: Vec<PathBuf> = touched
         .into_iter()
         // Written then removed within the phase: nothing to label.
         .filter(|p| std::fs::symlink_metadata(p).is_ok())
         .collect();
-    let Some(f) = &env.relabel else {
-        return Ok(());
-    };
     if touched.is_empty() {
         return Ok(());
     }
