@@ -75,10 +75,16 @@ pub fn load(found: &Found, id: &Identity) -> Result<Loaded, AgentError> {
 }
 
 /// `validate`: parse and check, returning the warnings. For a cluster configuration every
-/// node is resolved (as if this machine were each of them).
-pub fn validate(origin: &str, bytes: &[u8]) -> Result<Vec<String>, AgentError> {
+/// node is resolved (as if this machine were each of them). With a root, the checks that need
+/// it run too — the same [`render::check`] `render` and `run` call before their first write.
+pub fn validate(
+    origin: &str,
+    bytes: &[u8],
+    root: Option<&Root>,
+) -> Result<Vec<String>, AgentError> {
     let plan = dialects::parse(origin, bytes, None)?;
     let mut warnings = plan.warnings.clone();
+    let mut assignments = Vec::new();
     match &plan.rke2 {
         Some(cfg) if !cfg.nodes.is_empty() => {
             for n in &cfg.nodes {
@@ -94,11 +100,11 @@ pub fn validate(origin: &str, bytes: &[u8]) -> Result<Vec<String>, AgentError> {
                 id.uuid = m.uuid.as_ref().map(|u| u.to_ascii_lowercase());
                 id.serial = m.serial.clone();
                 id.hostname = m.hostname.clone();
-                role::resolve(cfg, &id)?;
+                assignments.push(role::resolve(cfg, &id)?);
             }
         }
         Some(cfg) => {
-            role::resolve(cfg, &Identity::default())?;
+            assignments.push(role::resolve(cfg, &Identity::default())?);
         }
         None => warnings.push(
             "no RKE2 section: the configuration sets up the OS only and no RKE2 service is enabled"
@@ -112,6 +118,23 @@ pub fn validate(origin: &str, bytes: &[u8]) -> Result<Vec<String>, AgentError> {
         .flatten()
     {
         Token::parse(&t.0)?;
+    }
+    if let Some(root) = root {
+        let sha = hex::encode(Sha256::digest(bytes));
+        let targets: Vec<Option<&Assignment>> = if assignments.is_empty() {
+            vec![None]
+        } else {
+            assignments.iter().map(Some).collect()
+        };
+        for a in targets {
+            let input = RenderInput {
+                origin,
+                config_sha256: &sha,
+                plan: &plan,
+                rke2: plan.rke2.as_deref().zip(a),
+            };
+            render::check(root, &input)?;
+        }
     }
     Ok(warnings)
 }
@@ -218,6 +241,39 @@ fn run_inner(
     }
     let input = loaded.input();
     render::check(root, &input)?;
+    // All or nothing: a failure in any phase (or in the preflight) puts the root back.
+    root.begin();
+    let r = phases(env, root, &input, status);
+    match &r {
+        Ok(()) => root.commit(),
+        Err(_) => {
+            if let Err(e) = root.rollback() {
+                status(&format!(
+                    "warning: restoring the root after the failure: {e}"
+                ));
+            }
+        }
+    }
+    r?;
+    let mut also_start = Vec::new();
+    if !loaded.plan.bootcmd.is_empty() {
+        also_start.push(render::BOOTCMD_UNIT);
+    }
+    if !loaded.plan.runcmd.is_empty() {
+        also_start.push(render::RUNCMD_UNIT);
+    }
+    Ok(RunOutcome::Configured {
+        unit: input.rke2.map(|(_, a)| a.role.unit()),
+        also_start,
+    })
+}
+
+fn phases(
+    env: &RunEnv,
+    root: &Root,
+    input: &RenderInput<'_>,
+    status: &mut dyn FnMut(&str),
+) -> Result<(), AgentError> {
     for p in PHASES {
         if env.pause_before == Some(p) {
             pause(p, status);
@@ -241,7 +297,7 @@ fn run_inner(
             }
         }
         status(p.describe());
-        render::phase(root, &input, p)?;
+        render::phase(root, input, p)?;
         root.flush().map_err(RenderError::from)?;
         relabel(env, root)?;
         if p == Phase::System {
@@ -250,17 +306,7 @@ fn run_inner(
             }
         }
     }
-    let mut also_start = Vec::new();
-    if !loaded.plan.bootcmd.is_empty() {
-        also_start.push(render::BOOTCMD_UNIT);
-    }
-    if !loaded.plan.runcmd.is_empty() {
-        also_start.push(render::RUNCMD_UNIT);
-    }
-    Ok(RunOutcome::Configured {
-        unit: input.rke2.map(|(_, a)| a.role.unit()),
-        also_start,
-    })
+    Ok(())
 }
 
 fn apply_network(

@@ -84,6 +84,37 @@ pub struct Root {
     /// read). Entries that already existed are included, so a re-run after a crash also fixes
     /// what the crashed run wrote but did not relabel.
     touched: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
+    /// While a run is journalled: how to undo each change, in order (see [`Root::begin`]).
+    journal: std::cell::RefCell<Option<Journal>>,
+}
+
+/// What a journalled run changed, to put back on error.
+#[derive(Debug, Clone, Default)]
+struct Journal {
+    undo: Vec<Undo>,
+    /// Host paths already recorded: only the state before the first change matters.
+    seen: std::collections::BTreeSet<PathBuf>,
+}
+
+/// The state of one path before the run first changed it.
+#[derive(Debug, Clone)]
+enum Undo {
+    /// Did not exist: remove it (a directory with everything the run put below it).
+    Created(PathBuf),
+    File {
+        path: PathBuf,
+        data: Vec<u8>,
+        attrs: Attrs,
+    },
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+    },
+    /// An existing directory whose mode or owner the run set.
+    Dir {
+        path: PathBuf,
+        attrs: Attrs,
+    },
 }
 
 /// Ownership and mode of a written entry.
@@ -110,6 +141,7 @@ impl Root {
             dir: dir.into(),
             pending: Default::default(),
             touched: Default::default(),
+            journal: Default::default(),
         }
     }
 
@@ -172,6 +204,9 @@ impl Root {
                         None => break,
                     }
                 }
+                for d in created.iter().rev() {
+                    self.record_created(d);
+                }
                 fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o755)
@@ -188,6 +223,7 @@ impl Root {
     /// Ensures a directory exists with exactly these attributes.
     pub fn mkdir(&self, path: &str, attrs: Attrs) -> Result<(), FsError> {
         let host = self.prepare(path)?;
+        self.record(&host)?;
         match fs::symlink_metadata(&host) {
             Ok(md) if md.is_dir() => {}
             Ok(md) if md.file_type().is_symlink() => {
@@ -226,24 +262,15 @@ impl Root {
                 why: "is an existing directory",
             });
         }
+        self.record(&host)?;
         let tmp = temp_name(&host);
-        // The temporary name is deterministic so a re-run after a crash overwrites the leftover.
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc_o_nofollow())
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(data).map_err(io("write", &tmp))?;
-        std::os::unix::fs::fchown(&f, Some(attrs.uid), Some(attrs.gid))
-            .map_err(io("chown", &tmp))?;
-        f.set_permissions(fs::Permissions::from_mode(attrs.mode))
-            .map_err(io("chmod", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, &host).map_err(io("rename into place", &host))?;
+        let r = write_temp(&tmp, &host, data, attrs)
+            .and_then(|()| fs::rename(&tmp, &host).map_err(io("rename into place", &host)));
+        if r.is_err() {
+            // Never leave the temporary file behind (its name is ours, not the node's).
+            let _ = fs::remove_file(&tmp);
+        }
+        r?;
         self.note_parent(&host);
         Ok(())
     }
@@ -261,10 +288,8 @@ impl Root {
                 why: "is an existing directory",
             });
         }
-        let tmp = temp_name(&host);
-        let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(target, &tmp).map_err(io("symlink", &tmp))?;
-        fs::rename(&tmp, &host).map_err(io("rename into place", &host))?;
+        self.record(&host)?;
+        replace_with_symlink(&host, Path::new(target))?;
         self.note_parent(&host);
         Ok(())
     }
@@ -278,6 +303,7 @@ impl Root {
                 why: "is a directory, expected a file or symlink",
             }),
             Ok(_) => {
+                self.record(&host)?;
                 fs::remove_file(&host).map_err(io("remove", &host))?;
                 self.note_parent(&host);
                 Ok(true)
@@ -314,6 +340,35 @@ impl Root {
     }
 }
 
+/// Writes a new temporary file with these attributes and makes it durable. The name is
+/// deterministic, so a leftover from a crashed run is simply replaced.
+/// Errors name `host` (the file being written), never the temporary name.
+fn write_temp(tmp: &Path, host: &Path, data: &[u8], attrs: Attrs) -> Result<(), FsError> {
+    let _ = fs::remove_file(tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow())
+        .open(tmp)
+        .map_err(io("create", host))?;
+    f.write_all(data).map_err(io("write", host))?;
+    std::os::unix::fs::fchown(&f, Some(attrs.uid), Some(attrs.gid)).map_err(io("chown", host))?;
+    f.set_permissions(fs::Permissions::from_mode(attrs.mode))
+        .map_err(io("chmod", host))?;
+    f.sync_all().map_err(io("fsync", host))
+}
+
+fn replace_with_symlink(host: &Path, target: &Path) -> Result<(), FsError> {
+    let tmp = temp_name(host);
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(io("symlink", host))?;
+    fs::rename(&tmp, host).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io("rename into place", host)(e)
+    })
+}
+
 fn libc_o_nofollow() -> i32 {
     // O_NOFOLLOW on Linux (all architectures we target); avoids a libc dependency.
     0o400000
@@ -328,6 +383,92 @@ fn temp_name(host: &Path) -> PathBuf {
 }
 
 impl Root {
+    /// Starts journalling: from now on every change records the prior state of its path, so
+    /// [`Root::rollback`] can put the root back exactly as it was (contents, mode, owner,
+    /// symlink targets; entries created are removed). Replaced files are kept in memory.
+    pub fn begin(&self) {
+        *self.journal.borrow_mut() = Some(Journal::default());
+    }
+
+    /// Ends journalling, keeping every change.
+    pub fn commit(&self) {
+        *self.journal.borrow_mut() = None;
+    }
+
+    /// Undoes every change since [`Root::begin`], newest first, and ends journalling. Keeps
+    /// going past a failure and returns the first one.
+    pub fn rollback(&self) -> Result<(), FsError> {
+        let Some(j) = self.journal.borrow_mut().take() else {
+            return Ok(());
+        };
+        let mut first = None;
+        for u in j.undo.into_iter().rev() {
+            if let Err(e) = undo(&u) {
+                first.get_or_insert(e);
+            }
+            let p = match &u {
+                Undo::Created(p) => p,
+                Undo::File { path, .. } | Undo::Symlink { path, .. } | Undo::Dir { path, .. } => {
+                    path
+                }
+            };
+            self.note_parent(p);
+        }
+        let flushed = self.flush();
+        match first {
+            Some(e) => Err(e),
+            None => flushed,
+        }
+    }
+
+    fn record_created(&self, host: &Path) {
+        if let Some(j) = self.journal.borrow_mut().as_mut() {
+            if j.seen.insert(host.to_path_buf()) {
+                j.undo.push(Undo::Created(host.to_path_buf()));
+            }
+        }
+    }
+
+    /// Records the state of `host` before a change (no-op when not journalling or already seen).
+    fn record(&self, host: &Path) -> Result<(), FsError> {
+        let mut guard = self.journal.borrow_mut();
+        let Some(j) = guard.as_mut() else {
+            return Ok(());
+        };
+        if j.seen.contains(host) {
+            return Ok(());
+        }
+        let path = host.to_path_buf();
+        let u = match fs::symlink_metadata(host) {
+            Err(_) => Undo::Created(path),
+            Ok(md) => {
+                use std::os::unix::fs::MetadataExt;
+                let attrs = Attrs {
+                    mode: md.mode() & 0o7777,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                };
+                if md.file_type().is_symlink() {
+                    let target = fs::read_link(host).map_err(io("read link", host))?;
+                    Undo::Symlink { path, target }
+                } else if md.is_dir() {
+                    Undo::Dir { path, attrs }
+                } else if md.is_file() {
+                    let data = fs::read(host).map_err(io("read", host))?;
+                    Undo::File { path, data, attrs }
+                } else {
+                    return Err(FsError::BadPath {
+                        path: host.display().to_string(),
+                        why: "is neither a file, a directory nor a symlink",
+                    });
+                }
+            }
+        };
+        j.seen.insert(host.to_path_buf());
+        j.undo.push(u);
+        Ok(())
+    }
+
     /// The host paths touched since the last call, sorted (see the `touched` field).
     pub fn take_touched(&self) -> Vec<PathBuf> {
         std::mem::take(&mut *self.touched.borrow_mut())
@@ -347,11 +488,40 @@ impl Root {
     pub fn flush(&self) -> Result<(), FsError> {
         let dirs = std::mem::take(&mut *self.pending.borrow_mut());
         for d in dirs {
-            File::open(&d)
-                .and_then(|f| f.sync_all())
-                .map_err(io("fsync directory", &d))?;
+            match File::open(&d).and_then(|f| f.sync_all()) {
+                // Removed again (a rollback): its parent is in the set and carries the removal.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r.map_err(io("fsync directory", &d))?,
+            }
         }
         Ok(())
+    }
+}
+
+/// Puts one path back as it was.
+fn undo(u: &Undo) -> Result<(), FsError> {
+    match u {
+        Undo::Created(p) => match fs::symlink_metadata(p) {
+            // Everything below a directory the run created was created by the run too.
+            Ok(md) if md.is_dir() => fs::remove_dir_all(p).map_err(io("remove", p)),
+            Ok(_) => fs::remove_file(p).map_err(io("remove", p)),
+            Err(_) => Ok(()),
+        },
+        Undo::File { path, data, attrs } => {
+            let tmp = temp_name(path);
+            write_temp(&tmp, path, data, *attrs)
+                .and_then(|()| fs::rename(&tmp, path).map_err(io("restore", path)))
+                .inspect_err(|_| {
+                    let _ = fs::remove_file(&tmp);
+                })
+        }
+        Undo::Symlink { path, target } => replace_with_symlink(path, target),
+        Undo::Dir { path, attrs } => {
+            std::os::unix::fs::chown(path, Some(attrs.uid), Some(attrs.gid))
+                .map_err(io("chown", path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(attrs.mode))
+                .map_err(io("chmod", path))
+        }
     }
 }
 
@@ -381,6 +551,40 @@ mod tests {
             .map(|p| t.path().join(p))
             .collect();
         assert_eq!(r.take_touched(), want);
+    }
+
+    #[test]
+    fn rollback_restores_replaced_and_removes_created() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("etc")).unwrap();
+        fs::write(t.path().join("etc/keep"), b"old").unwrap();
+        fs::set_permissions(t.path().join("etc/keep"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::symlink("/a", t.path().join("etc/l")).unwrap();
+        fs::write(t.path().join("etc/gone"), b"g").unwrap();
+        let r = Root::new(t.path());
+        r.begin();
+        r.write("/etc/keep", b"new", Attrs::root(0o600)).unwrap();
+        r.write("/etc/keep", b"newer", Attrs::root(0o644)).unwrap();
+        r.symlink("/etc/l", "/b").unwrap();
+        r.remove("/etc/gone").unwrap();
+        r.mkdir("/etc", Attrs::root(0o700)).unwrap();
+        r.write("/var/lib/x/y", b"y", Attrs::root(0o600)).unwrap();
+        r.rollback().unwrap();
+        assert_eq!(fs::read(t.path().join("etc/keep")).unwrap(), b"old");
+        let md = fs::metadata(t.path().join("etc/keep")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::read_link(t.path().join("etc/l")).unwrap(),
+            Path::new("/a")
+        );
+        assert_eq!(fs::read(t.path().join("etc/gone")).unwrap(), b"g");
+        assert!(!t.path().join("var").exists());
+        let mut names: Vec<_> = fs::read_dir(t.path().join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["gone", "keep", "l"]);
     }
 
     #[test]

@@ -51,8 +51,13 @@ enum Cmd {
         #[arg(long)]
         identity: Vec<String>,
     },
-    /// Check a configuration: prints errors and warnings, exits 0 when usable.
-    Validate { file: PathBuf },
+    /// Check a configuration: prints errors and warnings, exits 0 when usable. With --root,
+    /// also the checks that need the target root (the same ones render runs first).
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
     /// Show whether first boot completed, or why it failed.
     Status {
         #[arg(long, default_value = "/", hide = true)]
@@ -81,7 +86,7 @@ fn read_config(path: &PathBuf) -> Result<Vec<u8>, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Validate { file } => {
+        Cmd::Validate { file, root } => {
             let bytes = match read_config(&file) {
                 Ok(b) => b,
                 Err(e) => {
@@ -89,10 +94,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match agent::validate(&file.display().to_string(), &bytes) {
+            let root = root.map(Root::new);
+            match agent::validate(&file.display().to_string(), &bytes, root.as_ref()) {
                 Ok(warnings) => {
                     for w in &warnings {
                         println!("warning: {w}");
+                    }
+                    if root.is_none() {
+                        println!(
+                            "note: not checked without --root DIR: {}",
+                            rke2_firstboot::render::ROOT_CHECKS
+                        );
                     }
                     println!("{}: ok ({} warnings)", file.display(), warnings.len());
                     ExitCode::SUCCESS

@@ -5,6 +5,7 @@
 //! same tree.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 
 use rke2_image_contract::paths;
 use serde_json::json;
@@ -109,59 +110,316 @@ pub struct RenderInput<'a> {
     pub rke2: Option<(&'a NativeConfig, &'a Assignment)>,
 }
 
-/// Runs all phases; `hook` is called before each (tests use it to interrupt).
+/// Runs all phases; `hook` is called before each (tests use it to interrupt). All or nothing:
+/// everything checkable is checked first, and on any later error every change is rolled back.
 pub fn render(
     root: &Root,
     input: &RenderInput<'_>,
     hook: &mut dyn FnMut(Phase) -> Result<(), RenderError>,
 ) -> Result<(), RenderError> {
     check(root, input)?;
-    for p in PHASES {
-        hook(p)?;
-        phase(root, input, p)?;
-        root.flush()?;
+    root.begin();
+    let r = (|| {
+        for p in PHASES {
+            hook(p)?;
+            phase(root, input, p)?;
+            root.flush()?;
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => {
+            root.commit();
+            Ok(())
+        }
+        Err(e) => {
+            // The phase error is what the user needs; a failed restore is reported with it.
+            match root.rollback() {
+                Ok(()) => Err(e),
+                Err(re) => Err(RenderError::Invalid(format!(
+                    "{e}; restoring the root afterwards also failed: {re}"
+                ))),
+            }
+        }
+    }
+}
+
+/// What `validate` without `--root` cannot check (they need the target root).
+pub const ROOT_CHECKS: &str = "owners and groups exist, uids/gids are free, existing files, \
+    directories and links that `overwrite` protects, symlinks inside the root, the time zone, \
+    units to enable exist with an [Install] section";
+
+/// Checks everything that can be checked before the first write: the static checks every
+/// dialect passed, then everything that depends on the target root. `validate --root` runs
+/// exactly this.
+pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
+    let plan = input.plan;
+    crate::plan::check_static(plan).map_err(RenderError::Invalid)?;
+    let inv = |m: String| RenderError::Invalid(m);
+    let mut paths: Vec<(String, String)> = Vec::new();
+    for f in &plan.files {
+        paths.push((f.key.clone(), f.path.clone()));
+    }
+    for d in &plan.directories {
+        paths.push((d.key.clone(), d.path.clone()));
+    }
+    for l in &plan.links {
+        paths.push((l.key.clone(), l.path.clone()));
+    }
+    for u in &plan.units {
+        let base = format!("{UNIT_DIR}/{}", u.name);
+        for (dn, _) in &u.dropins {
+            paths.push((u.key.clone(), format!("{base}.d/{dn}")));
+        }
+        paths.push((u.key.clone(), base));
+    }
+    for u in &plan.users {
+        if let Some(h) = &u.home {
+            paths.push((u.key.clone(), h.clone()));
+        }
+    }
+    if input.rke2.and_then(|(_, a)| a.network.as_ref()).is_some() {
+        paths.push(("network".into(), network::NETWORK_FILE.to_string()));
+    }
+    for (key, p) in &paths {
+        root.host_path(p).map_err(|e| inv(format!("{key}: {e}")))?;
+    }
+
+    // Accounts: what the image has plus what the configuration creates.
+    let (users, groups) = users::accounts(root)?;
+    let mut user_names: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
+    let mut group_names: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+    for g in &plan.groups {
+        match groups.iter().find(|x| x.0 == g.name) {
+            Some((_, gid)) if g.gid.is_some_and(|w| w != *gid) => {
+                return Err(inv(format!(
+                    "{}.gid: group {} exists in the image with gid {gid}; give that gid or none",
+                    g.key, g.name
+                )))
+            }
+            Some(_) => {}
+            None => {
+                if let Some(id) = g.gid {
+                    if let Some(o) = groups.iter().find(|x| x.1 == id) {
+                        return Err(inv(format!(
+                            "{}.gid: {id} is already the gid of group {} in the image; give \
+                             another gid or none",
+                            g.key, o.0
+                        )));
+                    }
+                }
+                group_names.push(g.name.clone());
+            }
+        }
+    }
+    for u in &plan.users {
+        if u.existing_only {
+            continue;
+        }
+        match users.iter().find(|x| x.0 == u.name) {
+            Some((_, uid)) if u.uid.is_some_and(|w| w != *uid) => {
+                return Err(inv(format!(
+                    "{}.uid: user {} exists in the image with uid {uid}; give that uid or none",
+                    u.key, u.name
+                )))
+            }
+            Some(_) => {}
+            None => {
+                if let Some(id) = u.uid {
+                    let other = users
+                        .iter()
+                        .find(|x| x.1 == id)
+                        .map(|x| x.0.clone())
+                        .or_else(|| {
+                            plan.users
+                                .iter()
+                                .find(|x| x.name != u.name && x.uid == Some(id))
+                                .map(|x| x.name.clone())
+                        });
+                    if let Some(o) = other {
+                        return Err(inv(format!(
+                            "{}.uid: {id} is already the uid of user {o}; give another uid or \
+                             none",
+                            u.key
+                        )));
+                    }
+                }
+                user_names.push(u.name.clone());
+                if u.primary_group.is_none() {
+                    group_names.push(u.name.clone());
+                }
+            }
+        }
+    }
+    for u in &plan.users {
+        if u.existing_only && !user_names.contains(&u.name) {
+            return Err(inv(format!(
+                "{}: user {} is named as a group member but does not exist in the image or the \
+                 configuration; add it to users",
+                u.key, u.name
+            )));
+        }
+        for g in u.primary_group.iter().chain(u.groups.iter()) {
+            if !group_names.contains(g) {
+                return Err(inv(format!(
+                    "{}: group {g:?} does not exist in the image; create it (Ignition \
+                     passwd.groups, cloud-config groups) or use an existing group",
+                    u.key
+                )));
+            }
+        }
+    }
+    let owner_ok = |key: &str, o: &Owner| -> Result<(), RenderError> {
+        if let Some(IdRef::Name(n)) = &o.user {
+            if !user_names.contains(n) {
+                return Err(inv(format!(
+                    "{key}.user: user {n:?} does not exist in the image or the configuration; \
+                     create it or use a numeric id"
+                )));
+            }
+        }
+        if let Some(IdRef::Name(n)) = &o.group {
+            if !group_names.contains(n) {
+                return Err(inv(format!(
+                    "{key}.group: group {n:?} does not exist in the image or the configuration; \
+                     create it or use a numeric id"
+                )));
+            }
+        }
+        Ok(())
+    };
+
+    // What is at each path now, against what the entry may replace.
+    for d in &plan.directories {
+        owner_ok(&d.key, &d.owner)?;
+        match existing(root, &d.path)? {
+            Existing::None | Existing::Dir => {}
+            _ if d.overwrite => {}
+            _ => {
+                return Err(inv(format!(
+                    "{}.path: {} exists and is not a directory; set overwrite: true to replace it",
+                    d.key, d.path
+                )))
+            }
+        }
+    }
+    for f in &plan.files {
+        owner_ok(&f.key, &f.owner)?;
+        match existing(root, &f.path)? {
+            Existing::None => {}
+            Existing::Dir => {
+                return Err(inv(format!(
+                    "{}.path: {} is an existing directory; a file cannot replace it",
+                    f.key, f.path
+                )))
+            }
+            Existing::Other if !f.overwrite => {
+                return Err(inv(format!(
+                    "{}.path: {} exists and is not a regular file; set overwrite: true to \
+                     replace it",
+                    f.key, f.path
+                )))
+            }
+            Existing::Other if f.contents.is_none() => {
+                return Err(inv(format!(
+                    "{}.path: {} is not a regular file, so nothing can be appended to it",
+                    f.key, f.path
+                )))
+            }
+            Existing::File(old) if !f.overwrite => {
+                if let Some(c) = &f.contents {
+                    // A re-run after a crash finds the file this configuration wrote: fine.
+                    let mut want = c.clone();
+                    want.extend_from_slice(&f.append);
+                    if old != want {
+                        return Err(inv(format!(
+                            "{}.path: {} already exists and overwrite is false; set overwrite: \
+                             true to replace it, or leave out contents to keep it",
+                            f.key, f.path
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for l in &plan.links {
+        match existing(root, &l.path)? {
+            Existing::None => {}
+            Existing::Link(t) if t == l.target => {}
+            Existing::Dir => {
+                return Err(inv(format!(
+                    "{}.path: {} is an existing directory; a link cannot replace it",
+                    l.key, l.path
+                )))
+            }
+            _ if l.overwrite => {}
+            _ => {
+                return Err(inv(format!(
+                    "{}.path: {} exists and is not this link; set overwrite: true to replace it",
+                    l.key, l.path
+                )))
+            }
+        }
+    }
+    if let Some(tz) = &plan.timezone {
+        if root.exists("usr/share/zoneinfo") && !root.exists(&format!("usr/share/zoneinfo/{tz}")) {
+            return Err(inv(format!(
+                "timezone: {tz:?} is not a zone in the image's /usr/share/zoneinfo; use one \
+                 that is, e.g. Etc/UTC"
+            )));
+        }
+    }
+    for u in &plan.units {
+        if u.enabled != Some(true) || u.mask || u.contents.is_some() {
+            continue;
+        }
+        match find_unit(root, &u.name)? {
+            None => {
+                return Err(inv(format!(
+                    "{}.enabled: unit {} is neither in the image nor given with contents; add \
+                     its contents",
+                    u.key, u.name
+                )))
+            }
+            Some((_, text)) if !crate::plan::has_install_section(&text) => {
+                return Err(inv(format!(
+                    "{}.enabled: unit {} in the image has no [Install] WantedBy= or \
+                     RequiredBy=, so it cannot be enabled",
+                    u.key, u.name
+                )))
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
 
-/// Checks every path the plan writes before anything is written, so a hostile path (`..`, a
-/// symlink inside the root) fails the run with nothing changed.
-pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
-    let plan = input.plan;
-    let paths = plan
-        .files
-        .iter()
-        .map(|f| f.path.clone())
-        .chain(plan.directories.iter().map(|d| d.path.clone()))
-        .chain(plan.links.iter().map(|l| l.path.clone()))
-        .chain(plan.units.iter().map(|u| format!("{UNIT_DIR}/{}", u.name)));
-    let net = input
-        .rke2
-        .and_then(|(_, a)| a.network.as_ref())
-        .map(|_| network::NETWORK_FILE.to_string());
-    for p in paths.chain(net) {
-        root.host_path(&p)?;
-    }
-    for u in &plan.units {
-        if !crate::plan::valid_unit_name(&u.name) {
-            return Err(RenderError::Invalid(format!(
-                "unit name {:?} is not valid",
-                u.name
-            )));
-        }
-    }
-    for u in &plan.users {
-        if !crate::plan::valid_user_name(&u.name) {
-            return Err(RenderError::Invalid(format!(
-                "user name {:?} is not valid",
-                u.name
-            )));
-        }
-        if let Some(h) = &u.home {
-            root.host_path(h)?;
-        }
-    }
-    Ok(())
+/// What is at a node path (without following a final symlink).
+enum Existing {
+    None,
+    Dir,
+    File(Vec<u8>),
+    Link(String),
+    Other,
+}
+
+fn existing(root: &Root, path: &str) -> Result<Existing, RenderError> {
+    let host = root.host_path(path)?;
+    Ok(match fs::symlink_metadata(&host) {
+        Err(_) => Existing::None,
+        Ok(md) if md.is_dir() => Existing::Dir,
+        Ok(md) if md.file_type().is_symlink() => Existing::Link(
+            fs::read_link(&host)
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        Ok(md) if md.is_file() => Existing::File(
+            root.read(path, crate::dialects::MAX_DECODED_BYTES as u64)?
+                .unwrap_or_default(),
+        ),
+        Ok(_) => Existing::Other,
+    })
 }
 
 /// Runs one phase.
@@ -169,7 +427,7 @@ pub fn phase(root: &Root, input: &RenderInput<'_>, p: Phase) -> Result<(), Rende
     let plan = input.plan;
     match p {
         Phase::Users => {
-            users::apply(root, &plan.users)?;
+            users::apply(root, &plan.groups, &plan.users)?;
             if let Some((cfg, a)) = input.rke2 {
                 // RKE2's CIS profile refuses to start a server without an etcd user and group.
                 if a.role == Role::Server
@@ -178,6 +436,7 @@ pub fn phase(root: &Root, input: &RenderInput<'_>, p: Phase) -> Result<(), Rende
                 {
                     users::apply(
                         root,
+                        &[],
                         &[crate::plan::UserSpec {
                             name: "etcd".into(),
                             gecos: Some("etcd user".into()),
@@ -191,7 +450,7 @@ pub fn phase(root: &Root, input: &RenderInput<'_>, p: Phase) -> Result<(), Rende
                 }
             }
         }
-        Phase::Files => files(root, plan)?,
+        Phase::Files => files(root, input)?,
         Phase::System => system(root, input)?,
         Phase::Rke2 => {
             if let Some((cfg, a)) = input.rke2 {
@@ -220,60 +479,107 @@ pub fn phase(root: &Root, input: &RenderInput<'_>, p: Phase) -> Result<(), Rende
     Ok(())
 }
 
-fn resolve_owner(root: &Root, o: &Owner, what: &str) -> Result<(u32, u32), RenderError> {
-    let uid = match &o.user {
-        None => 0,
-        Some(IdRef::Id(i)) => *i,
-        Some(IdRef::Name(n)) => users::uid_of(root, n)?
-            .ok_or_else(|| RenderError::Invalid(format!("{what}: user {n:?} does not exist")))?,
-    };
-    let gid = match &o.group {
-        None => 0,
-        Some(IdRef::Id(i)) => *i,
-        Some(IdRef::Name(n)) => users::gid_of(root, n)?
-            .ok_or_else(|| RenderError::Invalid(format!("{what}: group {n:?} does not exist")))?,
-    };
-    Ok((uid, gid))
-}
+/// Marks a completed Files phase of a configuration with appends (its sha256), so a re-run
+/// after a later crash does not append again.
+const FILES_DONE: &str = "/var/lib/rke2-firstboot/files-done";
 
-fn files(root: &Root, plan: &Plan) -> Result<(), RenderError> {
+fn files(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
+    let plan = input.plan;
+    let appends = plan.files.iter().any(|f| !f.append.is_empty());
+    if appends && root.read(FILES_DONE, 1024)?.as_deref() == Some(input.config_sha256.as_bytes()) {
+        return Ok(());
+    }
+    let ids = |key: &str, o: &Owner| -> Result<(Option<u32>, Option<u32>), RenderError> {
+        let uid = match &o.user {
+            None => None,
+            Some(IdRef::Id(i)) => Some(*i),
+            Some(IdRef::Name(n)) => Some(users::uid_of(root, n)?.ok_or_else(|| {
+                RenderError::Invalid(format!("{key}.user: user {n:?} does not exist"))
+            })?),
+        };
+        let gid = match &o.group {
+            None => None,
+            Some(IdRef::Id(i)) => Some(*i),
+            Some(IdRef::Name(n)) => Some(users::gid_of(root, n)?.ok_or_else(|| {
+                RenderError::Invalid(format!("{key}.group: group {n:?} does not exist"))
+            })?),
+        };
+        Ok((uid, gid))
+    };
     for d in &plan.directories {
-        let (uid, gid) = resolve_owner(root, &d.owner, &d.path)?;
-        root.mkdir(
-            &d.path,
-            Attrs {
-                mode: d.mode,
-                uid,
-                gid,
+        let (uid, gid) = ids(&d.key, &d.owner)?;
+        let host = root.host_path(&d.path)?;
+        let old = fs::symlink_metadata(&host).ok();
+        let attrs = match &old {
+            Some(md) if md.is_dir() => Attrs {
+                mode: d.mode.unwrap_or(md.mode() & 0o7777),
+                uid: uid.unwrap_or(md.uid()),
+                gid: gid.unwrap_or(md.gid()),
             },
-        )?;
+            _ => Attrs {
+                mode: d.mode.unwrap_or(0o755),
+                uid: uid.unwrap_or(0),
+                gid: gid.unwrap_or(0),
+            },
+        };
+        if old.as_ref().is_some_and(|md| !md.is_dir()) {
+            // `check` allowed this only with overwrite: true.
+            root.remove(&d.path)?;
+        }
+        root.mkdir(&d.path, attrs)?;
     }
     for f in &plan.files {
-        let (uid, gid) = resolve_owner(root, &f.owner, &f.path)?;
-        let data = if f.append {
-            let mut old = root
-                .read(&f.path, crate::dialects::MAX_DECODED_BYTES as u64)?
-                .unwrap_or_default();
-            // Appending is made idempotent: a re-run finds the block already at the end.
-            if !old.ends_with(&f.contents) {
-                old.extend_from_slice(&f.contents);
-            }
-            old
-        } else {
-            f.contents.clone()
+        let (uid, gid) = ids(&f.key, &f.owner)?;
+        let host = root.host_path(&f.path)?;
+        let old = match fs::symlink_metadata(&host) {
+            Ok(md) if md.is_file() => Some((
+                md,
+                root.read(&f.path, crate::dialects::MAX_DECODED_BYTES as u64)?
+                    .unwrap_or_default(),
+            )),
+            _ => None,
         };
-        root.write(
-            &f.path,
-            &data,
-            Attrs {
-                mode: f.mode,
-                uid,
-                gid,
-            },
-        )?;
+        let (mut data, attrs) = match (&f.contents, old) {
+            (Some(c), _) => (
+                c.clone(),
+                Attrs {
+                    mode: f.mode.unwrap_or(0o644),
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                },
+            ),
+            // Kept (and appended to): its mode and owner stay unless the entry sets them.
+            (None, Some((md, bytes))) => (
+                bytes,
+                Attrs {
+                    mode: f.mode.unwrap_or(md.mode() & 0o7777),
+                    uid: uid.unwrap_or(md.uid()),
+                    gid: gid.unwrap_or(md.gid()),
+                },
+            ),
+            (None, None) => (
+                Vec::new(),
+                Attrs {
+                    mode: f.mode.unwrap_or(0o644),
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                },
+            ),
+        };
+        data.extend_from_slice(&f.append);
+        root.write(&f.path, &data, attrs)?;
     }
     for l in &plan.links {
         root.symlink(&l.path, &l.target)?;
+    }
+    if appends {
+        root.mkdir("/var/lib", Attrs::root(0o755))?;
+        root.mkdir(STATE_DIR, Attrs::root(0o700))?;
+        root.write(
+            FILES_DONE,
+            input.config_sha256.as_bytes(),
+            Attrs::root(0o600),
+        )?;
     }
     Ok(())
 }
@@ -283,7 +589,8 @@ fn shell_quote(s: &str) -> String {
 }
 
 fn script(cmds: &[Command]) -> String {
-    let mut s = String::from("#!/bin/sh\n# Written by rke2-firstboot from cloud-config.\nset -e\n");
+    // No `set -e`: as in cloud-init, a failing command does not stop the ones after it.
+    let mut s = String::from("#!/bin/sh\n# Written by rke2-firstboot from cloud-config.\n");
     for c in cmds {
         match c {
             Command::Shell(line) => s.push_str(line),
@@ -297,28 +604,6 @@ fn script(cmds: &[Command]) -> String {
         s.push('\n');
     }
     s
-}
-
-/// Wanted-by targets from a unit's [Install] section.
-fn install_targets(unit: &str) -> Vec<(String, &'static str)> {
-    let mut out = Vec::new();
-    let mut in_install = false;
-    for l in unit.lines() {
-        let l = l.trim();
-        if l.starts_with('[') {
-            in_install = l == "[Install]";
-            continue;
-        }
-        if !in_install {
-            continue;
-        }
-        for (key, suffix) in [("WantedBy=", "wants"), ("RequiredBy=", "requires")] {
-            if let Some(v) = l.strip_prefix(key) {
-                out.extend(v.split_whitespace().map(|t| (t.to_string(), suffix)));
-            }
-        }
-    }
-    out
 }
 
 fn find_unit(root: &Root, name: &str) -> Result<Option<(String, String)>, RenderError> {
@@ -350,7 +635,7 @@ fn enable_unit(root: &Root, name: &str) -> Result<(), RenderError> {
             "unit {name}: cannot enable, no unit file in the image or the config"
         ))
     })?;
-    let targets = install_targets(&text);
+    let targets = crate::plan::install_targets(&text);
     if targets.is_empty() {
         return Err(RenderError::Invalid(format!(
             "unit {name}: cannot enable, it has no [Install] WantedBy= or RequiredBy="
@@ -469,15 +754,17 @@ fn system(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
         } else {
             ("Before=rke2-firstboot.service\n".to_string(), String::new())
         };
+        // runcmd runs once per instance even when it fails: marked before it runs.
         let post = if once {
-            format!("ExecStartPost=/bin/touch {STATE_DIR}/runcmd.done\n")
+            format!("ExecStartPre=/bin/touch {STATE_DIR}/runcmd.done\n")
         } else {
             String::new()
         };
         units.push(crate::plan::UnitSpec {
+            key: file.trim_end_matches(".sh").to_string(),
             name: unit.to_string(),
             contents: Some(format!(
-                "# Written by rke2-firstboot from cloud-config.\n[Unit]\nDescription=cloud-config {}\n{order}{cond}\n[Service]\nType=oneshot\nExecStart=/bin/sh {path}\n{post}RemainAfterExit=yes\n\n[Install]\nWantedBy=multi-user.target\n",
+                "# Written by rke2-firstboot from cloud-config.\n[Unit]\nDescription=cloud-config {}\n{order}{cond}\n[Service]\nType=oneshot\n{post}ExecStart=/bin/sh {path}\nRemainAfterExit=yes\n\n[Install]\nWantedBy=multi-user.target\n",
                 file.trim_end_matches(".sh")
             )),
             enabled: Some(true),

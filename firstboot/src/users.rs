@@ -3,7 +3,7 @@
 //! is updated, never duplicated, so a re-run gives the same files.
 
 use crate::atomic::{Attrs, FsError, Root};
-use crate::plan::UserSpec;
+use crate::plan::{GroupSpec, UserSpec};
 
 const LIMIT: u64 = 16 << 20;
 
@@ -98,10 +98,82 @@ pub fn gid_of(root: &Root, name: &str) -> Result<Option<u32>, UserError> {
     Ok(db.find(name).and_then(|r| r[2].parse().ok()))
 }
 
-/// Creates or updates the users, then their home directories and authorized keys.
-pub fn apply(root: &Root, users: &[UserSpec]) -> Result<(), UserError> {
+/// Creates the groups that do not exist yet, then creates or updates the users, their home
+/// directories and authorized keys.
+pub fn apply(root: &Root, groups: &[GroupSpec], users: &[UserSpec]) -> Result<(), UserError> {
+    if !groups.is_empty() {
+        let mut group = Db::load(root, "etc/group", 4)?;
+        let passwd = Db::load(root, "etc/passwd", 7)?;
+        let mut added = false;
+        for g in groups {
+            if group.find(&g.name).is_some() {
+                continue;
+            }
+            let gid = match g.gid {
+                Some(id) => id,
+                None => free_id(&passwd, &group, g.system).ok_or_else(|| UserError::Invalid {
+                    user: g.name.clone(),
+                    msg: "no free gid".into(),
+                })?,
+            };
+            group.rows.push(vec![
+                g.name.clone(),
+                "x".into(),
+                gid.to_string(),
+                String::new(),
+            ]);
+            added = true;
+        }
+        if added {
+            sync_gshadow(root, &group)?;
+            group.save(root, 0o644)?;
+        }
+    }
     for u in users {
         apply_one(root, u)?;
+    }
+    Ok(())
+}
+
+/// Names with their numeric ids, as one passwd or group file lists them.
+pub type Ids = Vec<(String, u32)>;
+
+/// The users and groups of the root's passwd and group files.
+pub fn accounts(root: &Root) -> Result<(Ids, Ids), UserError> {
+    let ids = |db: Db| {
+        db.rows
+            .iter()
+            .filter_map(|r| r[2].parse().ok().map(|id| (r[0].clone(), id)))
+            .collect::<Vec<_>>()
+    };
+    Ok((
+        ids(Db::load(root, "etc/passwd", 7)?),
+        ids(Db::load(root, "etc/group", 4)?),
+    ))
+}
+
+/// gshadow mirrors group (shadow-utils keeps both in step; grpck checks it).
+fn sync_gshadow(root: &Root, group: &Db) -> Result<(), UserError> {
+    if root.exists("etc/gshadow") {
+        let mut gs = Db::load(root, "etc/gshadow", 4)?;
+        let mut changed = false;
+        for g in &group.rows {
+            match gs.find_mut(&g[0]) {
+                None => {
+                    gs.rows
+                        .push(vec![g[0].clone(), "!".into(), String::new(), g[3].clone()]);
+                    changed = true;
+                }
+                Some(r) if r[3] != g[3] => {
+                    r[3] = g[3].clone();
+                    changed = true;
+                }
+                Some(_) => {}
+            }
+        }
+        if changed {
+            gs.save(root, 0o640)?;
+        }
     }
     Ok(())
 }
@@ -134,6 +206,11 @@ fn apply_one(root: &Root, u: &UserSpec) -> Result<(), UserError> {
     // already there and reuses it, reaching the same ids.
     let mut group = Db::load(root, "etc/group", 4)?;
     let mut passwd = Db::load(root, "etc/passwd", 7)?;
+    if u.existing_only && passwd.find(&u.name).is_none() {
+        return Err(inv(
+            "does not exist; it is only named as a group member".into()
+        ));
+    }
     let (uid, gid, home) = if let Some(r) = passwd.find(&u.name) {
         let uid: u32 = r[2]
             .parse()
@@ -220,19 +297,7 @@ fn apply_one(root: &Root, u: &UserSpec) -> Result<(), UserError> {
             row[3] = members.join(",");
         }
     }
-    // gshadow mirrors group (shadow-utils keeps both in step; grpck checks it).
-    if root.exists("etc/gshadow") {
-        let mut gs = Db::load(root, "etc/gshadow", 4)?;
-        for g in &group.rows {
-            if gs.find(&g[0]).is_none() {
-                gs.rows
-                    .push(vec![g[0].clone(), "!".into(), String::new(), g[3].clone()]);
-            } else if let Some(r) = gs.find_mut(&g[0]) {
-                r[3] = g[3].clone();
-            }
-        }
-        gs.save(root, 0o640)?;
-    }
+    sync_gshadow(root, &group)?;
     group.save(root, 0o644)?;
     passwd.save(root, 0o644)?;
     let mut shadow = Db::load(root, "etc/shadow", 9)?;

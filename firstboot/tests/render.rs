@@ -193,7 +193,7 @@ fn warnings_name_unsupported_keys() {
 #[test]
 fn validate_examples() {
     for f in ["cluster.yaml", "single-server.yaml", "agent.yaml"] {
-        agent::validate(f, &example(f)).unwrap();
+        agent::validate(f, &example(f), None).unwrap();
     }
 }
 
@@ -468,7 +468,7 @@ fn network_errors_name_the_key_and_the_fix() {
         ),
     ];
     for (cfg, want) in cases {
-        let e = agent::validate("x.yaml", cfg.as_bytes())
+        let e = agent::validate("x.yaml", cfg.as_bytes(), None)
             .expect_err(want)
             .to_string();
         assert!(e.contains(want), "want {want:?} in: {e}");
@@ -483,7 +483,7 @@ fn network_interface_default_needs_a_listed_mac_on_this_machine() {
         "match: { uuid: 6f1d7a3e-0c4b-4d0f-9a55-2b1c3d4e5f60 }",
         "match: { uuid: 6f1d7a3e-0c4b-4d0f-9a55-2b1c3d4e5f60, mac: \"52:54:00:00:01:02\" }",
     );
-    agent::validate("x.yaml", cfg.as_bytes()).unwrap();
+    agent::validate("x.yaml", cfg.as_bytes(), None).unwrap();
     let found = rke2_firstboot::sources::Found {
         origin: "x.yaml".into(),
         bytes: cfg.clone().into_bytes(),

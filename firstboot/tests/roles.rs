@@ -107,7 +107,7 @@ fn two_initializers_is_an_error() {
             "    labels: { topology.kubernetes.io/zone: b }",
             "    initializer: true\n    labels: { topology.kubernetes.io/zone: b }",
         );
-    let e = agent::validate("cluster.yaml", text.as_bytes())
+    let e = agent::validate("cluster.yaml", text.as_bytes(), None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -123,13 +123,17 @@ fn agent_initializer_and_missing_address_are_errors() {
         "    role: server\n    initializer: true\n    address: 10.0.0.11\n",
         "    role: server\n    initializer: true\n",
     );
-    let e = agent::validate("c", t.as_bytes()).unwrap_err().to_string();
+    let e = agent::validate("c", t.as_bytes(), None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("initializer cp-1 has no address"), "{e}");
     let t = base.replace(
         "    role: agent\n    labels: { node-role",
         "    role: agent\n    initializer: true\n    labels: { node-role",
     );
-    let e = agent::validate("c", t.as_bytes()).unwrap_err().to_string();
+    let e = agent::validate("c", t.as_bytes(), None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("only a server can be the initializer"), "{e}");
 }
 

@@ -9,17 +9,63 @@ use serde_json::Value;
 use crate::dialects::native::{self, NativeConfig};
 use crate::dialects::{charge, decode_base64, gunzip, Walker, MAX_DECODED_BYTES};
 use crate::plan::{
-    valid_hostname, valid_user_name, Command, Dialect, FileSpec, IdRef, Ntp, Owner, Plan, UserSpec,
+    valid_hostname, valid_user_name, Command, Dialect, FileSpec, GroupSpec, IdRef, Ntp, Owner,
+    Plan, UserSpec,
 };
 
-pub fn parse(text: &str) -> Result<Plan, String> {
+/// cloud-init's YAML: 1.1, where 0644 is octal and yes/no/on/off are booleans.
+fn options() -> serde_saphyr::Options {
     let mut opts = super::yaml_options();
-    // cloud-init reads YAML 1.1, where 0644 is octal.
     opts.legacy_octal_numbers = true;
-    let v: Value = serde_saphyr::from_str_with_options(text, opts).map_err(|e| e.to_string())?;
+    opts.strict_booleans = false;
+    // `!!binary` scalars are read as their base64 text; [`binary_entries`] tells which.
+    opts.ignore_binary_tag_for_string = true;
+    opts
+}
+
+/// Which `write_files` entries carry a `!!binary` content (cloud-init gets bytes there; a
+/// `serde_json::Value` cannot hold bytes, so the tag is found by the entry's line span).
+fn binary_entries(text: &str) -> Result<Vec<bool>, String> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        write_files: Option<Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>>,
+    }
+    if !text.contains("!!binary") {
+        return Ok(Vec::new());
+    }
+    let doc: Option<Doc> =
+        serde_saphyr::from_str_with_options(text, options()).map_err(|e| super::yaml_error(&e))?;
+    let spans = doc.and_then(|d| d.write_files).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let starts: Vec<usize> = spans.iter().map(|s| s.defined.line() as usize).collect();
+    Ok(starts
+        .iter()
+        .enumerate()
+        .map(|(i, &from)| {
+            let to = starts.get(i + 1).copied().unwrap_or(lines.len() + 1);
+            lines
+                .iter()
+                .take(to.saturating_sub(1))
+                .skip(from.saturating_sub(1))
+                .any(|l| {
+                    l.split_once("content:")
+                        .is_some_and(|(_, v)| v.trim_start().starts_with("!!binary"))
+                })
+        })
+        .collect())
+}
+
+/// Files the `rke2:` section writes; a `write_files` entry for one of them would be lost.
+const RKE2_OWNED: [&str; 2] = [crate::rke2::CONFIG_YAML, crate::rke2::REGISTRIES_YAML];
+
+pub fn parse(text: &str) -> Result<Plan, String> {
+    let v: Value =
+        serde_saphyr::from_str_with_options(text, options()).map_err(|e| super::yaml_error(&e))?;
     if v.is_null() {
         return Ok(Plan::new(Dialect::CloudConfig));
     }
+    let binary = binary_entries(text)?;
     let mut plan = Plan::new(Dialect::CloudConfig);
     let mut w = Vec::new();
     let mut budget = MAX_DECODED_BYTES;
@@ -63,14 +109,73 @@ pub fn parse(text: &str) -> Result<Plan, String> {
         &mut w,
     );
 
+    // Top-level `groups` (created when missing): names, or one-key maps name -> members.
+    let mut members: Vec<(String, String)> = Vec::new();
+    for (i, g) in top.array("groups")?.iter().enumerate() {
+        let key = format!("groups[{i}]");
+        let add = |name: &str, plan: &mut Plan| {
+            if !plan.groups.iter().any(|x| x.name == name) {
+                plan.groups.push(GroupSpec {
+                    key: key.clone(),
+                    name: name.to_string(),
+                    ..GroupSpec::default()
+                });
+            }
+        };
+        match g {
+            Value::String(n) => add(n, &mut plan),
+            Value::Object(m) => {
+                for (n, list) in m {
+                    add(n, &mut plan);
+                    let names: Vec<String> = match list {
+                        Value::String(s) => vec![s.clone()],
+                        Value::Array(a) => a
+                            .iter()
+                            .map(|x| x.as_str().map(str::to_string))
+                            .collect::<Option<_>>()
+                            .ok_or(format!("{key}.{n}: expected a list of user names"))?,
+                        Value::Null => Vec::new(),
+                        _ => return Err(format!("{key}.{n}: expected a list of user names")),
+                    };
+                    members.extend(names.into_iter().map(|u| (u, n.clone())));
+                }
+            }
+            _ => return Err(format!("{key}: expected a group name or name: [members]")),
+        }
+    }
     for (i, u) in top.array("users")?.iter().enumerate() {
         if let Some(spec) = user(&format!("users[{i}]"), u, &mut w)? {
+            // cloud-init creates a user's groups when they do not exist yet.
+            for g in &spec.groups {
+                if !plan.groups.iter().any(|x| &x.name == g) {
+                    plan.groups.push(GroupSpec {
+                        key: format!("users[{i}].groups"),
+                        name: g.clone(),
+                        ..GroupSpec::default()
+                    });
+                }
+            }
             plan.users.push(spec);
+        }
+    }
+    for (user, group) in members {
+        match plan.users.iter_mut().find(|u| u.name == user) {
+            Some(u) if !u.groups.contains(&group) => u.groups.push(group),
+            Some(_) => {}
+            None => plan.users.push(UserSpec {
+                key: format!("groups ({group})"),
+                name: user,
+                groups: vec![group],
+                existing_only: true,
+                no_create_home: true,
+                ..UserSpec::default()
+            }),
         }
     }
     let root_keys = top.strings("ssh_authorized_keys")?;
     if !root_keys.is_empty() {
         plan.users.push(UserSpec {
+            key: "ssh_authorized_keys".into(),
             name: "root".into(),
             ssh_authorized_keys: root_keys,
             ..UserSpec::default()
@@ -80,6 +185,7 @@ pub fn parse(text: &str) -> Result<Plan, String> {
         plan.files.push(write_file(
             &format!("write_files[{i}]"),
             f,
+            binary.get(i).copied().unwrap_or(false),
             &mut budget,
             &mut w,
         )?);
@@ -130,6 +236,20 @@ pub fn parse(text: &str) -> Result<Plan, String> {
         let cfg: NativeConfig =
             serde_json::from_value(Value::Object(body)).map_err(|e| format!("rke2: {e}"))?;
         let sub = native::into_plan(cfg).map_err(|e| format!("rke2: {e}"))?;
+        for f in &plan.files {
+            let p = crate::atomic::components(&f.path).map(|c| c.join("/"));
+            if let Some(owned) = RKE2_OWNED
+                .iter()
+                .find(|o| p.as_deref().is_ok_and(|p| p == o.trim_start_matches('/')))
+            {
+                return Err(format!(
+                    "{}.path: {owned} is written from the rke2: section, so this entry would be \
+                     lost; put its settings under rke2: (cluster.config, cluster.registries) or \
+                     drop the rke2: section",
+                    f.key
+                ));
+            }
+        }
         if sub.hostname.is_some() && plan.hostname.is_some() {
             return Err("rke2.hostname and hostname/fqdn are both set; keep one".into());
         }
@@ -173,10 +293,6 @@ pub fn parse(text: &str) -> Result<Plan, String> {
         ("ssh_deletekeys", "host keys are generated by the image"),
         ("ssh_genkeytypes", "host keys are generated by the image"),
         ("ssh_keys", "host keys are generated by the image"),
-        (
-            "groups",
-            "group creation is not supported; use existing groups",
-        ),
         ("locale", "the locale is part of the image"),
         ("final_message", "not applicable"),
         ("power_state", "not applicable"),
@@ -231,6 +347,7 @@ fn user(p: &str, u: &Value, w: &mut Vec<String>) -> Result<Option<UserSpec>, Str
             return Err(format!("{p}: {s:?} is not a valid user name"));
         }
         return Ok(Some(UserSpec {
+            key: p.to_string(),
             name: s.clone(),
             ..UserSpec::default()
         }));
@@ -269,6 +386,12 @@ fn user(p: &str, u: &Value, w: &mut Vec<String>) -> Result<Option<UserSpec>, Str
         (_, Some(h)) | (Some(h), None) => Some(h.to_string()),
         (None, None) => None,
     };
+    // cloud-init's default is lock_passwd: true: the hash is set but the account locked.
+    let lock = uw.bool("lock_passwd")?.unwrap_or(true);
+    let passwd = match passwd {
+        Some(h) if lock && !h.starts_with('!') => Some(format!("!{h}")),
+        other => other,
+    };
     let uid = match uw.get("uid") {
         None => None,
         Some(Value::Number(n)) => Some(
@@ -282,7 +405,9 @@ fn user(p: &str, u: &Value, w: &mut Vec<String>) -> Result<Option<UserSpec>, Str
         ),
         Some(_) => return Err(format!("{p}.uid: expected a number")),
     };
+    let system = uw.bool("system")?.unwrap_or(false);
     let spec = UserSpec {
+        key: p.to_string(),
         uid,
         gecos: uw.str("gecos")?.map(str::to_string),
         home: uw.str("homedir")?.map(str::to_string),
@@ -291,13 +416,12 @@ fn user(p: &str, u: &Value, w: &mut Vec<String>) -> Result<Option<UserSpec>, Str
         primary_group: uw.str("primary_group")?.map(str::to_string),
         groups,
         ssh_authorized_keys: uw.strings("ssh_authorized_keys")?,
-        system: uw.bool("system")?.unwrap_or(false),
-        no_create_home: uw.bool("no_create_home")?.unwrap_or(false),
+        system,
+        // cloud-init gives system users no home directory (useradd -M).
+        no_create_home: uw.bool("no_create_home")?.unwrap_or(false) || system,
         name,
+        existing_only: false,
     };
-    // lock_passwd defaults to true in cloud-init: a user without a hash has a locked password,
-    // which is what we write anyway.
-    uw.get("lock_passwd");
     uw.ignore("sudo", "sudo rules are not written; use groups", w);
     uw.ignore("ssh_import_id", "keys are not fetched from key servers", w);
     uw.ignore("no_user_group", "a user group is always created", w);
@@ -311,6 +435,7 @@ fn user(p: &str, u: &Value, w: &mut Vec<String>) -> Result<Option<UserSpec>, Str
 fn write_file(
     p: &str,
     f: &Value,
+    binary: bool,
     budget: &mut usize,
     w: &mut Vec<String>,
 ) -> Result<FileSpec, String> {
@@ -319,24 +444,44 @@ fn write_file(
         .str("path")?
         .ok_or(format!("{p}.path is required"))?
         .to_string();
-    let content = fw.str("content")?.unwrap_or("");
+    let content = match fw.get("content") {
+        None => "",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(format!("{p}.content: expected text (or !!binary)")),
+    };
+    // A `!!binary` content is bytes already; `encoding` then only says whether they are gzip.
+    let raw = if binary {
+        decode_base64(&format!("{p}.content"), content)?
+    } else {
+        content.as_bytes().to_vec()
+    };
     let encoding = fw
         .str("encoding")?
         .unwrap_or("text/plain")
         .to_ascii_lowercase();
     let raw = match encoding.as_str() {
-        "text/plain" => content.as_bytes().to_vec(),
+        "text/plain" => raw,
+        "b64" | "base64" if binary => raw,
         "b64" | "base64" => decode_base64(&format!("{p}.content"), content)?,
+        "gz" | "gzip" if binary => gunzip(&format!("{p}.content"), &raw, budget)?,
         "gz" | "gzip" => {
             return Err(format!(
-                "{p}.encoding {encoding}: raw gzip cannot be carried in YAML text; use gz+base64"
+                "{p}.encoding: {encoding} needs binary content; give it as !!binary or use gz+b64"
             ))
         }
         "gz+base64" | "gzip+base64" | "gz+b64" | "gzip+b64" => {
-            let z = decode_base64(&format!("{p}.content"), content)?;
+            let z = if binary {
+                raw
+            } else {
+                decode_base64(&format!("{p}.content"), content)?
+            };
             gunzip(&format!("{p}.content"), &z, budget)?
         }
-        other => return Err(format!("{p}.encoding {other:?} is not supported")),
+        other => {
+            return Err(format!(
+                "{p}.encoding: {other:?} is not supported; use text/plain, b64, gzip or gz+b64"
+            ))
+        }
     };
     charge(p, raw.len(), budget)?;
     let mode = match fw.get("permissions") {
@@ -344,34 +489,42 @@ fn write_file(
         None => 0o644,
     };
     let owner = match fw.str("owner")? {
-        None => Owner::default(),
-        Some(o) => {
-            let (u, g) = o.split_once(':').unwrap_or((o, ""));
-            let r = |s: &str| {
-                if s.is_empty() {
-                    None
-                } else if let Ok(n) = s.parse() {
-                    Some(IdRef::Id(n))
-                } else {
-                    Some(IdRef::Name(s.to_string()))
-                }
-            };
-            Owner {
-                user: r(u),
-                group: r(g),
-            }
+        None => "root:root",
+        Some(o) => o,
+    };
+    let (u, g) = owner.split_once(':').unwrap_or((owner, ""));
+    let r = |s: &str| {
+        if s.is_empty() {
+            None
+        } else if let Ok(n) = s.parse() {
+            Some(IdRef::Id(n))
+        } else {
+            Some(IdRef::Name(s.to_string()))
         }
+    };
+    let owner = Owner {
+        user: r(u).or(Some(IdRef::Id(0))),
+        group: r(g).or(Some(IdRef::Id(0))),
     };
     let append = fw.bool("append")?.unwrap_or(false);
     // Users are created before files are written, which is what `defer` asks for.
     fw.get("defer");
     fw.refuse("source", "remote sources are not fetched; use content")?;
     fw.finish(w);
+    // cloud-init writes (or appends) and then sets the mode and owner, both defaulting to
+    // 0644 root:root.
+    let (contents, append) = if append {
+        (None, raw)
+    } else {
+        (Some(raw), Vec::new())
+    };
     Ok(FileSpec {
+        key: p.to_string(),
         path,
-        contents: raw,
-        mode,
-        owner,
+        contents,
         append,
+        mode: Some(mode),
+        owner,
+        overwrite: true,
     })
 }

@@ -7,6 +7,7 @@
 pub mod cloud_config;
 pub mod ignition;
 pub mod native;
+pub mod user_data;
 
 use crate::plan::{Dialect, Plan};
 
@@ -36,6 +37,12 @@ pub enum DialectError {
     Unknown { origin: String, api: &'static str },
     #[error("{origin}: shell-script user-data is not supported; use #cloud-config runcmd instead")]
     Script { origin: String },
+    #[error("{origin}: {format} user-data is not supported on this node; {fix}")]
+    Format {
+        origin: String,
+        format: String,
+        fix: &'static str,
+    },
     #[error("{origin}: {dialect}: {msg}")]
     Invalid {
         origin: String,
@@ -84,13 +91,53 @@ pub fn detect<'a>(origin: &str, bytes: &'a [u8]) -> Result<(Dialect, &'a str), D
         });
     }
     let first = trimmed.lines().next().unwrap_or("").trim_end();
-    if first == "#cloud-config" {
+    // cloud-init compares the start of user-data case-insensitively.
+    let lower = first.to_ascii_lowercase();
+    if lower.starts_with("#cloud-config") {
+        if lower != "#cloud-config" {
+            let fmt = first.split_whitespace().next().unwrap_or(first);
+            return Err(DialectError::Format {
+                origin: origin.to_string(),
+                format: fmt.to_string(),
+                fix: "use a plain #cloud-config document",
+            });
+        }
         return Ok((Dialect::CloudConfig, text));
     }
     if first.starts_with("#!") {
         return Err(DialectError::Script {
             origin: origin.to_string(),
         });
+    }
+    for (prefix, format, fix) in [
+        (
+            "#include",
+            "#include (URLs to fetch)",
+            "put the #cloud-config document itself in the user-data",
+        ),
+        (
+            "#cloud-boothook",
+            "#cloud-boothook",
+            "use #cloud-config bootcmd instead",
+        ),
+        (
+            "## template:",
+            "Jinja template",
+            "render the template before handing it to the node",
+        ),
+        (
+            "#part-handler",
+            "#part-handler",
+            "use a plain #cloud-config document",
+        ),
+    ] {
+        if lower.starts_with(prefix) {
+            return Err(DialectError::Format {
+                origin: origin.to_string(),
+                format: format.to_string(),
+                fix,
+            });
+        }
     }
     if trimmed.starts_with('{') {
         return Ok((Dialect::Ignition, text));
@@ -117,7 +164,11 @@ pub fn parse(
     bytes: &[u8],
     meta_hostname: Option<&str>,
 ) -> Result<Plan, DialectError> {
-    let (dialect, text) = detect(origin, bytes)?;
+    let unwrapped = user_data::unwrap(origin, bytes)?;
+    let (dialect, text) = match &unwrapped {
+        user_data::Unwrapped::CloudConfig(t) => (Dialect::CloudConfig, t.as_str()),
+        user_data::Unwrapped::Raw(b) => detect(origin, b)?,
+    };
     let invalid = |msg: String| DialectError::Invalid {
         origin: origin.to_string(),
         dialect: dialect.name(),
@@ -128,6 +179,7 @@ pub fn parse(
         Dialect::Ignition => ignition::parse(text).map_err(invalid)?,
         Dialect::CloudConfig => cloud_config::parse(text).map_err(invalid)?,
     };
+    crate::plan::check_static(&plan).map_err(invalid)?;
     // A hostname file written by the configuration itself beats the meta-data.
     let writes_hostname = plan
         .files
@@ -315,33 +367,75 @@ pub(crate) fn charge(what: &str, n: usize, budget: &mut usize) -> Result<(), Str
     Ok(())
 }
 
-/// Parses a mode given as an octal string (`"0644"`, `"644"`) or a number.
+/// Parses a mode given as an octal string (`"0644"`, `"644"`) or a number, range-checked
+/// before any narrowing (2^32 + 0o4755 must not become 0o4755).
 pub(crate) fn parse_mode(
     what: &str,
     v: &serde_json::Value,
     decimal_numbers: bool,
 ) -> Result<u32, String> {
-    let m = match v {
+    let bad = |shown: &str| {
+        if decimal_numbers {
+            format!("{what}: {shown} is not a mode; it must be 0..4095 (0o7777), e.g. 420 for 0644")
+        } else {
+            format!("{what}: {shown} is not a mode; give an octal mode up to 07777, e.g. '0644'")
+        }
+    };
+    let m: u64 = match v {
         serde_json::Value::String(s) => {
-            u32::from_str_radix(s.trim().trim_start_matches("0o"), 8)
-                .map_err(|_| format!("{what}: {s:?} is not an octal mode"))?
+            let digits = s.trim().trim_start_matches("0o");
+            if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+                return Err(bad(&format!("{s:?}")));
+            }
+            u64::from_str_radix(digits, 8).map_err(|_| bad(&format!("{s:?}")))?
         }
         serde_json::Value::Number(n) => {
-            let n = n
-                .as_u64()
-                .ok_or_else(|| format!("{what}: {n} is not a valid mode"))?;
+            let n = n.as_u64().ok_or_else(|| bad(&n.to_string()))?;
             if decimal_numbers {
-                n as u32
+                n
             } else {
                 // YAML wrote 644 meaning octal 0644: reinterpret the decimal digits as octal.
-                u32::from_str_radix(&n.to_string(), 8)
-                    .map_err(|_| format!("{what}: {n} is not an octal mode"))?
+                u64::from_str_radix(&n.to_string(), 8).map_err(|_| bad(&n.to_string()))?
             }
         }
-        _ => return Err(format!("{what}: expected a mode")),
+        _ => return Err(format!("{what}: expected a mode, e.g. 420 for 0644")),
     };
     if m > 0o7777 {
-        return Err(format!("{what}: mode {m:o} is out of range"));
+        return Err(bad(&v.to_string()));
     }
-    Ok(m)
+    Ok(m as u32)
+}
+
+/// A YAML parser error in our words: what is wrong and where, never the parser's internals.
+pub(crate) fn yaml_error(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let low = text.to_ascii_lowercase();
+    let what = if low.contains("budget") || low.contains("alias") || low.contains("anchor") {
+        "the document is too complex (too many aliases, anchors, events or nesting levels)"
+            .to_string()
+    } else if low.contains("duplicate") {
+        "a key appears twice in the same mapping; keep one".to_string()
+    } else if low.contains("document") {
+        "the stream holds more than one YAML document; give exactly one".to_string()
+    } else if low.contains("binary") {
+        "a !!binary value is not valid base64".to_string()
+    } else {
+        // The first clause of the parser's message, without its option names or structures.
+        let first = text.lines().next().unwrap_or("").trim();
+        let cut = first
+            .find(['{', '('])
+            .map(|i| &first[..i])
+            .unwrap_or(first)
+            .trim_end_matches([' ', ':', ',']);
+        let cut = cut.split(" at line").next().unwrap_or(cut);
+        if cut.is_empty() || cut.contains("Options") {
+            "invalid YAML".to_string()
+        } else {
+            format!("invalid YAML: {cut}")
+        }
+    };
+    match e.location() {
+        Some(l) => format!("{what} (line {}, column {})", l.line(), l.column()),
+        None => what,
+    }
 }

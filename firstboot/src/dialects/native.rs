@@ -337,7 +337,7 @@ pub const STRUCTURED_KEYS: &[(&str, &str)] = &[
 /// Parses and checks a native configuration into a plan.
 pub fn parse(text: &str) -> Result<Plan, String> {
     let cfg: NativeConfig = serde_saphyr::from_str_with_options(text, super::yaml_options())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| super::yaml_error(&e))?;
     into_plan(cfg)
 }
 
@@ -356,6 +356,7 @@ pub(crate) fn into_plan(cfg: NativeConfig) -> Result<Plan, String> {
     plan.hostname = cfg.hostname.clone();
     for u in &cfg.users {
         plan.users.push(UserSpec {
+            key: format!("users[{}]", plan.users.len()),
             name: u.name.clone(),
             groups: u.groups.clone(),
             ssh_authorized_keys: u.ssh_authorized_keys.clone(),
@@ -374,11 +375,13 @@ pub(crate) fn into_plan(cfg: NativeConfig) -> Result<Plan, String> {
             None => 0o644,
         };
         plan.files.push(FileSpec {
+            key: format!("files[{i}]"),
             path: f.path.clone(),
-            contents: f.content.clone().into_bytes(),
-            mode,
+            contents: Some(f.content.clone().into_bytes()),
+            mode: Some(mode),
             owner: Owner::default(),
-            append: false,
+            append: Vec::new(),
+            overwrite: true,
         });
     }
     plan.rke2 = Some(Box::new(cfg));

@@ -4,12 +4,20 @@ pub mod v3;
 
 use crate::plan::Plan;
 
-/// Newest 3.x minor version whose keys we know; newer minors parse, with unknown keys reported.
-pub const NEWEST_KNOWN_MINOR: u64 = 5;
+/// The spec versions Ignition accepts, exactly (coreos/ignition `config/v3_*`; 3.6.0 is stable
+/// since Ignition 2.26, 3.7.0-experimental is not accepted here).
+pub const VERSIONS: [&str; 7] = [
+    "3.0.0", "3.1.0", "3.2.0", "3.3.0", "3.4.0", "3.5.0", "3.6.0",
+];
 
 pub fn parse(text: &str) -> Result<Plan, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        format!(
+            "not valid JSON at line {}, column {}; check the syntax there",
+            e.line(),
+            e.column()
+        )
+    })?;
     let version = v
         .get("ignition")
         .and_then(|i| i.get("version"))
@@ -17,26 +25,18 @@ pub fn parse(text: &str) -> Result<Plan, String> {
         .ok_or(
             "ignition.version is missing; it must be the first thing an Ignition config declares",
         )?;
-    let mut parts = version.split(['.', '-']);
-    let major: u64 = parts
-        .next()
-        .and_then(|m| m.parse().ok())
-        .ok_or_else(|| format!("ignition.version {version:?} is not a version number"))?;
-    let minor: u64 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    match major {
-        3 => {
-            let mut plan = v3::parse(&v)?;
-            if minor > NEWEST_KNOWN_MINOR {
-                plan.warnings.push(format!(
-                    "ignition.version {version}: newer than 3.{NEWEST_KNOWN_MINOR}, the newest \
-                     spec this agent knows; keys it does not know are reported"
-                ));
-            }
-            Ok(plan)
-        }
-        _ => Err(format!(
-            "ignition.version {version}: only Ignition spec 3.x is supported (spec 2.x configs can \
-             be translated with ignition-config-transpiler or Butane)"
+    match VERSIONS.iter().position(|k| *k == version) {
+        Some(minor) => v3::parse(&v, minor as u32),
+        None if version.starts_with('1') || version.starts_with("2.") => Err(format!(
+            "ignition.version: {version:?}: only Ignition spec 3.x is supported (spec 2.x configs \
+             can be translated with ignition-config-transpiler or Butane)"
+        )),
+        None if version.contains("experimental") => Err(format!(
+            "ignition.version: {version:?}: experimental specs are not accepted; use 3.6.0"
+        )),
+        None => Err(format!(
+            "ignition.version: {version:?} is not a spec version Ignition knows; use one of {}",
+            VERSIONS.join(", ")
         )),
     }
 }

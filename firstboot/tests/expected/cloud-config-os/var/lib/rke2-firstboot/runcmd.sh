@@ -1,6 +1,5 @@
 #!/bin/sh
 # Written by rke2-firstboot from cloud-config.
-set -e
 'ls' '-l' '/'
 'sh' '-xc' 'echo $(date) '\'': hello world!'\'''
 ls -l /root
