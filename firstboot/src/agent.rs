@@ -26,6 +26,13 @@ pub enum AgentError {
     Role(#[from] RoleError),
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// A configuration the target root refuses (or a phase failing on it): names the file.
+    #[error("{origin}: {err}")]
+    Config {
+        origin: String,
+        #[source]
+        err: RenderError,
+    },
     #[error("join preflight: {0}")]
     Preflight(#[from] PreflightError),
     #[error("no configuration found (tried: {0})")]
@@ -133,7 +140,10 @@ pub fn validate(
                 plan: &plan,
                 rke2: plan.rke2.as_deref().zip(a),
             };
-            render::check(root, &input)?;
+            render::check(root, &input).map_err(|err| AgentError::Config {
+                origin: origin.to_string(),
+                err,
+            })?;
         }
     }
     Ok(warnings)
@@ -145,8 +155,10 @@ pub fn render_to(
     loaded: &Loaded,
     hook: &mut dyn FnMut(Phase) -> Result<(), RenderError>,
 ) -> Result<(), AgentError> {
-    render::render(root, &loaded.input(), hook)?;
-    Ok(())
+    render::render(root, &loaded.input(), hook).map_err(|err| AgentError::Config {
+        origin: loaded.origin.clone(),
+        err,
+    })
 }
 
 /// Makes the network file the System phase wrote live on this machine, reporting progress
@@ -240,7 +252,10 @@ fn run_inner(
         ));
     }
     let input = loaded.input();
-    render::check(root, &input)?;
+    render::check(root, &input).map_err(|err| AgentError::Config {
+        origin: loaded.origin.clone(),
+        err,
+    })?;
     // All or nothing: a failure in any phase (or in the preflight) puts the root back.
     root.begin();
     let r = phases(env, root, &input, status);

@@ -277,6 +277,20 @@ pub fn check_static(plan: &Plan) -> Result<(), String> {
             }
         }
     }
+    // A file cannot also be a directory that another entry needs.
+    for f in &plan.files {
+        let fc = path_components("", &f.path)?;
+        if let Some((key, _)) = entries
+            .iter()
+            .find(|(_, c)| c.len() > fc.len() && c.starts_with(&fc))
+        {
+            return Err(format!(
+                "{}.path: {} is written as a file, but {key} puts an entry below it; make it a \
+                 directory or move one of them",
+                f.key, f.path
+            ));
+        }
+    }
     for f in plan.files.iter().filter_map(|f| f.mode.map(|m| (f, m))) {
         if f.1 > 0o7777 {
             return Err(format!("{}.mode: {:o} is not a mode", f.0.key, f.1));

@@ -212,10 +212,22 @@ pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
             }
         }
     }
+    let mut planned: Vec<(&str, &str, Option<u32>)> = Vec::new();
     for u in &plan.users {
         if u.existing_only {
             continue;
         }
+        // A user listed twice: the later entry updates the account the earlier one created.
+        if let Some((_, first, uid)) = planned.iter().find(|p| p.0 == u.name) {
+            if u.uid.is_some() && u.uid != *uid {
+                return Err(inv(format!(
+                    "{}.uid: user {} is created by {first} with another uid; give it once",
+                    u.key, u.name
+                )));
+            }
+            continue;
+        }
+        planned.push((&u.name, &u.key, u.uid));
         match users.iter().find(|x| x.0 == u.name) {
             Some((_, uid)) if u.uid.is_some_and(|w| w != *uid) => {
                 return Err(inv(format!(

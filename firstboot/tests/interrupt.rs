@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::fs;
 use std::path::Path;
 use std::process::Command;
 
@@ -23,27 +22,11 @@ fn render(root: &Path, config: &Path, abort: Option<&str>) -> std::process::Exit
     c.status().unwrap()
 }
 
-fn snapshot(root: &Path) -> Vec<(String, Vec<u8>)> {
-    common::dump(root)
-        .into_iter()
-        .map(|l| {
-            let rel = l.split(' ').next().unwrap().to_string();
-            let p = root.join(&rel);
-            let body = if l.contains(" f ") {
-                fs::read(p).unwrap()
-            } else {
-                Vec::new()
-            };
-            (l, body)
-        })
-        .collect()
-}
-
 fn check(config: &Path) {
     let clean = tempfile::tempdir().unwrap();
     common::seed(clean.path());
     assert!(render(clean.path(), config, None).success());
-    let want = snapshot(clean.path());
+    let want = common::snapshot(clean.path());
     for phase in [
         "users", "files", "system", "rke2", "airgap", "enable", "stamp",
     ] {
@@ -74,7 +57,7 @@ fn check(config: &Path) {
             "re-run after {phase}"
         );
         assert_eq!(
-            snapshot(t.path()),
+            common::snapshot(t.path()),
             want,
             "re-run after an abort before {phase} differs"
         );
@@ -102,7 +85,7 @@ fn rerender_over_a_finished_tree_is_a_fixed_point() {
     let t = tempfile::tempdir().unwrap();
     common::seed(t.path());
     assert!(render(t.path(), &config, None).success());
-    let first = snapshot(t.path());
+    let first = common::snapshot(t.path());
     assert!(render(t.path(), &config, None).success());
-    assert_eq!(snapshot(t.path()), first);
+    assert_eq!(common::snapshot(t.path()), first);
 }

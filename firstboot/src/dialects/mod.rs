@@ -410,13 +410,13 @@ pub(crate) fn parse_mode(
 pub(crate) fn yaml_error(e: &serde_saphyr::Error) -> String {
     let text = e.to_string();
     let low = text.to_ascii_lowercase();
-    let what = if low.contains("budget") || low.contains("alias") || low.contains("anchor") {
+    let what = if low.contains("document") {
+        "the stream holds more than one YAML document; give exactly one".to_string()
+    } else if low.contains("budget") || low.contains("alias") || low.contains("anchor") {
         "the document is too complex (too many aliases, anchors, events or nesting levels)"
             .to_string()
     } else if low.contains("duplicate") {
         "a key appears twice in the same mapping; keep one".to_string()
-    } else if low.contains("document") {
-        "the stream holds more than one YAML document; give exactly one".to_string()
     } else if low.contains("binary") {
         "a !!binary value is not valid base64".to_string()
     } else {

@@ -76,6 +76,22 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Every entry with its contents: compares two trees byte for byte.
+pub fn snapshot(root: &Path) -> Vec<(String, Vec<u8>)> {
+    dump(root)
+        .into_iter()
+        .map(|l| {
+            let rel = l.split(' ').next().unwrap().to_string();
+            let body = if l.contains(" f ") {
+                fs::read(root.join(&rel)).unwrap()
+            } else {
+                Vec::new()
+            };
+            (l, body)
+        })
+        .collect()
+}
+
 /// Compares `root` with `tests/expected/<case>.tree` (entry list) and the files under
 /// `tests/expected/<case>/` (contents). `BLESS=1` rewrites the expectation instead.
 pub fn check_tree(root: &Path, case: &str) {
