@@ -428,7 +428,7 @@ fn cloud_config(r: &mut Rng) -> Value {
 
 #[test]
 fn property_refused_configurations_leave_the_root_unchanged() {
-    let mut r = Rng(0x5eed_15);
+    let mut r = Rng(0x005e_ed15);
     let (mut accepted, mut refused_n, mut injected) = (0, 0, 0);
     for i in 0..300 {
         let bytes = if r.chance(60) {
