@@ -256,6 +256,21 @@ pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
                         )));
                     }
                 }
+                let home = u.home.clone().unwrap_or_else(|| {
+                    if u.name == "root" {
+                        "/root".into()
+                    } else {
+                        format!("/home/{}", u.name)
+                    }
+                });
+                if !u.ssh_authorized_keys.is_empty() && u.no_create_home && !root.exists(&home) {
+                    return Err(inv(format!(
+                        "{}.ssh_authorized_keys: user {} gets no home directory (system or no \
+                         home asked for) and {home} does not exist, so the keys have nowhere to \
+                         go; drop the keys or let the home be created",
+                        u.key, u.name
+                    )));
+                }
                 user_names.push(u.name.clone());
                 if u.primary_group.is_none() {
                     group_names.push(u.name.clone());
@@ -325,14 +340,14 @@ pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
                     f.key, f.path
                 )))
             }
-            Existing::Other if !f.overwrite => {
+            Existing::Other | Existing::Link(_) if !f.overwrite => {
                 return Err(inv(format!(
                     "{}.path: {} exists and is not a regular file; set overwrite: true to \
                      replace it",
                     f.key, f.path
                 )))
             }
-            Existing::Other if f.contents.is_none() => {
+            Existing::Other | Existing::Link(_) if f.contents.is_none() => {
                 return Err(inv(format!(
                     "{}.path: {} is not a regular file, so nothing can be appended to it",
                     f.key, f.path

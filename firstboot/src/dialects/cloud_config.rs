@@ -145,8 +145,8 @@ pub fn parse(text: &str) -> Result<Plan, String> {
     }
     for (i, u) in top.array("users")?.iter().enumerate() {
         if let Some(spec) = user(&format!("users[{i}]"), u, &mut w)? {
-            // cloud-init creates a user's groups when they do not exist yet.
-            for g in &spec.groups {
+            // cloud-init creates a user's groups (and primary group) when they do not exist.
+            for g in spec.groups.iter().chain(spec.primary_group.iter()) {
                 if !plan.groups.iter().any(|x| &x.name == g) {
                     plan.groups.push(GroupSpec {
                         key: format!("users[{i}].groups"),
