@@ -161,11 +161,11 @@ fn yaml_anchor_bomb() {
 fn bad_base64() {
     expect(
         b"#cloud-config\nwrite_files:\n  - path: /x\n    encoding: b64\n    content: 'not*base64!'\n",
-        "write_files[0].content: invalid base64",
+        "write_files[0].content: not valid base64",
     );
     expect(
         br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/x","contents":{"source":"data:;base64,@@@"}}]}}"#,
-        "storage.files[0].contents.source: invalid base64",
+        "storage.files[0].contents.source: not valid base64",
     );
 }
 
@@ -237,7 +237,7 @@ fn hostile_fields() {
     );
     expect(
         b"apiVersion: rke2-image/v1\nkind: NodeConfig\nbogus: 1\n",
-        "unknown field `bogus`",
+        "unknown key `bogus`",
     );
     expect(
         b"apiVersion: rke2-image/v2\nkind: NodeConfig\n",
@@ -250,6 +250,6 @@ fn parse_errors_do_not_quote_secrets() {
     let e = attempt(
         b"apiVersion: rke2-image/v1\nkind: NodeConfig\ncluster:\n  token: K10secretsecret::server:pw-do-not-print\n  bogus: 1\n",
     );
-    assert!(e.contains("unknown field `bogus`"), "{e}");
+    assert!(e.contains("unknown key `bogus`"), "{e}");
     assert!(!e.contains("pw-do-not-print"), "token quoted in error: {e}");
 }

@@ -474,3 +474,41 @@ fn property_refused_configurations_leave_the_root_unchanged() {
         "{accepted} {refused_n} {injected}"
     );
 }
+
+#[test]
+fn errors_name_the_file_and_key_and_no_parser_internals() {
+    let bomb = "#cloud-config\na: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n";
+    for (cfg, needle) in [
+        (bomb, "the document is too complex"),
+        (
+            "#cloud-config\nhostname: a\nhostname: b\n",
+            "a key appears twice",
+        ),
+        (
+            "#cloud-config\na: 1\n---\nb: 2\n",
+            "more than one YAML document",
+        ),
+        (
+            "#cloud-config\nwrite_files:\n  - path: /x\n    content: !!binary |\n      %%%%\n",
+            "write_files[0].content: not valid base64",
+        ),
+        ("#cloud-config\nfoo: [\n", "invalid YAML"),
+        (
+            "{\"ignition\":{\"version\":\"3.6.0\"}, x}",
+            "not valid JSON at line 1",
+        ),
+        (
+            "apiVersion: rke2-image/v1\nkind: NodeConfig\nbogus: 1\n",
+            "unknown key `bogus`",
+        ),
+    ] {
+        let e = agent::validate("node.cfg", cfg.as_bytes(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("node.cfg: "), "{e}");
+        assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+        for internal in ["{ ", "Options", "Budget", "Recorded", "Documents", "tmp"] {
+            assert!(!e.contains(internal), "{e:?} shows {internal:?}");
+        }
+    }
+}

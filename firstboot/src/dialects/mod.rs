@@ -334,9 +334,17 @@ pub(crate) fn decode_base64(what: &str, s: &str) -> Result<Vec<u8>, String> {
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    engine
-        .decode(clean.as_bytes())
-        .map_err(|e| format!("{what}: invalid base64: {e}"))
+    engine.decode(clean.as_bytes()).map_err(|e| {
+        let at = match e {
+            base64::DecodeError::InvalidByte(o, _)
+            | base64::DecodeError::InvalidLastSymbol(o, _) => {
+                format!(" (bad character at offset {o})")
+            }
+            base64::DecodeError::InvalidLength(_) => " (truncated)".to_string(),
+            base64::DecodeError::InvalidPadding => " (bad padding)".to_string(),
+        };
+        format!("{what}: not valid base64{at}; give standard base64 text")
+    })
 }
 
 /// Gunzips with an output limit (a small gzip member can expand enormously).
@@ -430,6 +438,17 @@ pub(crate) fn yaml_error(e: &serde_saphyr::Error) -> String {
         let cut = cut.split(" at line").next().unwrap_or(cut);
         if cut.is_empty() || cut.contains("Options") {
             "invalid YAML".to_string()
+        } else if [
+            "unknown field",
+            "missing field",
+            "invalid type",
+            "invalid value",
+        ]
+        .iter()
+        .any(|p| cut.starts_with(p))
+        {
+            // A schema error, not a syntax error: serde's words name the key already.
+            cut.replacen("field", "key", 1)
         } else {
             format!("invalid YAML: {cut}")
         }
