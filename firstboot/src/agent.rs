@@ -262,10 +262,16 @@ fn run_inner(
     match &r {
         Ok(()) => root.commit(),
         Err(_) => {
+            // Drop what the failed phase touched: it is undone now.
+            root.take_touched();
             if let Err(e) = root.rollback() {
                 status(&format!(
                     "warning: restoring the root after the failure: {e}"
                 ));
+            }
+            // Restored files are new inodes (e.g. /etc/shadow): give them their labels back.
+            if let Err(e) = relabel(env, root) {
+                status(&format!("warning: relabelling what was restored: {e}"));
             }
         }
     }

@@ -409,6 +409,8 @@ impl Root {
             let p = match &u {
                 Undo::Created(p) => p,
                 Undo::File { path, .. } | Undo::Symlink { path, .. } | Undo::Dir { path, .. } => {
+                    // Restored by a new inode: its SELinux label must be set again.
+                    self.touched.borrow_mut().insert(path.clone());
                     path
                 }
             };
@@ -569,7 +571,14 @@ mod tests {
         r.remove("/etc/gone").unwrap();
         r.mkdir("/etc", Attrs::root(0o700)).unwrap();
         r.write("/var/lib/x/y", b"y", Attrs::root(0o600)).unwrap();
+        r.take_touched();
         r.rollback().unwrap();
+        // What was put back (new inodes) is reported for relabelling; what was removed is not.
+        let touched = r.take_touched();
+        for p in ["etc", "etc/keep", "etc/l", "etc/gone"] {
+            assert!(touched.contains(&t.path().join(p)), "{p}: {touched:?}");
+        }
+        assert!(!touched.iter().any(|p| p.starts_with(t.path().join("var"))));
         assert_eq!(fs::read(t.path().join("etc/keep")).unwrap(), b"old");
         let md = fs::metadata(t.path().join("etc/keep")).unwrap();
         assert_eq!(md.mode() & 0o7777, 0o640);

@@ -415,3 +415,36 @@ fn relabel_hook_sees_every_written_path_after_its_phase() {
         .join("etc/systemd/system/multi-user.target.wants/rke2-server.service")
         .exists());
 }
+
+/// A failing run rolls back, and what the rollback put back (new inodes, e.g. /etc/passwd)
+/// is handed to the relabel hook again, so no restored file keeps a wrong label.
+#[test]
+fn rollback_relabels_what_it_restored() {
+    let t = tempfile::tempdir().unwrap();
+    common::seed(t.path());
+    let before = common::snapshot(t.path());
+    let cfg = "apiVersion: rke2-image/v1\nkind: NodeConfig\nhostname: s1\nusers:\n  - name: ops\nfiles:\n  - path: /etc/motd\n    content: hi\n";
+    let seen: Arc<Mutex<Vec<Vec<std::path::PathBuf>>>> = Arc::default();
+    let mut e = env(t.path(), cfg.as_bytes().to_vec(), None);
+    let s2 = seen.clone();
+    e.relabel = Some(Box::new(move |paths| {
+        let mut s = s2.lock().unwrap();
+        s.push(paths.to_vec());
+        // The files phase's relabelling fails: the run fails after two phases wrote.
+        if s.len() == 2 {
+            return Err("boom".into());
+        }
+        Ok(())
+    }));
+    let err = agent::run(&e, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("boom"), "{err}");
+    let batches = seen.lock().unwrap().clone();
+    assert_eq!(batches.len(), 3, "{batches:#?}");
+    for p in ["etc/passwd", "etc/shadow", "etc/group"] {
+        assert!(batches[2].contains(&t.path().join(p)), "{p}: {batches:#?}");
+    }
+    // Back as it was, apart from the failure record `run` writes afterwards.
+    let mut after = common::snapshot(t.path());
+    after.retain(|(l, _)| !l.starts_with("var"));
+    assert_eq!(after, before);
+}
