@@ -353,12 +353,15 @@ pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
                     f.key, f.path
                 )))
             }
-            Existing::File(old) if !f.overwrite => {
+            Existing::File if !f.overwrite => {
                 if let Some(c) = &f.contents {
                     // A re-run after a crash finds the file this configuration wrote: fine.
                     let mut want = c.clone();
                     want.extend_from_slice(&f.append);
-                    if old != want {
+                    let same = fs::metadata(root.host_path(&f.path)?)
+                        .is_ok_and(|m| m.len() == want.len() as u64)
+                        && root.read(&f.path, want.len() as u64)?.as_deref() == Some(&want[..]);
+                    if !same {
                         return Err(inv(format!(
                             "{}.path: {} already exists and overwrite is false; set overwrite: \
                              true to replace it, or leave out contents to keep it",
@@ -426,7 +429,7 @@ pub fn check(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
 enum Existing {
     None,
     Dir,
-    File(Vec<u8>),
+    File,
     Link(String),
     Other,
 }
@@ -441,10 +444,7 @@ fn existing(root: &Root, path: &str) -> Result<Existing, RenderError> {
                 .map(|t| t.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         ),
-        Ok(md) if md.is_file() => Existing::File(
-            root.read(path, crate::dialects::MAX_DECODED_BYTES as u64)?
-                .unwrap_or_default(),
-        ),
+        Ok(md) if md.is_file() => Existing::File,
         Ok(_) => Existing::Other,
     })
 }
