@@ -115,3 +115,38 @@ fn unit_file_passes_systemd_analyze() {
         .collect();
     assert!(bad.is_empty(), "systemd-analyze verify: {err}");
 }
+
+/// `validate` names what it cannot check without a root; `validate --root` checks it, refusing
+/// what `render` refuses on that root, with nothing written by either.
+#[test]
+fn validate_with_and_without_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.ign");
+    std::fs::write(
+        &cfg,
+        r#"{"ignition":{"version":"3.6.0"},"passwd":{"users":[{"name":"core","groups":["docker"]}]}}"#,
+    )
+    .unwrap();
+    let (code, text) = out(bin().arg("validate").arg(&cfg));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("note: not checked without --root DIR: owners and groups exist"));
+    let root = tempfile::tempdir().unwrap();
+    common::seed(root.path());
+    let before = common::snapshot(root.path());
+    let (code, text) = out(bin()
+        .arg("validate")
+        .arg(&cfg)
+        .arg("--root")
+        .arg(root.path()));
+    assert_eq!(code, 1, "{text}");
+    let want = "c.ign: passwd.users[0]: group \"docker\" does not exist in the image";
+    assert!(text.contains(want), "{text}");
+    let (code, text) = out(bin()
+        .args(["render", "--config"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(root.path()));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(want), "{text}");
+    assert_eq!(common::snapshot(root.path()), before);
+}
