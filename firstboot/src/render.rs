@@ -600,6 +600,8 @@ fn files(root: &Root, input: &RenderInput<'_>) -> Result<(), RenderError> {
         root.symlink(&l.path, &l.target)?;
     }
     if appends {
+        // The marker must not become durable before the appends it vouches for.
+        root.flush()?;
         root.mkdir("/var/lib", Attrs::root(0o755))?;
         root.mkdir(STATE_DIR, Attrs::root(0o700))?;
         root.write(
