@@ -94,7 +94,8 @@ pub fn detect<'a>(origin: &str, bytes: &'a [u8]) -> Result<(Dialect, &'a str), D
     // cloud-init compares the start of user-data case-insensitively.
     let lower = first.to_ascii_lowercase();
     if lower.starts_with("#cloud-config") {
-        if lower != "#cloud-config" {
+        // cloud-init matches the longest known prefix: these two are other formats.
+        if lower.starts_with("#cloud-config-archive") || lower.starts_with("#cloud-config-jsonp") {
             let fmt = first.split_whitespace().next().unwrap_or(first);
             return Err(DialectError::Format {
                 origin: origin.to_string(),
