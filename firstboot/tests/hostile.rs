@@ -253,3 +253,14 @@ fn parse_errors_do_not_quote_secrets() {
     assert!(e.contains("unknown key `bogus`"), "{e}");
     assert!(!e.contains("pw-do-not-print"), "token quoted in error: {e}");
 }
+
+#[test]
+fn gzip_user_data_bomb() {
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(b"#cloud-config\n").unwrap();
+    z.write_all(&vec![b' '; 5 << 20]).unwrap();
+    expect(
+        &z.finish().unwrap(),
+        "gzip-compressed user-data decompresses to more than the limit of 4194304 bytes",
+    );
+}

@@ -30,7 +30,14 @@ pub fn unwrap<'a>(origin: &str, bytes: &'a [u8]) -> Result<Unwrapped<'a>, Dialec
                 DialectError::Invalid {
                     origin: origin.to_string(),
                     dialect: "user-data",
-                    msg,
+                    msg: if msg.contains("exceed") {
+                        format!(
+                            "gzip-compressed user-data decompresses to more than the limit of \
+                             {MAX_CONFIG_BYTES} bytes"
+                        )
+                    } else {
+                        msg
+                    },
                 }
             })?;
         std::borrow::Cow::Owned(out)
