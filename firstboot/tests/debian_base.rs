@@ -161,5 +161,9 @@ fn unknown_timezone_is_refused_on_debian() {
         &Identity::default(),
     );
     let e = agent::render_to(&Root::new(t.path()), &loaded, &mut |_| Ok(())).unwrap_err();
-    assert!(e.to_string().contains("no such zone"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("is not a zone in the image's /usr/share/zoneinfo"),
+        "{e}"
+    );
 }
