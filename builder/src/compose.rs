@@ -353,7 +353,7 @@ pub fn add_overlay(
     })
 }
 
-fn valid_os_release_value(v: &str) -> bool {
+pub fn valid_os_release_value(v: &str) -> bool {
     !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
