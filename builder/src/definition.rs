@@ -532,8 +532,9 @@ impl Definition {
                         line_of(&a.referenced),
                         "base.archive",
                         format!(
-                            "{} does not exist or is not a file (resolved to {}); build one with `rke2-image base` or fix the path",
+                            "{} {} (resolved to {}); build one with `rke2-image base` or fix the path",
                             a.value,
+                            not_a_file(&p),
                             p.display()
                         ),
                     ));
@@ -656,8 +657,9 @@ impl Definition {
                         line_of(&p.referenced),
                         "initrd.init",
                         format!(
-                            "{} does not exist (resolved to {})",
+                            "{} {} (resolved to {})",
                             p.value,
+                            not_a_file(&path),
                             path.display()
                         ),
                     ));
@@ -750,6 +752,16 @@ pub fn disk_size(esp: u64, root: u64, state: u64) -> Option<u64> {
         .checked_add(slot.checked_mul(2)?)?
         .checked_add(state)?
         .checked_add(MIB)
+}
+
+/// Why `p`, which should be a regular file, is not one.
+fn not_a_file(p: &Path) -> &'static str {
+    match std::fs::metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(_) => "cannot be read",
+        Ok(m) if m.is_dir() => "is a directory, not a file",
+        Ok(_) => "is not a regular file",
+    }
 }
 
 /// Strips what a YAML library error says about its own internals (Rust type names, option
