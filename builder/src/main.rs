@@ -152,8 +152,13 @@ fn run() -> Result<()> {
                 eprintln!("checking {name} from {}", config.display());
                 text
             } else {
-                std::fs::read_to_string(&config)
-                    .with_context(|| format!("reading {}", config.display()))?
+                let bytes = rke2_image::limits::read_host_file(
+                    &config,
+                    rke2_image::limits::KERNEL_CONFIG,
+                    "kernel configuration",
+                )
+                .map_err(|m| anyhow::anyhow!("{}: {m}", config.display()))?;
+                String::from_utf8_lossy(&bytes).into_owned()
             };
             let report = kernel_check::check(&text, &kernel_check::builtin_fragments()?);
             print!("{report}");
