@@ -159,10 +159,17 @@ fn output_names_and_no_leftovers() {
         .collect();
     let mut names = names;
     names.sort();
+    // The image, its manifest and the (empty) output lock; no temporaries.
     assert_eq!(
         names,
-        vec!["test-node-1.2.3.manifest.json", "test-node-1.2.3.raw"]
+        vec![
+            ".test-node-1.2.3.lock",
+            "test-node-1.2.3.manifest.json",
+            "test-node-1.2.3.raw"
+        ]
     );
+    let lock = b.image.with_file_name(".test-node-1.2.3.lock");
+    assert_eq!(fs::metadata(lock).unwrap().len(), 0);
     assert_eq!(fs::metadata(&b.image).unwrap().len(), b.manifest.disk.size);
 }
 
