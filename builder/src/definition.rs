@@ -1096,6 +1096,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_default_definition_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/default.yaml");
+        let d = Definition::load(&file).unwrap();
+        assert_eq!(d.cmdline, ["console=tty0", "console=ttyS0,115200"]);
+        assert_eq!(d.source_len, std::fs::metadata(&file).unwrap().len());
+    }
+
+    #[test]
     fn duplicate_keys_rejected() {
         let e =
             parse(&GOOD.replace("version: 1.0.0\n", "version: 1.0.0\nversion: 2\n")).unwrap_err();
