@@ -503,6 +503,14 @@ pub fn build(
             ),
         ));
     }
+    // Load checked the sum for the same sizes; a `Definition` built in code is checked here,
+    // before the additions below.
+    if crate::definition::disk_size(def.esp_size, def.root_size, def.state_size).is_none() {
+        return Err(invalid(
+            "layout",
+            "the partition sizes add up to more than a disk image can hold; lower disk.rootSize or disk.stateSize",
+        ));
+    }
     let slot_blocks = def.root_size / partitions::BLOCK;
     let hash_size = align_up(
         verity::hash_device_size(slot_blocks, partitions::BLOCK as u32),
@@ -525,14 +533,10 @@ pub fn build(
     // Free space for the state partition rke2-init creates on first boot, then 1 MiB for the
     // backup GPT (keeping the end aligned). Zeros: sparse in the file.
     let disk_size = cursor + def.state_size + MIB;
-    // Load checked the sum for the same sizes; `Definition`s built in code get it here.
-    if crate::definition::disk_size(def.esp_size, def.root_size, def.state_size) != Some(disk_size)
-    {
-        return Err(invalid(
-            "layout",
-            "disk sizes overflow; lower disk.rootSize or disk.stateSize",
-        ));
-    }
+    debug_assert_eq!(
+        Some(disk_size),
+        crate::definition::disk_size(def.esp_size, def.root_size, def.state_size)
+    );
     lap("layout", &mut timings);
 
     // --- output file ---------------------------------------------------------------------
