@@ -12,7 +12,10 @@ libfuzzer_sys::fuzz_target!(|text: &str| {
             let line = format!("rke2.slot=a {item} quiet fips=1");
             let p = cmdline::parse(&line);
             assert_eq!(p.len(), 4, "{item:?} changed its neighbours: {p:?}");
-            assert!(rke2_image::esp::reserved_key(p[1].key).is_none(), "{item:?}");
+            assert!(
+                rke2_image::esp::reserved_key(p[1].key).is_none(),
+                "{item:?}"
+            );
             assert_eq!(cmdline::get(&line, "fips"), Some("1"));
         }
     }

@@ -26,12 +26,15 @@ libfuzzer_sys::fuzz_target!(|text: &str| {
             for c in &d.cmdline {
                 assert!(rke2_image::esp::check_item(c).is_ok(), "{c:?}");
             }
-            let line = rke2_image::esp::command_line(&"0".repeat(64), 'b', d.fips, d.selinux, &d.cmdline);
+            let line =
+                rke2_image::esp::command_line(&"0".repeat(64), 'b', d.fips, d.selinux, &d.cmdline);
             assert!(rke2_image::esp::check_length(&line, 'b').is_ok());
             // Every accepted item is exactly one parameter the kernel sees as written.
             let params = rke2_image_contract::cmdline::parse(&line);
             assert!(params.len() >= d.cmdline.len());
-            assert!(rke2_image::definition::disk_size(d.esp_size, d.root_size, d.state_size).is_some());
+            assert!(
+                rke2_image::definition::disk_size(d.esp_size, d.root_size, d.state_size).is_some()
+            );
         }
         Err(e) => {
             let m = e.to_string();
