@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
-use crate::tree::{Blob, Inode, Kind, Tree, TreeError};
+use crate::tree::{self, Blob, Inode, Kind, Tree, TreeError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -40,6 +40,12 @@ pub enum ArchiveError {
         path: PathBuf,
         entry: String,
         kind: String,
+    },
+    #[error("{path}: entry {entry:?}: {problem}")]
+    Refused {
+        path: PathBuf,
+        entry: String,
+        problem: String,
     },
     #[error("{path}: archive changed since it was first read (entry {entry} missing)")]
     Changed { path: PathBuf, entry: u64 },
@@ -152,6 +158,23 @@ fn parse_num(v: &[u8]) -> Option<u64> {
     s.split('.').next()?.parse().ok()
 }
 
+/// What a tar type byte means, for messages.
+fn type_name(kind: EntryType) -> &'static str {
+    match kind {
+        EntryType::Regular | EntryType::Continuous => "regular file",
+        EntryType::Link => "hard link",
+        EntryType::Symlink => "symbolic link",
+        EntryType::Char => "character device",
+        EntryType::Block => "block device",
+        EntryType::Directory => "directory",
+        EntryType::Fifo => "FIFO",
+        EntryType::GNUSparse => "GNU sparse file",
+        EntryType::GNULongName | EntryType::GNULongLink => "GNU long name",
+        EntryType::XHeader | EntryType::XGlobalHeader => "PAX header",
+        _ => "unknown type",
+    }
+}
+
 /// Whether `path` starts like an archive [`load`] can read (for commands that take either a
 /// plain file or an archive).
 pub fn looks_like_archive(path: &Path) -> bool {
@@ -198,6 +221,11 @@ pub fn load(path: &Path, tree: &mut Tree) -> Result<LoadStats, ArchiveError> {
         if is_metadata(kind) {
             continue;
         }
+        let refuse = |problem: String| ArchiveError::Refused {
+            path: path.to_path_buf(),
+            entry: name.clone(),
+            problem,
+        };
         // Numbered exactly as `read_entries` numbers them.
         let this = ordinal;
         ordinal += 1;
@@ -210,12 +238,41 @@ pub fn load(path: &Path, tree: &mut Tree) -> Result<LoadStats, ArchiveError> {
                 }
             }
         }
-        let uid = pax_value(&exts, "uid")
-            .and_then(parse_num)
-            .unwrap_or(header.uid().unwrap_or(0));
-        let gid = pax_value(&exts, "gid")
-            .and_then(parse_num)
-            .unwrap_or(header.gid().unwrap_or(0));
+        // PAX sparse files (GNU tar's --sparse with --format=posix, versions 0.0, 0.1 and 1.0)
+        // keep the real name and the data map in records this reader does not apply: the file
+        // would land under a made-up name with the map as its content. Refused, not guessed.
+        if exts.iter().any(|(k, _)| k.starts_with("GNU.sparse.")) {
+            let real = pax_value(&exts, "GNU.sparse.name")
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_else(|| name.clone());
+            return Err(refuse(format!(
+                "is a PAX sparse file ({real}), which is not supported; re-create the archive without --sparse (or with --format=gnu, whose sparse files are read)"
+            )));
+        }
+        if tree::normalize(&name_bytes).is_ok_and(|n| n.is_empty()) && kind != EntryType::Directory
+        {
+            return Err(refuse(format!(
+                "names the root of the tree but is a {} (type '{}'); the root can only be a directory",
+                type_name(kind),
+                kind.as_byte() as char
+            )));
+        }
+        // Ids are 32 bits in the image; larger ones (PAX or base-256 headers) are refused,
+        // not truncated (uid 2^32+1000 must not become 1000).
+        let id = |key: &str, header_value: io::Result<u64>| -> Result<u32, ArchiveError> {
+            let v = match pax_value(&exts, key) {
+                Some(v) => parse_num(v).ok_or_else(|| {
+                    refuse(format!(
+                        "PAX {key} {:?} is not a number",
+                        String::from_utf8_lossy(v)
+                    ))
+                })?,
+                None => header_value.unwrap_or(0),
+            };
+            u32::try_from(v).map_err(|_| refuse(format!("{key} {v} does not fit in 32 bits")))
+        };
+        let uid = id("uid", header.uid())?;
+        let gid = id("gid", header.gid())?;
         let mtime = pax_value(&exts, "mtime")
             .and_then(parse_num)
             .unwrap_or(header.mtime().unwrap_or(0));
@@ -275,11 +332,11 @@ pub fn load(path: &Path, tree: &mut Tree) -> Result<LoadStats, ArchiveError> {
                 return Err(ArchiveError::Unsupported {
                     path: path.to_path_buf(),
                     entry: name,
-                    kind: format!("{other:?}"),
+                    kind: format!("'{}' ({})", other.as_byte() as char, type_name(other)),
                 })
             }
         };
-        let mut inode = Inode::new(node_kind, mode, uid as u32, gid as u32, mtime);
+        let mut inode = Inode::new(node_kind, mode, uid, gid, mtime);
         for (k, v) in &exts {
             if let Some(xname) = k.strip_prefix("SCHILY.xattr.") {
                 inode.xattrs.insert(xname.as_bytes().to_vec(), v.clone());

@@ -75,6 +75,12 @@ pub enum ComposeError {
          symlinks (remove it from the overlay; device nodes come from the base or udev)"
     )]
     Unsupported { path: PathBuf, kind: &'static str },
+    #[error("overlay {source_dir}: {path} {problem}")]
+    Refused {
+        source_dir: PathBuf,
+        path: String,
+        problem: String,
+    },
     #[error("overlay {source_dir}: cannot place {path} in the image: {error}")]
     Tree {
         source_dir: PathBuf,
@@ -121,24 +127,55 @@ pub fn glob_match(pattern: &[u8], path: &[u8]) -> bool {
     match_components(&pat, &comps)
 }
 
+/// `**` handled by dynamic programming over (pattern, path) component positions: polynomial
+/// however many `**` a pattern has (a recursive search is exponential in them).
 fn match_components(pat: &[&[u8]], comps: &[&[u8]]) -> bool {
-    match pat.split_first() {
-        None => comps.is_empty(),
-        Some((&b"**", rest)) => (0..=comps.len()).any(|i| match_components(rest, &comps[i..])),
-        Some((p, rest)) => match comps.split_first() {
-            Some((c, crest)) => match_component(p, c) && match_components(rest, crest),
-            None => false,
-        },
+    // ok[j]: pat[i..] matches comps[j..], filled from the last pattern component back.
+    let mut ok = vec![false; comps.len() + 1];
+    ok[comps.len()] = true;
+    for p in pat.iter().rev() {
+        let mut next = vec![false; comps.len() + 1];
+        if *p == b"**" {
+            // Zero components, or one and still `**`.
+            for j in (0..=comps.len()).rev() {
+                next[j] = ok[j] || (j < comps.len() && next[j + 1]);
+            }
+        } else {
+            for j in 0..comps.len() {
+                next[j] = ok[j + 1] && match_component(p, comps[j]);
+            }
+        }
+        ok = next;
     }
+    ok[0]
 }
 
+/// `*` and `?` within one component, without backtracking blow-up: the classic single
+/// restart point (only the last `*` seen matters), linear in practice, O(p·c) at worst.
 fn match_component(p: &[u8], c: &[u8]) -> bool {
-    match p.split_first() {
-        None => c.is_empty(),
-        Some((b'*', rest)) => (0..=c.len()).any(|i| match_component(rest, &c[i..])),
-        Some((b'?', rest)) => !c.is_empty() && match_component(rest, &c[1..]),
-        Some((x, rest)) => c.first() == Some(x) && match_component(rest, &c[1..]),
+    let (mut pi, mut ci) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ci < c.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ci));
+                pi += 1;
+            }
+            Some(&x) if x == b'?' || x == c[ci] => {
+                pi += 1;
+                ci += 1;
+            }
+            _ => match star {
+                Some((sp, sc)) => {
+                    pi = sp + 1;
+                    ci = sc + 1;
+                    star = Some((sp, sc + 1));
+                }
+                None => return false,
+            },
+        }
     }
+    p[pi..].iter().all(|&b| b == b'*')
 }
 
 /// One host entry, relative path as bytes.
@@ -252,14 +289,39 @@ pub fn add_overlay(
     };
 
     let target = tree::normalize(overlay.target.as_bytes()).map_err(|e| tree_err(b"", e))?;
-    // The target directory itself: created with the overlay's owner when missing.
+    let refused = |path: &[u8], problem: String| ComposeError::Refused {
+        source_dir: src.clone(),
+        path: format!("/{}", String::from_utf8_lossy(path)),
+        problem,
+    };
+    // The target directory itself: created with the overlay's owner when missing. Its last
+    // component is never followed: a symlink there (`/etc/os-release`) or a file would be
+    // replaced by a directory, destroying what it is or points to.
     let target_real = tree
-        .resolve(&target, true)
+        .resolve(&target, false)
         .map_err(|e| tree_err(&target, e))?;
-    if !tree.get(&target_real).is_some_and(Inode::is_dir) {
-        let dir = Inode::new(Kind::Dir, 0o755, overlay.uid, overlay.gid, epoch);
-        tree.insert(&target_real, dir)
-            .map_err(|e| tree_err(&target, e))?;
+    match tree.get(&target_real).map(|i| &i.kind) {
+        None => {
+            let dir = Inode::new(Kind::Dir, 0o755, overlay.uid, overlay.gid, epoch);
+            tree.insert(&target_real, dir)
+                .map_err(|e| tree_err(&target, e))?;
+        }
+        Some(Kind::Dir) => {}
+        Some(Kind::Symlink(t)) => {
+            return Err(refused(
+                &target,
+                format!(
+                    "(the overlay's target) is a symbolic link to {}; set `target` to the directory it points to",
+                    String::from_utf8_lossy(t)
+                ),
+            ))
+        }
+        Some(_) => {
+            return Err(refused(
+                &target,
+                "(the overlay's target) exists in the base and is not a directory; an overlay is copied into a directory".into(),
+            ))
+        }
     }
 
     let mut digest = Sha256::new();
@@ -331,6 +393,15 @@ pub fn add_overlay(
                 }
                 continue;
             }
+            if real != dest && tree.get(&real).is_some() {
+                return Err(refused(
+                    &dest,
+                    format!(
+                        "is a symbolic link to /{}, which is not a directory; the overlay's directory would replace it",
+                        String::from_utf8_lossy(&real)
+                    ),
+                ));
+            }
             let inode = Inode::new(Kind::Dir, mode, overlay.uid, overlay.gid, epoch);
             tree.insert(&real, inode)
                 .map_err(|er| tree_err(&dest, er))?;
@@ -353,7 +424,7 @@ pub fn add_overlay(
     })
 }
 
-fn valid_os_release_value(v: &str) -> bool {
+pub fn valid_os_release_value(v: &str) -> bool {
     !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
@@ -577,6 +648,20 @@ mod tests {
         assert!(!glob_match(b"etc/?", b"etc/ab"));
         assert!(glob_match(b"*", b"x"));
         assert!(!glob_match(b"*", b"x/y"));
+        assert!(glob_match(b"a*b?c*", b"aXXbYcZZ"));
+        assert!(!glob_match(b"a*b?c", b"abc"));
+        assert!(glob_match(b"**/x/**/y", b"a/x/b/c/y"));
+        assert!(!glob_match(b"**/x/**/y", b"a/x/b/c/z"));
+        // Would take minutes with a backtracking matcher.
+        let start = std::time::Instant::now();
+        let path = format!("opt/{}", "a".repeat(60));
+        assert!(!glob_match(
+            b"opt/*a*a*a*a*a*a*a*a*a*a*a*a*b",
+            path.as_bytes()
+        ));
+        let deep = vec!["a"; 40].join("/");
+        assert!(!glob_match(b"**/**/**/**/**/**/**/**/b", deep.as_bytes()));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -16,8 +16,19 @@ use serde_saphyr::{Location, Options, Spanned};
 pub const API_VERSION: &str = "rke2-image.io/v1alpha1";
 pub const KIND: &str = "Image";
 const MIB: u64 = 1024 * 1024;
-/// Definitions are small; anything larger is a mistake or an attack.
-const MAX_DEFINITION_BYTES: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+const TIB: u64 = 1024 * GIB;
+/// Partition size bounds: FAT32 needs 65525 clusters (64 MiB with 512-byte clusters... and
+/// firmware expects FAT32); 32 GiB is FAT32's customary ceiling and far above any ESP; 16 TiB
+/// keeps the root and its hash tree within what EROFS and ext4-hosted image files handle;
+/// rke2-init needs 256 MiB to create the state partition.
+const ESP_MIN: u64 = 64 * MIB;
+const ESP_MAX: u64 = 32 * GIB;
+const ROOT_MAX: u64 = 16 * TIB;
+const STATE_MIN: u64 = 256 * MIB;
+const STATE_MAX: u64 = 64 * TIB;
+/// Timestamps must fit the 32-bit fields of cpio (the initrd) and FAT.
+pub const EPOCH_MAX: u64 = u32::MAX as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub struct DefinitionError {
@@ -46,16 +57,25 @@ pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size in bytes or with a binary unit, e.g. 256MiB or 2GiB")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n).map(Size).map_err(|_| {
+                    E::custom(format!("{n} is negative; expected a size such as 256MiB"))
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                parse_size(s).map(Size).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -107,9 +127,9 @@ struct RawDefinition {
     name: Spanned<String>,
     version: Spanned<String>,
     #[serde(default)]
-    description: Option<String>,
+    description: Option<Spanned<String>>,
     #[serde(default)]
-    epoch: Option<u64>,
+    epoch: Option<Spanned<u64>>,
     base: Spanned<RawBase>,
     #[serde(default)]
     overlays: Vec<RawOverlay>,
@@ -176,7 +196,7 @@ struct RawKernel {
     #[serde(default)]
     version: Option<String>,
     #[serde(default)]
-    cmdline: Vec<String>,
+    cmdline: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -315,6 +335,10 @@ pub struct Definition {
     pub init: Option<PathBuf>,
     pub extra_modules: Vec<String>,
     pub output_dir: PathBuf,
+    /// sha256 and length of the definition bytes that were parsed (for the manifest; the file
+    /// is not read a second time).
+    pub source_sha256: String,
+    pub source_len: u64,
 }
 
 fn yaml_options() -> Options {
@@ -355,20 +379,15 @@ impl Definition {
             key: key.to_string(),
             message,
         };
-        let meta = std::fs::metadata(file)
-            .map_err(|e| err(None, "", format!("cannot read the definition: {e}")))?;
-        if meta.len() > MAX_DEFINITION_BYTES {
-            return Err(err(
-                None,
-                "",
-                format!(
-                    "definition is {} bytes; the limit is {MAX_DEFINITION_BYTES}",
-                    meta.len()
-                ),
-            ));
-        }
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| err(None, "", format!("cannot read the definition: {e}")))?;
+        let bytes = crate::limits::read_host_file(file, crate::limits::HOST_TEXT, "definition")
+            .map_err(|m| err(None, "", m))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count() as u64;
+            err(Some(line), "", "is not UTF-8 text".into())
+        })?;
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() {
             PathBuf::from(".")
@@ -391,7 +410,11 @@ impl Definition {
         let header: Header =
             serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
                 let (line, msg) = saphyr_parts(&e);
-                err(line, "", format!("not a valid YAML definition: {msg}"))
+                err(
+                    line,
+                    "",
+                    format!("not a valid YAML definition: {}", clean_yaml_message(&msg)),
+                )
             })?;
         match &header.api_version {
             None => {
@@ -446,7 +469,12 @@ impl Definition {
                 } else {
                     ""
                 };
-                err(line, &key, format!("{msg}{hint}"))
+                // Type errors carry no key of their own: name the one on the error's line.
+                let key = match (key.is_empty(), line) {
+                    (true, Some(l)) => key_at_line(text, l),
+                    _ => key,
+                };
+                err(line, &key, format!("{}{hint}", clean_yaml_message(&msg)))
             })?;
 
         let resolve = |p: &str| -> PathBuf {
@@ -458,30 +486,41 @@ impl Definition {
             }
         };
 
+        // Both become os-release IMAGE_ID/IMAGE_VERSION (os-release(5): lower-case letters,
+        // digits, `.`, `_`, `-`) and the output file name.
         let name = raw.name.value.clone();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            || name.starts_with('.')
-        {
+        if !crate::compose::valid_os_release_value(&name) || name.starts_with('.') {
             return Err(err(
                 line_of(&raw.name.referenced),
                 "name",
-                format!("{name:?} is not a valid image name: use letters, digits, '-', '_' and '.' (it becomes a file name)"),
+                format!("{name:?} is not a valid image name: use lower-case letters, digits, '-', '_' and '.', not starting with '.' (it becomes os-release IMAGE_ID and a file name)"),
             ));
         }
         let version = raw.version.value.clone();
-        if version.is_empty()
-            || !version
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
-        {
+        if !crate::compose::valid_os_release_value(&version) {
             return Err(err(
                 line_of(&raw.version.referenced),
                 "version",
-                format!("{version:?} is not a valid version: use letters, digits, '.', '-', '_' and '+'"),
+                format!("{version:?} is not a valid version: use lower-case letters, digits, '.', '-' and '_' (it becomes os-release IMAGE_VERSION; write 1.31.5+rke2r1 as 1.31.5-rke2r1)"),
             ));
+        }
+        if let Some(e) = &raw.epoch {
+            if e.value > EPOCH_MAX {
+                return Err(err(
+                    line_of(&e.referenced),
+                    "epoch",
+                    format!("{} is after 2106-02-07 (the largest timestamp the initrd's cpio and FAT can store is {EPOCH_MAX})", e.value),
+                ));
+            }
+        }
+        if let Some(d) = &raw.description {
+            if let Some(c) = d.value.chars().find(|c| c.is_control()) {
+                return Err(err(
+                    line_of(&d.referenced),
+                    "description",
+                    format!("contains the control character {c:?}; the description becomes the boot menu title and PRETTY_NAME, one line of text"),
+                ));
+            }
         }
 
         let base_line = line_of(&raw.base.referenced);
@@ -493,8 +532,9 @@ impl Definition {
                         line_of(&a.referenced),
                         "base.archive",
                         format!(
-                            "{} does not exist or is not a file (resolved to {}); build one with `rke2-image base` or fix the path",
+                            "{} {} (resolved to {}); build one with `rke2-image base` or fix the path",
                             a.value,
+                            not_a_file(&p),
                             p.display()
                         ),
                     ));
@@ -566,32 +606,45 @@ impl Definition {
             });
         }
 
-        for (key, s) in [
-            ("disk.espSize", &raw.disk.esp_size),
-            ("disk.rootSize", &raw.disk.root_size),
+        let disk = &raw.disk;
+        for (key, s, min, max) in [
+            ("disk.espSize", &disk.esp_size, ESP_MIN, ESP_MAX),
+            ("disk.rootSize", &disk.root_size, MIB, ROOT_MAX),
+            ("disk.stateSize", &disk.state_size, STATE_MIN, STATE_MAX),
         ] {
-            if s.value.0 == 0 || s.value.0 % MIB != 0 {
+            let n = s.value.0;
+            let problem = if n % MIB != 0 {
+                Some("is not a multiple of 1MiB (partitions are 1 MiB aligned)")
+            } else if n < min {
+                Some("is below the minimum")
+            } else if n > max {
+                Some("is above the maximum")
+            } else {
+                None
+            };
+            if let Some(p) = problem {
                 return Err(err(
                     line_of(&s.referenced),
                     key,
-                    format!("{} bytes is not a positive multiple of 1 MiB (partitions are 1 MiB aligned)", s.value.0),
+                    format!(
+                        "{n} bytes {p}; give {}MiB to {}MiB in whole MiB",
+                        min / MIB,
+                        max / MIB
+                    ),
                 ));
             }
         }
-        if raw.disk.state_size.value.0 < 256 * MIB {
+        if disk_size(
+            disk.esp_size.value.0,
+            disk.root_size.value.0,
+            disk.state_size.value.0,
+        )
+        .is_none()
+        {
             return Err(err(
-                line_of(&raw.disk.state_size.referenced),
-                "disk.stateSize",
-                "must be at least 256MiB (rke2-init needs that much to create the state partition)"
-                    .into(),
-            ));
-        }
-        if raw.disk.esp_size.value.0 < 64 * MIB {
-            return Err(err(
-                line_of(&raw.disk.esp_size.referenced),
-                "disk.espSize",
-                "must be at least 64MiB (FAT32 needs 65525 clusters; firmware expects FAT32)"
-                    .into(),
+                line_of(&disk.root_size.referenced),
+                "disk",
+                "the partitions add up to more than a disk image can hold; lower disk.rootSize or disk.stateSize".into(),
             ));
         }
 
@@ -604,8 +657,9 @@ impl Definition {
                         line_of(&p.referenced),
                         "initrd.init",
                         format!(
-                            "{} does not exist (resolved to {})",
+                            "{} {} (resolved to {})",
                             p.value,
+                            not_a_file(&path),
                             path.display()
                         ),
                     ));
@@ -614,14 +668,29 @@ impl Definition {
             }
         };
         for (i, c) in raw.kernel.cmdline.iter().enumerate() {
-            if c.is_empty() || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-                return Err(err(
-                    None,
-                    &format!("kernel.cmdline[{i}]"),
-                    format!("{c:?}: one parameter per list item, without spaces"),
-                ));
-            }
+            crate::esp::check_item(&c.value)
+                .map_err(|m| err(line_of(&c.referenced), &format!("kernel.cmdline[{i}]"), m))?;
         }
+        let cmdline: Vec<String> = raw.kernel.cmdline.iter().map(|c| c.value.clone()).collect();
+        // The longest line this definition can produce (a full root hash, slot b, every
+        // security key) must survive the kernel's limit with systemd-boot's `initrd=` added.
+        let longest = crate::esp::command_line(
+            &"0".repeat(64),
+            'b',
+            raw.security.fips,
+            raw.security.selinux,
+            &cmdline,
+        );
+        crate::esp::check_length(&longest, 'b').map_err(|m| {
+            err(
+                raw.kernel
+                    .cmdline
+                    .first()
+                    .and_then(|c| line_of(&c.referenced)),
+                "kernel.cmdline",
+                m,
+            )
+        })?;
 
         let rke2 = match &raw.rke2 {
             None => None,
@@ -647,12 +716,12 @@ impl Definition {
             file: file.to_path_buf(),
             name,
             version,
-            description: raw.description,
-            epoch: raw.epoch,
+            description: raw.description.map(|d| d.value),
+            epoch: raw.epoch.map(|e| e.value),
             base,
             overlays,
             kernel_version: raw.kernel.version,
-            cmdline: raw.kernel.cmdline,
+            cmdline,
             fips: raw.security.fips,
             selinux: raw.security.selinux,
             cis: raw.security.cis,
@@ -663,8 +732,102 @@ impl Definition {
             init,
             extra_modules: raw.initrd.modules,
             output_dir: resolve(&raw.output.directory),
+            source_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+            source_len: text.len() as u64,
         })
     }
+}
+
+/// Size of the whole disk for these partition sizes (see `pipeline`'s layout: 1 MiB GPT, the
+/// ESP, two root slots each with its hash tree, the state space, 1 MiB backup GPT), or `None`
+/// when it overflows.
+pub fn disk_size(esp: u64, root: u64, state: u64) -> Option<u64> {
+    let hash = rke2_image_contract::verity::hash_device_size(
+        root / rke2_image_contract::partitions::BLOCK,
+        rke2_image_contract::partitions::BLOCK as u32,
+    )
+    .checked_next_multiple_of(MIB)?;
+    let slot = root.checked_add(hash)?;
+    MIB.checked_add(esp)?
+        .checked_add(slot.checked_mul(2)?)?
+        .checked_add(state)?
+        .checked_add(MIB)
+}
+
+/// Why `p`, which should be a regular file, is not one.
+fn not_a_file(p: &Path) -> &'static str {
+    match std::fs::metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(_) => "cannot be read",
+        Ok(m) if m.is_dir() => "is a directory, not a file",
+        Ok(_) => "is not a regular file",
+    }
+}
+
+/// Strips what a YAML library error says about its own internals (Rust type names, option
+/// names) so the message speaks about the definition.
+fn clean_yaml_message(msg: &str) -> String {
+    if msg.to_lowercase().contains("duplicate") {
+        return "duplicate key: each key may appear once (remove one of them)".into();
+    }
+    let mut m = msg.to_string();
+    for internal in [" of untagged enum", " in Options", "Raw"] {
+        if let Some(i) = m.find(internal) {
+            m.truncate(i);
+        }
+    }
+    m.trim_end_matches([',', ';', ' ']).to_string()
+}
+
+/// Dotted key path (`overlays[0].owner`) of the mapping key on `line` (1-based), worked out
+/// from block-style indentation. Empty when the line holds no key.
+fn key_at_line(text: &str, line: u64) -> String {
+    // (indent, component, is a list index)
+    let mut stack: Vec<(usize, String, bool)> = Vec::new();
+    let mut counters: BTreeMap<String, usize> = BTreeMap::new();
+    let render = |stack: &[(usize, String, bool)]| {
+        let mut out = String::new();
+        for (_, c, idx) in stack {
+            if !idx && !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(c);
+        }
+        out
+    };
+    for l in text.lines().take(line as usize) {
+        let t = l.trim_start_matches(' ');
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let mut indent = l.len() - t.len();
+        let mut rest = t;
+        while rest.starts_with("- ") || rest == "-" {
+            while stack
+                .last()
+                .is_some_and(|(i, _, idx)| *i > indent || (*i == indent && *idx))
+            {
+                stack.pop();
+            }
+            let n = counters.entry(render(&stack)).or_insert(0);
+            stack.push((indent, format!("[{n}]"), true));
+            *n += 1;
+            rest = rest[1..].trim_start_matches(' ');
+            indent = l.len() - rest.len();
+        }
+        let key = match rest.split_once(": ") {
+            Some((k, _)) => Some(k),
+            None => rest.strip_suffix(':'),
+        };
+        if let Some(k) = key.filter(|k| !k.starts_with(['[', '{', '"', '\'']) || k.len() > 1) {
+            while stack.last().is_some_and(|(i, _, _)| *i >= indent) {
+                stack.pop();
+            }
+            let k = k.trim_matches(['"', '\'']);
+            stack.push((indent, k.to_string(), false));
+        }
+    }
+    render(&stack)
 }
 
 /// `dir/rel` with `.` dropped and `..` folded into a preceding normal component, so messages
@@ -691,6 +854,7 @@ fn lexical_join(dir: &Path, rel: &Path) -> PathBuf {
     out
 }
 
+/// `uid:gid`, both decimal and within `u32`.
 fn parse_owner(s: &str) -> Option<(u32, u32)> {
     let (u, g) = s.split_once(':')?;
     Some((u.parse().ok()?, g.parse().ok()?))
@@ -793,6 +957,150 @@ mod tests {
             lexical_join(Path::new("."), Path::new("..")),
             PathBuf::from("..")
         );
+    }
+
+    #[test]
+    fn early_checks_name_line_and_key() {
+        let cases: &[(&str, &str, &str, u64, &str)] = &[
+            ("name: node", "name: Node", "name", 3, "lower-case"),
+            (
+                "version: 1.0.0",
+                "version: 1.31.5+rke2r1",
+                "version",
+                4,
+                "1.31.5-rke2r1",
+            ),
+            (
+                "rootSize: 1GiB",
+                "rootSize: [1]",
+                "disk.rootSize",
+                17,
+                "invalid type",
+            ),
+            (
+                "rootSize: 1GiB",
+                "rootSize: -5",
+                "disk.rootSize",
+                17,
+                "negative",
+            ),
+            (
+                "    owner: \"0:0\"",
+                "    owner: [1]",
+                "overlays[0].owner",
+                9,
+                "string",
+            ),
+            (
+                "    owner: \"0:0\"",
+                "    owner: \"4294967296:0\"",
+                "overlays[0].owner",
+                9,
+                "numeric",
+            ),
+            (
+                "rootSize: 1GiB",
+                "stateSize: 18446744073709551104",
+                "disk.stateSize",
+                17,
+                "1MiB",
+            ),
+            (
+                "rootSize: 1GiB",
+                "stateSize: 128MiB",
+                "disk.stateSize",
+                17,
+                "minimum",
+            ),
+            (
+                "espSize: 128MiB",
+                "espSize: 2TiB",
+                "disk.espSize",
+                16,
+                "maximum",
+            ),
+            (
+                "rootSize: 1GiB",
+                "rootSize: 17TiB",
+                "disk.rootSize",
+                17,
+                "maximum",
+            ),
+            (
+                "rootSize: 1GiB",
+                "rootSize: 1GiB\nepoch: 5000000000",
+                "epoch",
+                18,
+                "2106",
+            ),
+            (
+                "rootSize: 1GiB",
+                "rootSize: 1GiB\ndescription: \"Node\\noptions selinux=0\"",
+                "description",
+                18,
+                "control character",
+            ),
+            (
+                "rootSize: 1GiB",
+                "rootSize: 1GiB\nkernel:\n  cmdline: [console=ttyS0,115200]",
+                "kernel.cmdline[1]",
+                19,
+                "[\"console=ttyS0,115200\"]",
+            ),
+            (
+                "rootSize: 1GiB",
+                "rootSize: 1GiB\nkernel:\n  cmdline:\n    - quiet\n    - '\"enforcing=0\"'",
+                "kernel.cmdline[1]",
+                21,
+                "double quotes",
+            ),
+            (
+                "rootSize: 1GiB",
+                "rootSize: 1GiB\nkernel:\n  cmdline: [rke2.debug]",
+                "kernel.cmdline[0]",
+                19,
+                "reserves",
+            ),
+        ];
+        for (from, to, key, line, needle) in cases {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line), (*key, Some(*line)), "{to}: {e}");
+            assert!(e.message.contains(needle), "{to}: {e}");
+        }
+        let e =
+            parse(&GOOD.replace("version: 1.0.0\n", "version: 1.0.0\nversion: 2\n")).unwrap_err();
+        assert!(!e.message.contains("Options"), "{e}");
+    }
+
+    #[test]
+    fn command_line_length_is_capped() {
+        let long = format!(
+            "rootSize: 1GiB\nkernel:\n  cmdline: [\"x={}\"]",
+            "a".repeat(1900)
+        );
+        let e = parse(&GOOD.replace("rootSize: 1GiB", &long)).unwrap_err();
+        assert_eq!(e.key, "kernel.cmdline");
+        assert!(e.message.contains("2047"), "{e}");
+        let fits = long.replace(&"a".repeat(1900), &"a".repeat(1700));
+        parse(&GOOD.replace("rootSize: 1GiB", &fits)).unwrap();
+    }
+
+    #[test]
+    fn key_paths_from_indentation() {
+        let t = "a: 1\nb:\n  c:\n    - x: 1\n      y: 2\n    - x: 3\nd:\n- e: 1\n- e: 2\n";
+        assert_eq!(key_at_line(t, 1), "a");
+        assert_eq!(key_at_line(t, 4), "b.c[0].x");
+        assert_eq!(key_at_line(t, 5), "b.c[0].y");
+        assert_eq!(key_at_line(t, 6), "b.c[1].x");
+        assert_eq!(key_at_line(t, 9), "d[1].e");
+    }
+
+    #[test]
+    fn shipped_default_definition_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/default.yaml");
+        let d = Definition::load(&file).unwrap();
+        assert_eq!(d.cmdline, ["console=tty0", "console=ttyS0,115200"]);
+        assert_eq!(d.source_len, std::fs::metadata(&file).unwrap().len());
     }
 
     #[test]

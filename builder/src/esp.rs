@@ -59,23 +59,129 @@ pub fn command_line(
     parts.join(" ")
 }
 
-/// Keys the definition's `kernel.cmdline` may not set: they are the image's security and
-/// integrity settings and are derived from `security:` and the build itself.
+/// Keys the definition's `kernel.cmdline` may not set (compared after the kernel's `-`≡`_`):
+/// the image's security and integrity settings, derived from `security:` and the build itself,
+/// and whatever would replace the init, the root or the boot target (a debug or rescue shell).
 pub const RESERVED_KEYS: &[&str] = &[
-    cmdline::ROOT_HASH,
-    cmdline::SLOT,
     "fips",
     "security",
     "selinux",
     "enforcing",
+    "checkreqprot",
     "lsm",
+    "apparmor",
+    "lockdown",
+    "module.sig_enforce",
     "init",
     "rdinit",
+    "root",
+    "rootfstype",
+    "rootflags",
+    "ro",
+    "rw",
+    "dm_mod.create",
+    "emergency",
+    "rescue",
+    "single",
+    "s",
+    "S",
+    "b",
 ];
 
-pub fn reserved_key(param: &str) -> Option<&'static str> {
-    let key = param.split('=').next().unwrap_or(param);
-    RESERVED_KEYS.iter().copied().find(|k| *k == key)
+/// `rke2.*` keys a definition may set: neither weakens a security property (`rke2.debug` does:
+/// it opens a shell on failure).
+pub const ALLOWED_RKE2_KEYS: &[&str] = &[cmdline::CONFIG_URL, cmdline::DEVICE_TIMEOUT];
+
+/// systemd keys that only change what is logged or shown; every other `systemd.*` and
+/// `rd.systemd.*` key is refused (`systemd.unit`, `systemd.debug_shell`, `systemd.gpt_auto`,
+/// `systemd.verity*`, `systemd.mask`, `systemd.run`, …).
+pub const ALLOWED_SYSTEMD_KEYS: &[&str] = &[
+    "systemd.show_status",
+    "systemd.log_level",
+    "systemd.log_target",
+    "systemd.log_color",
+    "systemd.log_time",
+    "systemd.log_location",
+];
+
+/// The reserved key `key` (as the kernel parsed it) stands for, if any.
+pub fn reserved_key(key: &str) -> Option<String> {
+    let k = cmdline::normalize_key(key);
+    let fixed = RESERVED_KEYS.iter().any(|r| cmdline::normalize_key(r) == k);
+    let rke2 = k.starts_with("rke2.")
+        && !ALLOWED_RKE2_KEYS
+            .iter()
+            .any(|a| cmdline::normalize_key(a) == k);
+    let systemd = (k.starts_with("systemd.") || k.starts_with("rd.systemd."))
+        && !ALLOWED_SYSTEMD_KEYS.contains(&k.as_str());
+    (fixed || rke2 || systemd).then_some(k)
+}
+
+/// Checks one `kernel.cmdline` item of a definition: printable ASCII, exactly one parameter as
+/// the kernel splits it (quotes only as `key="value"`), a key that starts with a letter, and no
+/// reserved key. The message is the reason and the fix, for the caller to prefix with the file
+/// and the key.
+pub fn check_item(item: &str) -> Result<(), String> {
+    if item.is_empty() {
+        return Err("is empty; remove it".into());
+    }
+    if let Some(c) = item.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(format!(
+            "{item:?} contains {c:?}; kernel parameters are printable ASCII"
+        ));
+    }
+    if item.contains('"') {
+        let quoted_value = item
+            .split_once("=\"")
+            .filter(|(k, v)| !k.contains('"') && !v.is_empty() && v.find('"') == Some(v.len() - 1));
+        if quoted_value.is_none() {
+            return Err(format!(
+                "{item:?}: double quotes are only allowed around a whole value, as key=\"value with spaces\""
+            ));
+        }
+    } else if item.contains(' ') {
+        return Err(format!(
+            "{item:?} holds several parameters; give one parameter per list item, or quote a value with spaces as key=\"a b\""
+        ));
+    }
+    let params = cmdline::parse(item);
+    let [p] = params.as_slice() else {
+        return Err(format!("{item:?} is not exactly one kernel parameter"));
+    };
+    if p.key == "--" {
+        return Err(format!(
+            "{item:?} would end the kernel's parameters and hand the rest to init; remove it"
+        ));
+    }
+    let valid_key = p.key.starts_with(|c: char| c.is_ascii_alphabetic())
+        && p.key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid_key {
+        return Err(format!(
+            "{item:?} is not a kernel parameter (`key` or `key=value`, the key starting with a letter); if this was meant as part of the previous item, quote the whole item in YAML, e.g. [\"console=ttyS0,115200\"]"
+        ));
+    }
+    if let Some(k) = reserved_key(p.key) {
+        return Err(format!(
+            "{item:?} sets `{k}`, which the image reserves (security settings come from `security:`, the root hash, slot, init and boot target from the build); remove it"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a command line the kernel would cut: `COMMAND_LINE_SIZE` counts systemd-boot's
+/// appended ` initrd=` and the terminating NUL.
+pub fn check_length(line: &str, slot: char) -> Result<(), String> {
+    let initrd = initrd_path(slot);
+    if cmdline::fits(line, &initrd) {
+        return Ok(());
+    }
+    Err(format!(
+        "the kernel command line would be {} bytes with systemd-boot's initrd= added; the kernel keeps {} (the rest, security keys included, would be lost): shorten kernel.cmdline",
+        cmdline::with_initrd_len(line, &initrd),
+        cmdline::KERNEL_MAX - 1
+    ))
 }
 
 pub struct EntrySpec<'a> {
@@ -85,9 +191,25 @@ pub struct EntrySpec<'a> {
     pub cmdline: &'a str,
 }
 
-/// Boot Loader Specification type #1 entry.
-pub fn loader_entry(e: &EntrySpec) -> String {
-    format!(
+/// Boot Loader Specification type #1 entry. Every field is one line of the file, so a field
+/// with a control character (a newline would start an `options` or `linux` line of its own) is
+/// refused, naming the field.
+pub fn loader_entry(e: &EntrySpec) -> Result<String, String> {
+    for (field, v) in [
+        ("title", e.title),
+        ("version", e.version),
+        ("options", e.cmdline),
+    ] {
+        if let Some(c) = v.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "loader entry {field} {v:?} contains the control character {c:?}"
+            ));
+        }
+    }
+    if e.slot.is_control() {
+        return Err("loader entry slot is a control character".into());
+    }
+    Ok(format!(
         "title {} (slot {})\nversion {}\nsort-key rke2-image\nlinux /{}\ninitrd /{}\noptions {}\n",
         e.title,
         e.slot,
@@ -95,7 +217,7 @@ pub fn loader_entry(e: &EntrySpec) -> String {
         kernel_path(e.slot),
         initrd_path(e.slot),
         e.cmdline
-    )
+    ))
 }
 
 /// systemd-boot's loader.conf: boot the newest rke2 entry at once, and no editor: changing
@@ -192,9 +314,75 @@ mod tests {
 
     #[test]
     fn reserved_keys() {
-        assert_eq!(reserved_key("enforcing=0"), Some("enforcing"));
-        assert_eq!(reserved_key("rke2.roothash=00"), Some("rke2.roothash"));
-        assert_eq!(reserved_key("console=ttyS0"), None);
+        for bad in [
+            "enforcing=0",
+            "\"enforcing=0\"",
+            "rke2.roothash=00",
+            "rke2.debug",
+            "rke2.slot=b",
+            "init=/bin/sh",
+            "rdinit=/x",
+            "systemd.unit=rescue.target",
+            "rd.systemd.unit=emergency.target",
+            "systemd.debug-shell",
+            "systemd.verity=0",
+            "systemd.gpt_auto=1",
+            "single",
+            "S",
+            "module.sig-enforce=0",
+        ] {
+            assert!(check_item(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "console=ttyS0,115200",
+            "rke2.config.url=http://10.0.0.1/x",
+            "rke2.device-timeout=60",
+            "systemd.log_level=debug",
+            "quiet",
+            "dyndbg=\"file drivers/* +p\"",
+        ] {
+            assert_eq!(check_item(good), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn item_shapes() {
+        for bad in [
+            "",
+            "a b",
+            "--",
+            "115200",
+            "\"a\"=b",
+            "k=\"v",
+            "\"",
+            "k=\"a\"b\"",
+            "a=1\tb=2",
+            "k=v\u{e9}",
+            "-b",
+        ] {
+            assert!(check_item(bad).is_err(), "{bad:?}");
+        }
+        let e = check_item("115200").unwrap_err();
+        assert!(e.contains("[\"console=ttyS0,115200\"]"), "{e}");
+    }
+
+    #[test]
+    fn entry_fields_refuse_control_characters() {
+        let e = loader_entry(&EntrySpec {
+            title: "Node\noptions selinux=0",
+            version: "1",
+            slot: 'a',
+            cmdline: "a=1",
+        })
+        .unwrap_err();
+        assert!(e.contains("title"), "{e}");
+        assert!(loader_entry(&EntrySpec {
+            title: "t",
+            version: "1",
+            slot: 'a',
+            cmdline: "a=1\rlinux /x",
+        })
+        .is_err());
     }
 
     #[test]
@@ -204,7 +392,8 @@ mod tests {
             version: "1.0",
             slot: 'a',
             cmdline: "a=1 b",
-        });
+        })
+        .unwrap();
         let e = parse_entry("x.conf", &text);
         assert_eq!(e.linux, "/rke2/a/vmlinuz");
         assert_eq!(e.initrd, vec!["/rke2/a/initrd.zst".to_string()]);

@@ -184,7 +184,13 @@ fn read_texts<const N: usize>(
             })?;
         match tree.get(&real).map(|i| &i.kind) {
             None => {}
-            Some(Kind::File(b)) => blobs.push((i, b)),
+            Some(Kind::File(b)) => {
+                crate::limits::check(&real, b.len()).map_err(|e| InitrdError::Read {
+                    path: format!("/{path}"),
+                    source: e.into(),
+                })?;
+                blobs.push((i, b))
+            }
             Some(_) => {
                 return Err(InitrdError::Read {
                     path: format!("/{path}"),
@@ -608,6 +614,18 @@ fn write_cpio(t: &Tree, mtime: u64) -> Result<Vec<u8>, InitrdError> {
             _ => None,
         })
         .collect();
+    for (i, b) in &wanted {
+        let path = entries[*i].0.as_bytes();
+        crate::limits::check_with(
+            path,
+            b.len(),
+            (crate::limits::INITRD_FILE, "a file in the initrd"),
+        )
+        .map_err(|e| InitrdError::Read {
+            path: format!("/{}", entries[*i].0),
+            source: e.into(),
+        })?;
+    }
     let mut contents: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
     Tree::read_blobs(&wanted, &mut |i, r| {
         let mut v = Vec::new();

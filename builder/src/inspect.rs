@@ -113,6 +113,22 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
         .first()
         .and_then(|e| cmdline::get(&e.options, cmdline::ROOT_HASH))
         .map(str::to_string);
+    // The builder writes each of these keys once; several (an injected `options` or `linux`
+    // line) mean the entry was not written by it, whatever the merged view says.
+    for (p, b) in files.iter().filter(|(p, _)| {
+        p.starts_with(&format!("{}/", paths::ESP_ENTRIES_DIR)) && p.ends_with(".conf")
+    }) {
+        let text = String::from_utf8_lossy(b);
+        for key in ["title", "version", "linux", "options"] {
+            let n = text
+                .lines()
+                .filter(|l| l.split_whitespace().next() == Some(key))
+                .count();
+            if n > 1 {
+                problems.push(format!("{p}: {n} `{key}` lines (the builder writes one)"));
+            }
+        }
+    }
     for e in &entries {
         for f in std::iter::once(&e.linux).chain(e.initrd.iter()) {
             if !files.contains_key(f.trim_start_matches('/')) {

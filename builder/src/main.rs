@@ -78,9 +78,18 @@ fn cache_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
 
 fn source_date_epoch() -> Result<Option<u64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => Ok(Some(v.trim().parse().with_context(|| {
-            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
-        })?)),
+        Ok(v) => {
+            let n: u64 = v.trim().parse().ok().with_context(|| {
+                format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds")
+            })?;
+            if n > rke2_image::definition::EPOCH_MAX {
+                anyhow::bail!(
+                    "SOURCE_DATE_EPOCH={n} is after 2106-02-07; the initrd and ESP store times up to {}",
+                    rke2_image::definition::EPOCH_MAX
+                );
+            }
+            Ok(Some(n))
+        }
         Err(_) => Ok(None),
     }
 }
@@ -143,8 +152,13 @@ fn run() -> Result<()> {
                 eprintln!("checking {name} from {}", config.display());
                 text
             } else {
-                std::fs::read_to_string(&config)
-                    .with_context(|| format!("reading {}", config.display()))?
+                let bytes = rke2_image::limits::read_host_file(
+                    &config,
+                    rke2_image::limits::KERNEL_CONFIG,
+                    "kernel configuration",
+                )
+                .map_err(|m| anyhow::anyhow!("{}: {m}", config.display()))?;
+                String::from_utf8_lossy(&bytes).into_owned()
             };
             let report = kernel_check::check(&text, &kernel_check::builtin_fragments()?);
             print!("{report}");
@@ -175,11 +189,28 @@ fn run() -> Result<()> {
     Ok(())
 }
 
+/// The error and its causes joined with `: `, leaving out a cause whose text the message
+/// already carries (many errors embed their source), so nothing is printed twice.
+fn chain_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_once(&e));
             ExitCode::FAILURE
         }
     }

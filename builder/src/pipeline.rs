@@ -19,8 +19,7 @@
 //! carries the final name. Every GUID and the verity salt derive from a seed over all inputs,
 //! and every timestamp is clamped to the build epoch: the same inputs give the same bytes.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,9 @@ use sha2::{Digest, Sha256};
 
 use crate::definition::{BaseSource, Definition, SelinuxMode};
 use crate::tree::{Blob, Inode, Kind, Tree};
-use crate::{archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, selinux};
+use crate::{
+    archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, publish, selinux,
+};
 
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = partitions::SECTOR;
@@ -107,20 +108,6 @@ impl Region {
     }
 }
 
-/// Removes the temporary image unless the build reached the rename.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -177,24 +164,29 @@ pub fn build(
     };
     let mut inputs: Vec<manifest::Input> = Vec::new();
 
-    for c in &def.cmdline {
-        if let Some(k) = esp::reserved_key(c) {
-            return Err(invalid(
+    // Checked at load already; again here for a `Definition` built in code.
+    for (i, c) in def.cmdline.iter().enumerate() {
+        esp::check_item(c).map_err(|m| {
+            invalid(
                 "load",
-                format!(
-                    "{}: kernel.cmdline: {c:?} sets `{k}`, which the build derives from `security:` and the root hash; remove it",
-                    def.file.display()
-                ),
-            ));
-        }
+                format!("{}: kernel.cmdline[{i}]: {m}", def.file.display()),
+            )
+        })?;
     }
-    let def_bytes = fs::read(&def.file).map_err(stage("load"))?;
     inputs.push(input(
         "definition",
         display_path(def, &def.file),
-        sha256_hex(&def_bytes),
-        def_bytes.len() as u64,
+        def.source_sha256.clone(),
+        def.source_len,
     ));
+    // The output lock is taken before any work, so a concurrent build of the same output is
+    // refused at once; the image temporary exists from here on and is removed on failure.
+    let out_dir = opts
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| def.output_dir.clone());
+    let outputs = publish::Outputs::begin(&out_dir, &format!("{}-{}", def.name, def.version))
+        .map_err(stage("outputs"))?;
 
     // --- fetch -------------------------------------------------------------------------
     let base_path = match &def.base {
@@ -246,6 +238,20 @@ pub fn build(
             .max()
             .unwrap_or(0)
     });
+    if epoch > crate::definition::EPOCH_MAX {
+        let newest = tree
+            .iter()
+            .max_by_key(|(_, id)| tree.inode(*id).mtime)
+            .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        return Err(invalid(
+            "fetch",
+            format!(
+                "the base's newest entry /{newest} is dated {epoch}, after 2106-02-07, the latest time the initrd and ESP can store; set `epoch:` in {} (or SOURCE_DATE_EPOCH) to clamp timestamps",
+                def.file.display()
+            ),
+        ));
+    }
     lap("fetch", &mut timings);
 
     // --- compose -------------------------------------------------------------------------
@@ -428,6 +434,20 @@ pub fn build(
             ),
         )
     })?;
+    for (path, blob, limit) in [
+        (
+            vmlinuz_path.as_str(),
+            &kernel_blob,
+            (crate::limits::KERNEL, "a kernel"),
+        ),
+        (
+            paths::SYSTEMD_BOOT_EFI,
+            &sdboot_blob,
+            (crate::limits::SYSTEMD_BOOT, "a boot loader"),
+        ),
+    ] {
+        crate::limits::check_with(path.as_bytes(), blob.len(), limit).map_err(stage("kernel"))?;
+    }
     let config_path = format!("boot/config-{kver}");
     let config = tree
         .read_file(config_path.as_bytes())
@@ -483,6 +503,14 @@ pub fn build(
             ),
         ));
     }
+    // Load checked the sum for the same sizes; a `Definition` built in code is checked here,
+    // before the additions below.
+    if crate::definition::disk_size(def.esp_size, def.root_size, def.state_size).is_none() {
+        return Err(invalid(
+            "layout",
+            "the partition sizes add up to more than a disk image can hold; lower disk.rootSize or disk.stateSize",
+        ));
+    }
     let slot_blocks = def.root_size / partitions::BLOCK;
     let hash_size = align_up(
         verity::hash_device_size(slot_blocks, partitions::BLOCK as u32),
@@ -505,32 +533,24 @@ pub fn build(
     // Free space for the state partition rke2-init creates on first boot, then 1 MiB for the
     // backup GPT (keeping the end aligned). Zeros: sparse in the file.
     let disk_size = cursor + def.state_size + MIB;
+    debug_assert_eq!(
+        Some(disk_size),
+        crate::definition::disk_size(def.esp_size, def.root_size, def.state_size)
+    );
     lap("layout", &mut timings);
 
     // --- output file ---------------------------------------------------------------------
-    let out_dir = opts
-        .output_dir
-        .clone()
-        .unwrap_or_else(|| def.output_dir.clone());
-    fs::create_dir_all(&out_dir).map_err(|e| {
+    let out = outputs.file();
+    out.set_len(disk_size).map_err(|e| {
         invalid(
             "outputs",
-            format!("creating output directory {}: {e}", out_dir.display()),
+            format!(
+                "{}: cannot size the image to {disk_size} bytes: {}",
+                outputs.temp_path().display(),
+                crate::limits::io_reason(&e)
+            ),
         )
     })?;
-    let file_name = format!("{}-{}.raw", def.name, def.version);
-    let final_path = out_dir.join(&file_name);
-    let mut temp = TempFile {
-        path: out_dir.join(format!(".{file_name}.partial-{}", std::process::id())),
-        keep: false,
-    };
-    let out = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&temp.path)
-        .map_err(|e| invalid("outputs", format!("creating {}: {e}", temp.path.display())))?;
-    out.set_len(disk_size).map_err(stage("outputs"))?;
 
     // --- rootfs, verity | initrd ----------------------------------------------------------
     // The initrd (and the boot files the ESP needs from the base) depend only on the tree, so
@@ -578,7 +598,7 @@ pub fn build(
             },
         );
         let main = (|| -> Result<_, BuildError> {
-            let written = erofs::write(&tree, &plan, &out, root_a.offset, root_a.size)
+            let written = erofs::write(&tree, &plan, out, root_a.offset, root_a.size)
                 .map_err(stage("rootfs"))?;
             let params = verity::Params {
                 data_block_size: partitions::BLOCK as u32,
@@ -588,7 +608,7 @@ pub fn build(
                 uuid: derive16(&seed, "verity-uuid"),
                 algorithm: "sha256".into(),
             };
-            let root_hash = verity::format(&out, root_a.offset, &out, verity_a.offset, &params)
+            let root_hash = verity::format(out, root_a.offset, out, verity_a.offset, &params)
                 .map_err(stage("verity"))?;
             Ok((written, params, root_hash))
         })();
@@ -623,12 +643,19 @@ pub fn build(
         .description
         .clone()
         .unwrap_or_else(|| format!("{} {}", def.name, def.version));
+    esp::check_length(&cmdline, slot).map_err(|m| {
+        invalid(
+            "esp",
+            format!("{}: kernel.cmdline: {m}", def.file.display()),
+        )
+    })?;
     let entry_text = esp::loader_entry(&esp::EntrySpec {
         title: &title,
         version: &def.version,
         slot,
         cmdline: &cmdline,
-    });
+    })
+    .map_err(|m| invalid("esp", format!("{}: description: {m}", def.file.display())))?;
 
     let disk_guid = Guid::from_hash(derive16(&seed, "disk-guid"));
     let mut rh_first = [0u8; 16];
@@ -688,7 +715,7 @@ pub fn build(
             name: def.name.clone(),
             version: def.version.clone(),
             epoch,
-            file: file_name.clone(),
+            file: format!("{}-{}.raw", def.name, def.version),
             size: disk_size,
         },
         inputs: inputs.clone(),
@@ -742,7 +769,7 @@ pub fn build(
     };
     fat::write(
         &esp_content.sorted(),
-        &out,
+        out,
         esp_r.offset,
         esp_r.size,
         &fat_opts,
@@ -767,24 +794,13 @@ pub fn build(
             )
             .map_err(stage("disk"))?;
     }
-    table.write(&out).map_err(stage("disk"))?;
+    table.write(out).map_err(stage("disk"))?;
     lap("disk", &mut timings);
 
     // --- outputs -------------------------------------------------------------------------
-    out.sync_all().map_err(stage("outputs"))?;
-    drop(out);
-    let manifest_path = out_dir.join(format!("{}-{}.manifest.json", def.name, def.version));
-    write_atomic(&manifest_path, &manifest_json).map_err(stage("outputs"))?;
-    fs::rename(&temp.path, &final_path).map_err(|e| {
-        invalid(
-            "outputs",
-            format!("renaming to {}: {e}", final_path.display()),
-        )
-    })?;
-    temp.keep = true;
-    if let Ok(d) = File::open(&out_dir) {
-        let _ = d.sync_all();
-    }
+    let final_path = outputs.image_path().to_path_buf();
+    let manifest_path = outputs.manifest_path().to_path_buf();
+    outputs.publish(&manifest_json).map_err(stage("outputs"))?;
     lap("outputs", &mut timings);
     log(&format!(
         "outputs: {} ({} MiB), {}",
@@ -876,25 +892,4 @@ fn set_selinux_config(tree: &mut Tree, mode: SelinuxMode, epoch: u64) -> Result<
     Ok(())
 }
 
-/// Temp file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let res = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
+pub use crate::publish::write_atomic;

@@ -531,6 +531,9 @@ impl Tree {
         let Kind::File(blob) = &inode.kind else {
             return Err(TreeError::NotAFile(show(path)).into());
         };
+        // Bounded by what the file is for: the length is the archive header's claim, checked
+        // before anything is allocated or decompressed.
+        crate::limits::check(&real, blob.len())?;
         let mut out = Vec::with_capacity(blob.len() as usize);
         Tree::read_blobs(&[((), blob)], &mut |_, r| {
             r.read_to_end(&mut out).map(|_| ())
@@ -545,6 +548,8 @@ pub enum ReadError {
     Tree(#[from] TreeError),
     #[error(transparent)]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    TooLarge(#[from] crate::limits::TooLarge),
 }
 
 #[cfg(test)]

@@ -159,10 +159,17 @@ fn output_names_and_no_leftovers() {
         .collect();
     let mut names = names;
     names.sort();
+    // The image, its manifest and the (empty) output lock; no temporaries.
     assert_eq!(
         names,
-        vec!["test-node-1.2.3.manifest.json", "test-node-1.2.3.raw"]
+        vec![
+            ".test-node-1.2.3.lock",
+            "test-node-1.2.3.manifest.json",
+            "test-node-1.2.3.raw"
+        ]
     );
+    let lock = b.image.with_file_name(".test-node-1.2.3.lock");
+    assert_eq!(fs::metadata(lock).unwrap().len(), 0);
     assert_eq!(fs::metadata(&b.image).unwrap().len(), b.manifest.disk.size);
 }
 
@@ -342,7 +349,8 @@ fn reproducible_and_rootless() {
     assert_eq!(m1, m2);
 }
 
-/// Runs a build expected to fail; returns stderr and checks nothing was left in the output dir.
+/// Runs a build expected to fail; returns stderr and checks nothing was left in the output dir
+/// but the (empty) output lock file.
 fn failing_build(fx: &Fixture, edit: impl Fn(&str) -> String) -> String {
     let (dir, def) = workspace(fx, "");
     let text = edit(&fs::read_to_string(&def).unwrap());
@@ -353,7 +361,11 @@ fn failing_build(fx: &Fixture, edit: impl Fn(&str) -> String) -> String {
     assert!(!out.status.success());
     let out_dir = dir.path().join("out");
     if out_dir.exists() {
-        let left: Vec<_> = fs::read_dir(&out_dir).unwrap().collect();
+        let left: Vec<_> = fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".test-node-1.2.3.lock")
+            .collect();
         assert!(left.is_empty(), "failed build left {left:?}");
     }
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -1,4 +1,6 @@
-//! Kernel command-line keys written by the builder into the loader entry and read on the node.
+//! Kernel command-line keys written by the builder into the loader entry and read on the node,
+//! and the kernel's own splitting rule ([`parse`]), shared by the builder, `inspect` and
+//! `rke2-init` so all three see the parameters the kernel sees.
 
 /// Hex sha256 root hash of the active root slot's dm-verity tree. Without it `rke2-init`
 /// refuses to boot.
@@ -12,61 +14,144 @@ pub const DEVICE_TIMEOUT: &str = "rke2.device_timeout";
 /// URL of the node configuration for `rke2-firstboot`.
 pub const CONFIG_URL: &str = "rke2.config.url";
 
-/// One parsed `key=value` (or bare `key`) token of a kernel command line.
+/// x86 `COMMAND_LINE_SIZE`: the kernel keeps at most this many bytes, the terminating NUL
+/// included, and silently cuts the rest (which would drop the security keys written last).
+pub const KERNEL_MAX: usize = 2048;
+
+/// One parsed `key=value` (or bare `key`) parameter of a kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param<'a> {
     pub key: &'a str,
     pub value: Option<&'a str>,
 }
 
-/// Splits a kernel command line the way the kernel does: whitespace separates parameters,
-/// double quotes group a value that contains spaces (the quotes are removed).
-pub fn parse(cmdline: &str) -> Vec<Param<'_>> {
+/// The kernel's `isspace()` on ASCII (`\v` included, unlike `char::is_ascii_whitespace`).
+/// The kernel also counts byte 0xA0 as a space; lines we write and read are ASCII (the builder
+/// refuses anything else), so a non-ASCII line is split at ASCII spaces only.
+pub fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// Splits a kernel command line exactly as the kernel's `next_arg()` (lib/cmdline.c) does: a
+/// parameter runs to the next space outside double quotes; a leading quote and one closing
+/// quote at the end are removed; the key ends at the first `=` after the first byte; a value
+/// starting with a quote loses it and a trailing quote. `--` ends the kernel's parameters (what
+/// follows goes to init) and is returned as a parameter with the key `--`.
+pub fn parse(line: &str) -> Vec<Param<'_>> {
+    let b = line.as_bytes();
     let mut out = Vec::new();
-    let bytes = cmdline.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i >= bytes.len() {
-            break;
-        }
-        let start = i;
+    let mut pos = 0;
+    while pos < b.len() && is_space(b[pos]) {
+        pos += 1;
+    }
+    while pos < b.len() {
+        let mut start = pos;
         let mut in_quote = false;
-        while i < bytes.len() && (in_quote || !bytes[i].is_ascii_whitespace()) {
-            if bytes[i] == b'"' {
+        let mut quoted = false;
+        if b[start] == b'"' {
+            start += 1;
+            in_quote = true;
+            quoted = true;
+        }
+        // `i` and `equals` are offsets from `start`, as in the kernel; equals == 0 means none
+        // (a `=` as the very first byte is not a separator there either).
+        let mut i = 0;
+        let mut equals = 0;
+        while start + i < b.len() {
+            let c = b[start + i];
+            if is_space(c) && !in_quote {
+                break;
+            }
+            if equals == 0 && c == b'=' {
+                equals = i;
+            }
+            if c == b'"' {
                 in_quote = !in_quote;
             }
             i += 1;
         }
-        let token = &cmdline[start..i];
-        let (key, value) = match token.split_once('=') {
-            Some((k, v)) => (k, Some(v.trim_matches('"'))),
-            None => (token.trim_matches('"'), None),
+        let end = start + i;
+        // The kernel writes NULs over the quotes it drops; the same ranges as slices.
+        let last_is_quote = i > 0 && b[end - 1] == b'"';
+        let (key, value) = if equals == 0 {
+            let kend = if quoted && last_is_quote {
+                end - 1
+            } else {
+                end
+            };
+            (start..kend, None)
+        } else {
+            let mut vstart = start + equals + 1;
+            let mut vend = end;
+            if vstart < b.len() && b[vstart] == b'"' && vstart < end {
+                vstart += 1;
+                if last_is_quote {
+                    vend = end - 1;
+                }
+            }
+            if quoted && last_is_quote {
+                vend = end - 1;
+            }
+            (start..start + equals, Some(vstart..vend.max(vstart)))
         };
+        let key = &line[key.start..key.end.max(key.start)];
+        let value = value.map(|r| &line[r]);
         out.push(Param { key, value });
+        pos = if end < b.len() { end + 1 } else { end };
+        while pos < b.len() && is_space(b[pos]) {
+            pos += 1;
+        }
     }
     out
 }
 
-/// The value of the last occurrence of `key` (the kernel's own rule: later wins).
+/// The kernel's parameter-name comparison (`parameq`): `-` and `_` are the same.
+pub fn normalize_key(key: &str) -> String {
+    key.replace('-', "_")
+}
+
+/// The value of the last occurrence of `key` before `--` (the kernel's rule: later wins).
 pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    parse(cmdline)
+    kernel_params(cmdline)
         .into_iter()
         .rev()
         .find(|p| p.key == key)
         .map(|p| p.value.unwrap_or(""))
 }
 
-/// Whether `key` is present at all (with or without a value).
+/// Whether `key` is present at all (with or without a value) before `--`.
 pub fn has(cmdline: &str, key: &str) -> bool {
-    parse(cmdline).iter().any(|p| p.key == key)
+    kernel_params(cmdline).iter().any(|p| p.key == key)
+}
+
+/// The parameters the kernel itself sees: those before the first `--`.
+fn kernel_params(cmdline: &str) -> Vec<Param<'_>> {
+    let mut v = parse(cmdline);
+    if let Some(i) = v.iter().position(|p| p.key == "--" && p.value.is_none()) {
+        v.truncate(i);
+    }
+    v
+}
+
+/// Whether `line` survives the kernel's `COMMAND_LINE_SIZE` once systemd-boot has appended
+/// ` initrd=<path>` for the entry's initrd (path as systemd-boot passes it, `\` separated).
+pub fn fits(line: &str, initrd_path: &str) -> bool {
+    with_initrd_len(line, initrd_path) < KERNEL_MAX
+}
+
+/// Length of `line` plus what systemd-boot appends for `initrd_path` (a `/`-separated path
+/// on the ESP, which it passes with `\`).
+pub fn with_initrd_len(line: &str, initrd_path: &str) -> usize {
+    line.len() + " initrd=\\".len() + initrd_path.trim_start_matches('/').len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kv(line: &str) -> Vec<(&str, Option<&str>)> {
+        parse(line).into_iter().map(|p| (p.key, p.value)).collect()
+    }
 
     #[test]
     fn parses_quotes_and_last_wins() {
@@ -76,5 +161,51 @@ mod tests {
         assert_eq!(get(c, "rke2.debug"), Some(""));
         assert!(has(c, "quiet"));
         assert_eq!(get(c, "missing"), None);
+    }
+
+    /// Cases worked through lib/cmdline.c's next_arg() by hand.
+    #[test]
+    fn kernel_quoting() {
+        // A quoted whole parameter: the key is what is inside.
+        assert_eq!(kv("\"enforcing=0\""), [("enforcing", Some("0"))]);
+        assert_eq!(
+            kv("\"init=/bin/sh\" x"),
+            [("init", Some("/bin/sh")), ("x", None)]
+        );
+        assert_eq!(kv("\"selinux\""), [("selinux", None)]);
+        // Quotes in the middle of a key do not end it; spaces inside quotes do not split.
+        assert_eq!(kv("a\"b c\"=d"), [("a\"b c\"", Some("d"))]);
+        assert_eq!(kv("k=\"v w\""), [("k", Some("v w"))]);
+        // An unterminated quote swallows the rest of the line.
+        assert_eq!(kv("k=\"v fips=0"), [("k", Some("v fips=0"))]);
+        assert_eq!(kv("\" fips=0"), [(" fips", Some("0"))]);
+        // `=` first is not a separator; the next one is.
+        assert_eq!(kv("=a=b"), [("=a", Some("b"))]);
+        assert_eq!(kv("=a"), [("=a", None)]);
+        // \v and \f separate, leading and trailing spaces vanish.
+        assert_eq!(
+            kv(" a\x0bb\x0c c "),
+            [("a", None), ("b", None), ("c", None)]
+        );
+        assert_eq!(kv("k="), [("k", Some(""))]);
+        assert_eq!(kv("k=\""), [("k", Some(""))]);
+        assert_eq!(kv("\""), [("", None)]);
+        assert!(parse("").is_empty());
+        assert!(parse("   ").is_empty());
+    }
+
+    #[test]
+    fn double_dash_ends_kernel_params() {
+        let c = "a=1 -- a=2 rke2.debug";
+        assert_eq!(get(c, "a"), Some("1"));
+        assert!(!has(c, "rke2.debug"));
+        assert_eq!(parse(c).len(), 4);
+    }
+
+    #[test]
+    fn length_cap_counts_initrd() {
+        let line = "x".repeat(KERNEL_MAX - 1 - " initrd=\\rke2/a/initrd.zst".len());
+        assert!(fits(&line, "/rke2/a/initrd.zst"));
+        assert!(!fits(&format!("{line}y"), "/rke2/a/initrd.zst"));
     }
 }

@@ -32,10 +32,15 @@ pub struct Verified {
 impl Checksums {
     pub fn load(dir: &Path) -> Result<Checksums, PayloadError> {
         let file = dir.join(SUMS_FILE);
-        let text = std::fs::read_to_string(&file).map_err(|source| PayloadError::Io {
-            path: file.clone(),
-            source,
-        })?;
+        // Opened without blocking and bounded: a FIFO or /dev/zero named like the list must
+        // not hang the build or exhaust memory.
+        let bad = |message: String| PayloadError::Checksums {
+            file: file.clone(),
+            message,
+        };
+        let bytes = crate::limits::read_host_file(&file, crate::limits::HOST_TEXT, "checksum list")
+            .map_err(bad)?;
+        let text = String::from_utf8(bytes).map_err(|_| bad("is not UTF-8 text".into()))?;
         Checksums::parse(dir, &file, &text)
     }
 

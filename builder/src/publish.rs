@@ -1,0 +1,284 @@
+//! Putting a build's outputs into the output directory without ever showing a half-written or
+//! mismatched pair under the final names.
+//!
+//! - A `flock`ed `.<stem>.lock` is held for the whole build: a second build of the same output
+//!   is refused instead of racing the first.
+//! - With the lock held, temporaries a killed build left for this output are removed (they
+//!   are multi-GB and nothing else would reclaim them).
+//! - Temporaries are created `O_CREAT|O_EXCL|O_NOFOLLOW`: a symlink or file planted under the
+//!   temporary name makes the build fail instead of writing through it.
+//! - Publish order: fsync the image → remove the old manifest → rename the image into place
+//!   → write the manifest atomically. A manifest under the final name therefore always
+//!   describes the image beside it; a failure in between leaves an image without a manifest,
+//!   never a manifest with another build's image.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::limits::io_reason;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("output directory {dir}: {reason}")]
+    Dir { dir: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("another build of {stem} is writing to {dir} (it holds {lock}); wait for it or choose another output directory")]
+    Busy {
+        stem: String,
+        dir: PathBuf,
+        lock: PathBuf,
+    },
+}
+
+fn file_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
+    move |e| PublishError::File {
+        path: path.to_path_buf(),
+        reason: io_reason(&e),
+    }
+}
+
+/// Creates `path` exclusively, never through a symlink.
+fn create_exclusive(path: &Path, read: bool) -> io::Result<File> {
+    File::options()
+        .read(read)
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// One build's outputs `<stem>.raw` and `<stem>.manifest.json` in `dir`, from the moment the
+/// build starts writing until they are published.
+#[derive(Debug)]
+pub struct Outputs {
+    dir: PathBuf,
+    image: PathBuf,
+    manifest: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+    published: bool,
+    /// Held (and the `flock` with it) until the outputs are dropped.
+    _lock: File,
+}
+
+impl Outputs {
+    /// Takes the output lock, removes this output's stale temporaries and creates the image
+    /// temporary. Refuses final names that are not regular files (a directory called
+    /// `<stem>.raw` would fail the rename only after the whole build).
+    pub fn begin(dir: &Path, stem: &str) -> Result<Outputs, PublishError> {
+        let dir_err = |reason: String| PublishError::Dir {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        match fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => return Err(dir_err("exists and is not a directory".into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir)
+                .map_err(|e| dir_err(format!("cannot create it: {}", io_reason(&e))))?,
+            Err(e) => return Err(dir_err(io_reason(&e))),
+        }
+        let image = dir.join(format!("{stem}.raw"));
+        let manifest = dir.join(format!("{stem}.manifest.json"));
+        for p in [&image, &manifest] {
+            match fs::symlink_metadata(p) {
+                Ok(m) if !m.is_file() => {
+                    return Err(PublishError::File {
+                        path: p.clone(),
+                        reason: "exists and is not a regular file; move it away (the build replaces only files)".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        let lock_path = dir.join(format!(".{stem}.lock"));
+        let lock = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&lock_path)
+            .map_err(file_err(&lock_path))?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Err(PublishError::Busy {
+                    stem: stem.to_string(),
+                    dir: dir.to_path_buf(),
+                    lock: lock_path,
+                });
+            }
+            return Err(file_err(&lock_path)(e));
+        }
+        remove_stale(dir, stem).map_err(|e| dir_err(io_reason(&e)))?;
+        let temp = dir.join(format!(".{stem}.raw.partial-{}", std::process::id()));
+        let file = create_exclusive(&temp, true).map_err(file_err(&temp))?;
+        Ok(Outputs {
+            dir: dir.to_path_buf(),
+            image,
+            manifest,
+            temp,
+            file: Some(file),
+            published: false,
+            _lock: lock,
+        })
+    }
+
+    /// The image temporary, to write the disk into.
+    pub fn file(&self) -> &File {
+        self.file
+            .as_ref()
+            .expect("the image file lives until publish")
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Final path of the image.
+    pub fn image_path(&self) -> &Path {
+        &self.image
+    }
+
+    /// Final path of the manifest.
+    pub fn manifest_path(&self) -> &Path {
+        &self.manifest
+    }
+
+    /// Publishes the image and then `manifest` (see the module docs for the order).
+    pub fn publish(mut self, manifest: &[u8]) -> Result<(), PublishError> {
+        let file = self.file.take().expect("publish runs once");
+        file.sync_all().map_err(file_err(&self.temp))?;
+        drop(file);
+        match fs::remove_file(&self.manifest) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_err(&self.manifest)(e)),
+        }
+        fs::rename(&self.temp, &self.image).map_err(file_err(&self.image))?;
+        self.published = true;
+        sync_dir(&self.dir);
+        write_atomic(&self.manifest, manifest).map_err(file_err(&self.manifest))
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    // Durability only: a failure here cannot be acted on and leaves the names consistent.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Removes `.<stem>.raw.partial-*` and `.<stem>.manifest.json.tmp-*` left by killed builds.
+/// Runs with the output lock held, so none of them belongs to a live build. Only regular files
+/// and symlinks are removed (never followed).
+fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
+    let prefixes = [
+        format!(".{stem}.raw.partial-"),
+        format!(".{stem}.manifest.json.tmp-"),
+    ];
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            let t = entry.file_type()?;
+            if t.is_file() || t.is_symlink() {
+                fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exclusive temporary beside `path`, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = (|| -> io::Result<()> {
+        let mut f = create_exclusive(&tmp, false)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir);
+        Ok(())
+    })();
+    if res.is_err() {
+        // Only a file we created: a planted file or symlink makes create_exclusive fail with
+        // EEXIST/ELOOP, and then the name is not ours to remove.
+        if !matches!(&res, Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ELOOP))
+        {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planted_symlink_is_not_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let target = d.path().join("m.json");
+        std::os::unix::fs::symlink(
+            &victim,
+            d.path().join(format!(".m.json.tmp-{}", std::process::id())),
+        )
+        .unwrap();
+        assert!(write_atomic(&target, b"new").is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn lock_stale_and_publish_order() {
+        let d = tempfile::tempdir().unwrap();
+        let stale = d.path().join(".x-1.raw.partial-999999");
+        fs::write(&stale, b"old").unwrap();
+        let other = d.path().join(".y-1.raw.partial-999999");
+        fs::write(&other, b"other output").unwrap();
+        let o = Outputs::begin(d.path(), "x-1").unwrap();
+        assert!(!stale.exists());
+        assert!(other.exists());
+        let e = Outputs::begin(d.path(), "x-1").unwrap_err().to_string();
+        assert!(e.contains("another build of x-1"), "{e}");
+        o.file().write_all_at(b"image", 0).unwrap();
+        o.publish(b"{}").unwrap();
+        assert_eq!(fs::read(d.path().join("x-1.raw")).unwrap(), b"image");
+        assert_eq!(fs::read(d.path().join("x-1.manifest.json")).unwrap(), b"{}");
+        // A failed build leaves no temporary.
+        let o = Outputs::begin(d.path(), "x-1").unwrap();
+        let t = o.temp_path().to_path_buf();
+        assert!(t.exists());
+        drop(o);
+        assert!(!t.exists());
+    }
+
+    use std::os::unix::fs::FileExt;
+}
