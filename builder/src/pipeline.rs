@@ -469,9 +469,11 @@ pub fn build(
         uuid: derive16(&seed, "erofs-uuid"),
         volume_name: "rke2-root".into(),
         build_time: epoch,
+        compression: def.compression,
     };
     let plan = erofs::plan(&tree, &erofs_opts).map_err(stage("layout"))?;
-    if plan.size() > def.root_size {
+    // A compressed root's size is known once it is written (the rootfs stage names it then).
+    if def.compression == erofs::Compression::None && plan.size() > def.root_size {
         return Err(invalid(
             "layout",
             format!(
