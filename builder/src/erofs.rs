@@ -790,6 +790,19 @@ pub fn write(
     offset: u64,
     max_len: u64,
 ) -> Result<Written, ErofsError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    write_with_threads(tree, plan, out, offset, max_len, threads)
+}
+
+/// [`write`] with `threads` compression threads (the bytes do not depend on it).
+pub fn write_with_threads(
+    tree: &Tree,
+    plan: &Plan,
+    out: &File,
+    offset: u64,
+    max_len: u64,
+    threads: usize,
+) -> Result<Written, ErofsError> {
     let unique = tree.unique_inodes();
     if unique.len() != plan.placed.len() {
         return Err(ErofsError::PlanMismatch {
@@ -801,7 +814,7 @@ pub fn write(
         });
     }
     if let Some(level) = plan.opts.compression.level() {
-        return write_compressed(tree, plan, level, out, offset, max_len);
+        return write_compressed(tree, plan, level, out, offset, max_len, threads.max(1));
     }
     if plan.size() > max_len {
         return Err(ErofsError::TooLarge {
@@ -1160,6 +1173,7 @@ fn write_compressed(
     out: &File,
     offset: u64,
     max_len: u64,
+    threads: usize,
 ) -> Result<Written, ErofsError> {
     // No hole punching here: a flat fallback rewrites blocks that already hold data.
     let region = Region {
@@ -1176,7 +1190,6 @@ fn write_compressed(
         shapes: Shapes::default(),
         tails: HashMap::new(),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let mut failure: Option<ErofsError> = None;
     let res = std::thread::scope(|scope| {
         let (job_tx, job_rx) = mpsc::sync_channel::<(usize, usize, Vec<u8>)>(threads);
