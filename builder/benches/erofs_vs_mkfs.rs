@@ -132,11 +132,10 @@ fn main() {
             uuid: [0; 16],
             volume_name: String::new(),
             build_time: 0,
-            compression,
         };
         let ours_img = tmp.path().join("ours.erofs");
         let t = Instant::now();
-        let plan = erofs::plan(&tree, &opts).unwrap();
+        let plan = erofs::plan_compressed(&tree, &opts, compression).unwrap();
         let out = File::create(&ours_img).unwrap();
         let written = erofs::write_with_threads(&tree, &plan, &out, 0, u64::MAX, threads).unwrap();
         out.sync_all().unwrap();

@@ -77,7 +77,6 @@ pub struct Options {
     pub volume_name: String,
     /// Seconds since the epoch; inodes with exactly this mtime get the compact form.
     pub build_time: u64,
-    pub compression: Compression,
 }
 
 /// How file data is stored.
@@ -193,6 +192,7 @@ pub struct Plan {
     data_blocks: u64,
     total_blocks: u64,
     opts: Options,
+    compression: Compression,
     /// Compressed files: their indexes.
     zfiles: HashMap<InodeId, Compressed>,
 }
@@ -444,10 +444,24 @@ struct Shapes {
 /// uncompressed layout (an upper bound); [`write`] lays the image out again once files are
 /// compressed.
 pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, ErofsError> {
-    plan_with(tree, opts, None)
+    plan_compressed(tree, opts, Compression::None)
 }
 
-fn plan_with(tree: &Tree, opts: &Options, shapes: Option<Shapes>) -> Result<Plan, ErofsError> {
+/// [`plan`] for an image whose file data is stored with `compression`.
+pub fn plan_compressed(
+    tree: &Tree,
+    opts: &Options,
+    compression: Compression,
+) -> Result<Plan, ErofsError> {
+    plan_with(tree, opts, compression, None)
+}
+
+fn plan_with(
+    tree: &Tree,
+    opts: &Options,
+    compression: Compression,
+    shapes: Option<Shapes>,
+) -> Result<Plan, ErofsError> {
     if opts.volume_name.len() > 16 {
         return Err(ErofsError::VolumeName {
             name: opts.volume_name.clone(),
@@ -605,6 +619,7 @@ fn plan_with(tree: &Tree, opts: &Options, shapes: Option<Shapes>) -> Result<Plan
         data_blocks,
         total_blocks: next_block,
         opts: opts.clone(),
+        compression,
         zfiles,
     })
 }
@@ -613,7 +628,7 @@ fn superblock(plan: &Plan) -> [u8; SUPER_SIZE] {
     let mut sb = [0u8; SUPER_SIZE];
     sb[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     sb[8..12].copy_from_slice(&(FEATURE_COMPAT_SB_CHKSUM | FEATURE_COMPAT_MTIME).to_le_bytes());
-    if plan.opts.compression != Compression::None {
+    if plan.compression != Compression::None {
         // As mkfs.erofs 1.5 with -zlz4/-zlz4hc: 0-padding, and the LZ4 window in u1.
         sb[80..84].copy_from_slice(&FEATURE_INCOMPAT_LZ4_0PADDING.to_le_bytes());
         sb[84..86].copy_from_slice(&lz4::MAX_DISTANCE.to_le_bytes());
@@ -813,7 +828,7 @@ pub fn write_with_threads(
             ),
         });
     }
-    if let Some(level) = plan.opts.compression.level() {
+    if let Some(level) = plan.compression.level() {
         return write_compressed(tree, plan, level, out, offset, max_len, threads.max(1));
     }
     if plan.size() > max_len {
@@ -1285,7 +1300,7 @@ fn write_compressed(
     let mut shapes = area.shapes;
     shapes.data_blocks = area.next - 1;
     let tails = area.tails;
-    let plan = plan_with(tree, &flat_plan.opts, Some(shapes))?;
+    let plan = plan_with(tree, &flat_plan.opts, flat_plan.compression, Some(shapes))?;
     if plan.size() > max_len {
         return Err(ErofsError::TooLarge {
             needed: plan.size(),

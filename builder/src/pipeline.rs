@@ -469,9 +469,9 @@ pub fn build(
         uuid: derive16(&seed, "erofs-uuid"),
         volume_name: "rke2-root".into(),
         build_time: epoch,
-        compression: def.compression,
     };
-    let plan = erofs::plan(&tree, &erofs_opts).map_err(stage("layout"))?;
+    let plan =
+        erofs::plan_compressed(&tree, &erofs_opts, def.compression).map_err(stage("layout"))?;
     // A compressed root's size is known once it is written (the rootfs stage names it then).
     if def.compression == erofs::Compression::None && plan.size() > def.root_size {
         return Err(invalid(

@@ -18,15 +18,10 @@ use rke2_image::tree::{Blob, Inode, InodeId, Kind, Tree};
 const BUILD_TIME: u64 = 1_700_000_000;
 
 fn opts() -> Options {
-    opts_z(Compression::None)
-}
-
-fn opts_z(compression: Compression) -> Options {
     Options {
         uuid: *b"\x01\x23\x45\x67\x89\xab\xcd\xef\xfe\xdc\xba\x98\x76\x54\x32\x10",
         volume_name: "rke2-root".into(),
         build_time: BUILD_TIME,
-        compression,
     }
 }
 
@@ -393,7 +388,7 @@ fn write_image(tree: &Tree, img: &Path) -> erofs::Written {
 }
 
 fn write_image_z(tree: &Tree, img: &Path, c: Compression) -> erofs::Written {
-    let plan = erofs::plan(tree, &opts_z(c)).unwrap();
+    let plan = erofs::plan_compressed(tree, &opts(), c).unwrap();
     let f = File::create(img).unwrap();
     let w = erofs::write(tree, &plan, &f, 0, plan.size()).unwrap();
     if c == Compression::None {
@@ -1224,7 +1219,7 @@ fn compressed_layout_is_deterministic_and_smaller() {
     let tree = sample_tree(tmp.path());
     let flat = tmp.path().join("flat.erofs");
     let wf = write_image(&tree, &flat);
-    let plan = erofs::plan(&tree, &opts_z(LZ4HC)).unwrap();
+    let plan = erofs::plan_compressed(&tree, &opts(), LZ4HC).unwrap();
     let mut images = Vec::new();
     for threads in [1, 2, 5] {
         let img = tmp.path().join(format!("z{threads}.erofs"));
