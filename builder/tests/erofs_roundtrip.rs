@@ -1255,3 +1255,35 @@ fn compressed_layout_is_deterministic_and_smaller() {
         assert_eq!(on_disk < size, compressed, "{path}:\n{out}");
     }
 }
+
+/// A compressed root that does not fit is refused once every file is compressed, naming the
+/// exact size it needs (what a large enough partition then receives).
+#[test]
+fn compressed_too_small_names_size_needed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = sample_tree(tmp.path());
+    let img = tmp.path().join("z.erofs");
+    let fits = write_image_z(&tree, &img, LZ4HC);
+    let plan = erofs::plan_compressed(&tree, &opts(), LZ4HC).unwrap();
+    let small = tmp.path().join("small.erofs");
+    let f = File::create(&small).unwrap();
+    let e = erofs::write(&tree, &plan, &f, 0, fits.size - 4096).unwrap_err();
+    match e {
+        ErofsError::TooLarge { needed, available } => {
+            assert_eq!((needed, available), (fits.size, fits.size - 4096));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e_text(fits.size).contains("MiB"));
+    let f = File::create(&small).unwrap();
+    erofs::write(&tree, &plan, &f, 0, fits.size).unwrap();
+    assert!(fs::read(&small).unwrap() == fs::read(&img).unwrap());
+}
+
+fn e_text(needed: u64) -> String {
+    ErofsError::TooLarge {
+        needed,
+        available: 0,
+    }
+    .to_string()
+}
