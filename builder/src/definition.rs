@@ -148,8 +148,10 @@ struct RawRootfs {
     compression: Option<Spanned<String>>,
 }
 
-/// The root's compression when `rootfs.compression` is not given.
-pub const DEFAULT_COMPRESSION: crate::erofs::Compression = crate::erofs::Compression::None;
+/// The root's compression when `rootfs.compression` is not given: LZ4HC at liblz4's default
+/// level (the lz4hc-root boot tests in qemu-tests/tests/boot.rs pass with it).
+pub const DEFAULT_COMPRESSION: crate::erofs::Compression =
+    crate::erofs::Compression::Lz4hc(crate::lz4::HC_LEVEL_DEFAULT);
 
 /// Parses a `rootfs.compression` value.
 pub fn parse_compression(v: &str) -> Option<crate::erofs::Compression> {

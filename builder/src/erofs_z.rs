@@ -178,7 +178,9 @@ pub fn compress(
     sink: &mut dyn BlockSink,
 ) -> io::Result<Option<Compressed>> {
     let mut ctx = Ctx {
-        queue: vec![0u8; 2 * WINDOW],
+        // mkfs.erofs reads min(remaining, window) at a time: a file that fits the window is
+        // read whole either way, so a smaller queue for it changes nothing but the memset.
+        queue: vec![0u8; usize::try_from(size).map_or(2 * WINDOW, |s| s.min(2 * WINDOW))],
         head: 0,
         tail: 0,
         clusterofs: 0,
