@@ -598,4 +598,6 @@ fn lz4hc_root_with_flipped_compressed_byte_is_refused() {
     let c = vm.console();
     assert!(!c.contains("RKE2-PROBE"), "{}", vm.tail());
     assert!(!c.contains("Reached target"), "{}", vm.tail());
+    // rke2-init's exec of PID 1 gets the I/O error (seen: "executing: /sbin/init: I/O error").
+    assert!(c.contains("rke2-init: FAILED"), "{}", vm.tail());
 }
