@@ -488,7 +488,7 @@ pub fn build(
         erofs::plan_compressed(&tree, &erofs_opts, def.compression).map_err(stage("layout"))?;
     // A compressed root's size is known once it is written (the rootfs stage names it then).
     if def.compression == erofs::Compression::None && plan.size() > def.root_size {
-        return Err(root_too_small("layout", &def, plan.size()));
+        return Err(root_too_small("layout", def, plan.size()));
     }
     let slot_blocks = def.root_size / partitions::BLOCK;
     let hash_size = align_up(
@@ -588,7 +588,7 @@ pub fn build(
             let written = erofs::write(&tree, &plan, &out, root_a.offset, root_a.size).map_err(
                 |e| match e {
                     erofs::ErofsError::TooLarge { needed, .. } => {
-                        root_too_small("rootfs", &def, needed)
+                        root_too_small("rootfs", def, needed)
                     }
                     e => stage("rootfs")(e),
                 },
