@@ -146,6 +146,9 @@ struct RawDefinition {
     /// The RKE2 payload: release artifacts, air-gap images, default config.
     #[serde(default)]
     rke2: Option<Spanned<crate::payload::Rke2Section>>,
+    /// The root filesystem's storage (issue 16).
+    #[serde(default)]
+    rootfs: RawRootfs,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +158,35 @@ struct RawBase {
     archive: Option<Spanned<String>>,
     #[serde(default)]
     debian: Option<RawDebian>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRootfs {
+    /// `none`, `lz4`, `lz4hc` or `lz4hc:LEVEL`.
+    #[serde(default)]
+    compression: Option<Spanned<String>>,
+}
+
+/// The root's compression when `rootfs.compression` is not given: LZ4HC at liblz4's default
+/// level (the lz4hc-root boot tests in qemu-tests/tests/boot.rs pass with it).
+pub const DEFAULT_COMPRESSION: crate::erofs::Compression =
+    crate::erofs::Compression::Lz4hc(crate::lz4::HC_LEVEL_DEFAULT);
+
+/// Parses a `rootfs.compression` value.
+pub fn parse_compression(v: &str) -> Option<crate::erofs::Compression> {
+    use crate::erofs::Compression;
+    match v {
+        "none" => Some(Compression::None),
+        "lz4" => Some(Compression::Lz4),
+        "lz4hc" => Some(Compression::Lz4hc(crate::lz4::HC_LEVEL_DEFAULT)),
+        _ => {
+            let level: u8 = v.strip_prefix("lz4hc:")?.parse().ok()?;
+            (1..=crate::lz4::HC_LEVEL_MAX)
+                .contains(&level)
+                .then_some(Compression::Lz4hc(level))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -339,6 +371,8 @@ pub struct Definition {
     /// is not read a second time).
     pub source_sha256: String,
     pub source_len: u64,
+    /// How the root EROFS stores file data (`rootfs.compression`).
+    pub compression: crate::erofs::Compression,
 }
 
 fn yaml_options() -> Options {
@@ -712,7 +746,22 @@ impl Definition {
             ));
         }
 
+        let compression = match &raw.rootfs.compression {
+            None => DEFAULT_COMPRESSION,
+            Some(c) => parse_compression(&c.value).ok_or_else(|| {
+                err(
+                    line_of(&c.referenced),
+                    "rootfs.compression",
+                    format!(
+                        "{:?} is not a compression: use none, lz4, lz4hc or lz4hc:LEVEL with LEVEL 1 to 12",
+                        c.value
+                    ),
+                )
+            })?,
+        };
+
         Ok(Definition {
+            compression,
             file: file.to_path_buf(),
             name,
             version,
@@ -886,6 +935,31 @@ mod tests {
         assert_eq!(d.esp_size, 128 * MIB);
         assert_eq!(d.root_size, 1024 * MIB);
         assert_eq!(d.overlays[0].modes, vec![("usr/bin/*".to_string(), 0o755)]);
+    }
+
+    #[test]
+    fn rootfs_compression() {
+        use crate::erofs::Compression;
+        assert_eq!(parse(GOOD).unwrap().compression, DEFAULT_COMPRESSION);
+        for (v, want) in [
+            ("none", Compression::None),
+            ("lz4", Compression::Lz4),
+            ("lz4hc", Compression::Lz4hc(9)),
+            ("lz4hc:1", Compression::Lz4hc(1)),
+            ("lz4hc:12", Compression::Lz4hc(12)),
+        ] {
+            let d = parse(&format!("{GOOD}rootfs:\n  compression: {v}\n")).unwrap();
+            assert_eq!(d.compression, want, "{v}");
+        }
+        for bad in ["lz4hc:0", "lz4hc:13", "zstd", "lz4:3", "LZ4"] {
+            let e = parse(&format!("{GOOD}rootfs:\n  compression: {bad}\n")).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.line),
+                ("rootfs.compression", Some(19)),
+                "{e}"
+            );
+            assert!(e.message.contains("lz4hc:LEVEL"), "{e}");
+        }
     }
 
     #[test]

@@ -10,12 +10,22 @@
 //! block 0, can be computed up front). Inodes (core + inline xattrs + inline tail) follow in
 //! 32-byte slots packed best-fit into metadata blocks; whole data blocks come after the
 //! metadata, in the order of each inode's first path.
+//!
+//! Compressed roots ([`Compression`], format in [`crate::erofs_z`]) share that path; only file
+//! data differs. Since a file's shape (compressed or flat) and block count are known only once
+//! it is compressed, file data comes first (from block 1, in the order the tree's contents are
+//! read, compressed on every core but placed strictly in that order, so the bytes do not depend
+//! on the thread count); the same planner then lays out the metadata after it, with every byte
+//! known, and directories and symlinks after the metadata.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::FileExt;
+use std::sync::{mpsc, Arc, Mutex};
 
+use crate::erofs_z::{self, BlockSink, Compressed};
+use crate::lz4::{self, Compressor};
 use crate::tree::{split_parent, Blob, InodeId, Kind, Tree};
 
 pub const BLOCK_SIZE: u64 = 4096;
@@ -39,6 +49,13 @@ const MAX_NAME_LEN: usize = 255;
 
 const LAYOUT_FLAT_PLAIN: u16 = 0;
 const LAYOUT_FLAT_INLINE: u16 = 2;
+const LAYOUT_COMPRESSION: u16 = 3;
+const FEATURE_INCOMPAT_LZ4_0PADDING: u32 = 0x1;
+/// Files up to this size are read whole and compressed on a worker thread; larger ones are
+/// spooled to a temporary file and compressed in place of the reader.
+const PARALLEL_MAX: u64 = 32 << 20;
+/// Bytes of file contents read ahead for the workers.
+const IN_FLIGHT_MAX: u64 = 64 << 20;
 
 const FT_REG_FILE: u8 = 1;
 const FT_DIR: u8 = 2;
@@ -62,9 +79,30 @@ pub struct Options {
     pub build_time: u64,
 }
 
+/// How file data is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    /// LZ4, fast compressor.
+    Lz4,
+    /// LZ4HC at a level 1..=12 (both read by the same kernel decompressor).
+    Lz4hc(u8),
+}
+
+impl Compression {
+    fn level(self) -> Option<lz4::Level> {
+        match self {
+            Compression::None => None,
+            Compression::Lz4 => Some(lz4::Level::Fast),
+            Compression::Lz4hc(l) => Some(lz4::Level::High(l)),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ErofsError {
-    #[error("EROFS image needs {needed} bytes but only {available} are available; enlarge the partition")]
+    #[error("EROFS image needs {needed} bytes ({} MiB) but only {available} are available; enlarge the partition", needed.div_ceil(1 << 20))]
     TooLarge { needed: u64, available: u64 },
     #[error("EROFS volume name {name:?} is {len} bytes; at most 16 are allowed")]
     VolumeName { name: String, len: usize },
@@ -124,8 +162,15 @@ struct Placed {
     /// `stat` size: content length, symlink target length or directory size.
     size: u64,
     nlink: u32,
-    /// Inode core + xattr body, before any inline tail.
+    /// Inode core + xattr body (+ alignment, map header and indexes when compressed), before
+    /// any inline tail.
     meta_len: usize,
+    /// Inode core + xattr body.
+    ibody: usize,
+    /// Position in the metadata area (32-byte slots, as if metadata started at block 0).
+    vnid: u64,
+    /// Data blocks of a compressed file (its `i_u`), None when stored flat.
+    zblocks: Option<u32>,
     /// Inline tail length (0 unless `inline`).
     tail_len: usize,
     /// First data block, or NULL_ADDR when there is none.
@@ -143,8 +188,13 @@ pub struct Plan {
     by_id: Vec<Option<usize>>,
     root_nid: u16,
     meta_blocks: u64,
+    /// File data blocks written before the metadata (compressed builds), from block 1.
+    data_blocks: u64,
     total_blocks: u64,
     opts: Options,
+    compression: Compression,
+    /// Compressed files: their indexes.
+    zfiles: HashMap<InodeId, Compressed>,
 }
 
 impl Plan {
@@ -156,6 +206,15 @@ impl Plan {
     /// Number of inodes the image will hold.
     pub fn inodes(&self) -> u64 {
         self.placed.len() as u64
+    }
+
+    /// Block holding metadata block `vblock` (block 0 stays first; the rest follow file data).
+    fn meta_block(&self, vblock: u64) -> u64 {
+        if vblock == 0 {
+            0
+        } else {
+            vblock + self.data_blocks
+        }
     }
 
     fn by_id(&self, id: InodeId) -> Result<&Placed, ErofsError> {
@@ -370,8 +429,39 @@ impl SlotAlloc {
     }
 }
 
-/// Computes the layout of `tree` as an EROFS image.
+/// How the data pass of a compressed build stored each file.
+#[derive(Debug, Default)]
+struct Shapes {
+    /// Blocks written from block 1.
+    data_blocks: u64,
+    /// Compressed files: first block and indexes.
+    compressed: HashMap<InodeId, (u32, Compressed)>,
+    /// Flat files whose whole blocks were written: first block.
+    flat: HashMap<InodeId, u32>,
+}
+
+/// Computes the layout of `tree` as an EROFS image. With compression, the size is that of the
+/// uncompressed layout (an upper bound); [`write`] lays the image out again once files are
+/// compressed.
 pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, ErofsError> {
+    plan_compressed(tree, opts, Compression::None)
+}
+
+/// [`plan`] for an image whose file data is stored with `compression`.
+pub fn plan_compressed(
+    tree: &Tree,
+    opts: &Options,
+    compression: Compression,
+) -> Result<Plan, ErofsError> {
+    plan_with(tree, opts, compression, None)
+}
+
+fn plan_with(
+    tree: &Tree,
+    opts: &Options,
+    compression: Compression,
+    shapes: Option<Shapes>,
+) -> Result<Plan, ErofsError> {
     if opts.volume_name.len() > 16 {
         return Err(ErofsError::VolumeName {
             name: opts.volume_name.clone(),
@@ -420,44 +510,70 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, ErofsError> {
             || nlink > u16::MAX as u32
             || size > u32::MAX as u64;
         let xattr_len = xattr_body(path, inode)?.len();
-        let meta_len = if extended {
+        let ibody = if extended {
             EXTENDED_SIZE
         } else {
             COMPACT_SIZE
         } + xattr_len;
+        let mut meta_len = ibody;
         // The tail is what is left after the whole blocks; it has to fit in the inode's block.
         let tail = size % BLOCK_SIZE;
-        let inline = tail != 0 && meta_len + tail as usize <= BLKSZ;
-        let tail_len = if inline { tail as usize } else { 0 };
-        let nblocks = if inline {
+        let mut inline = tail != 0 && meta_len + tail as usize <= BLKSZ;
+        let mut nblocks = if inline {
             size / BLOCK_SIZE
         } else {
             size.div_ceil(BLOCK_SIZE)
         };
+        let mut blkaddr = NULL_ADDR;
+        let mut zblocks = None;
+        if let Some(sh) = &shapes {
+            if let Some((start, z)) = sh.compressed.get(&id) {
+                meta_len = ibody.next_multiple_of(8) + erofs_z::extent_len(size, ibody);
+                inline = false;
+                nblocks = 0;
+                blkaddr = *start;
+                zblocks = Some(z.blocks);
+            } else if let Some(&start) = sh.flat.get(&id) {
+                blkaddr = start;
+            }
+        }
+        let tail_len = if inline { tail as usize } else { 0 };
         let slots = (meta_len + tail_len).div_ceil(SLOT);
-        let block0_ok = !(inline && matches!(inode.kind, Kind::File(_)));
-        let nid = alloc.alloc(slots, block0_ok);
+        // With compression every byte is known before metadata is written.
+        let block0_ok = shapes.is_some() || !(inline && matches!(inode.kind, Kind::File(_)));
+        let vnid = alloc.alloc(slots, block0_ok);
         by_id[id] = Some(placed.len());
         placed.push(Placed {
             id,
             path: path.to_vec(),
-            nid,
+            nid: vnid,
             ino: (ino + 1) as u32,
             extended,
             inline,
             size,
             nlink,
             meta_len,
+            ibody,
+            vnid,
+            zblocks,
             tail_len,
-            blkaddr: NULL_ADDR,
+            blkaddr,
             nblocks,
         });
     }
 
     let meta_blocks = alloc.blocks();
-    let mut next_block = meta_blocks;
+    let data_blocks = shapes.as_ref().map_or(0, |s| s.data_blocks);
+    // Metadata block 0 stays block 0; the others follow the file data written first.
     for p in &mut placed {
-        if p.nblocks > 0 {
+        let vblock = p.vnid / SLOTS_PER_BLOCK as u64;
+        if vblock > 0 {
+            p.nid = p.vnid + data_blocks * SLOTS_PER_BLOCK as u64;
+        }
+    }
+    let mut next_block = data_blocks + meta_blocks;
+    for p in &mut placed {
+        if p.nblocks > 0 && p.blkaddr == NULL_ADDR {
             p.blkaddr = u32::try_from(next_block)
                 .map_err(|_| ErofsError::TooManyBlocks { blocks: next_block })?;
             next_block += p.nblocks;
@@ -487,13 +603,24 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, ErofsError> {
         *slot = new_pos[*slot];
     }
 
+    let zfiles = shapes
+        .map(|s| {
+            s.compressed
+                .into_iter()
+                .map(|(id, (_, z))| (id, z))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Plan {
         placed: sorted,
         by_id,
         root_nid,
         meta_blocks,
+        data_blocks,
         total_blocks: next_block,
         opts: opts.clone(),
+        compression,
+        zfiles,
     })
 }
 
@@ -501,6 +628,11 @@ fn superblock(plan: &Plan) -> [u8; SUPER_SIZE] {
     let mut sb = [0u8; SUPER_SIZE];
     sb[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     sb[8..12].copy_from_slice(&(FEATURE_COMPAT_SB_CHKSUM | FEATURE_COMPAT_MTIME).to_le_bytes());
+    if plan.compression != Compression::None {
+        // As mkfs.erofs 1.5 with -zlz4/-zlz4hc: 0-padding, and the LZ4 window in u1.
+        sb[80..84].copy_from_slice(&FEATURE_INCOMPAT_LZ4_0PADDING.to_le_bytes());
+        sb[84..86].copy_from_slice(&lz4::MAX_DISTANCE.to_le_bytes());
+    }
     sb[12] = BLKSZBITS;
     sb[14..16].copy_from_slice(&plan.root_nid.to_le_bytes());
     sb[16..24].copy_from_slice(&(plan.placed.len() as u64).to_le_bytes());
@@ -514,9 +646,12 @@ fn superblock(plan: &Plan) -> [u8; SUPER_SIZE] {
 }
 
 /// Inode core + xattr body.
-fn inode_bytes(tree: &Tree, p: &Placed, build_time: u64) -> Result<Vec<u8>, ErofsError> {
+fn inode_bytes(tree: &Tree, plan: &Plan, p: &Placed) -> Result<Vec<u8>, ErofsError> {
+    let build_time = plan.opts.build_time;
     let inode = tree.inode(p.id);
-    let layout = if p.inline {
+    let layout = if p.zblocks.is_some() {
+        LAYOUT_COMPRESSION
+    } else if p.inline {
         LAYOUT_FLAT_INLINE
     } else {
         LAYOUT_FLAT_PLAIN
@@ -527,7 +662,8 @@ fn inode_bytes(tree: &Tree, p: &Placed, build_time: u64) -> Result<Vec<u8>, Erof
         Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
             encode_dev(&p.path, major, minor)?
         }
-        _ => p.blkaddr,
+        // A compressed file's i_u counts its blocks; the indexes say where they are.
+        _ => p.zblocks.unwrap_or(p.blkaddr),
     };
     let mode = inode.st_mode() as u16;
     let mut b = Vec::with_capacity(p.meta_len);
@@ -557,6 +693,21 @@ fn inode_bytes(tree: &Tree, p: &Placed, build_time: u64) -> Result<Vec<u8>, Erof
         b.extend_from_slice(&0u32.to_le_bytes());
     }
     b.extend_from_slice(&xattrs);
+    if p.zblocks.is_some() {
+        let z = plan
+            .zfiles
+            .get(&p.id)
+            .ok_or_else(|| ErofsError::PlanMismatch {
+                detail: format!("{} has no compression indexes", show(&p.path)),
+            })?;
+        if b.len() != p.ibody {
+            return Err(ErofsError::PlanMismatch {
+                detail: format!("inode {} changed its metadata size", show(&p.path)),
+            });
+        }
+        b.resize(p.ibody.next_multiple_of(8), 0);
+        b.extend_from_slice(&erofs_z::extent_bytes(z, p.size, p.blkaddr, p.ibody));
+    }
     if b.len() != p.meta_len {
         return Err(ErofsError::PlanMismatch {
             detail: format!("inode {} changed its metadata size", show(&p.path)),
@@ -645,7 +796,8 @@ impl Region<'_> {
 }
 
 /// Writes the filesystem planned by `plan` at `offset` of `out`; fails with
-/// [`ErofsError::TooLarge`] before writing anything if it needs more than `max_len` bytes.
+/// [`ErofsError::TooLarge`] if it needs more than `max_len` bytes (uncompressed: before
+/// writing anything; compressed: once every file is compressed, naming the size needed).
 pub fn write(
     tree: &Tree,
     plan: &Plan,
@@ -653,12 +805,19 @@ pub fn write(
     offset: u64,
     max_len: u64,
 ) -> Result<Written, ErofsError> {
-    if plan.size() > max_len {
-        return Err(ErofsError::TooLarge {
-            needed: plan.size(),
-            available: max_len,
-        });
-    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    write_with_threads(tree, plan, out, offset, max_len, threads)
+}
+
+/// [`write`] with `threads` compression threads (the bytes do not depend on it).
+pub fn write_with_threads(
+    tree: &Tree,
+    plan: &Plan,
+    out: &File,
+    offset: u64,
+    max_len: u64,
+    threads: usize,
+) -> Result<Written, ErofsError> {
     let unique = tree.unique_inodes();
     if unique.len() != plan.placed.len() {
         return Err(ErofsError::PlanMismatch {
@@ -669,14 +828,109 @@ pub fn write(
             ),
         });
     }
+    if let Some(level) = plan.compression.level() {
+        return write_compressed(tree, plan, level, out, offset, max_len, threads.max(1));
+    }
+    if plan.size() > max_len {
+        return Err(ErofsError::TooLarge {
+            needed: plan.size(),
+            available: max_len,
+        });
+    }
     let fresh = match out.metadata() {
         Ok(m) => m.is_file() && m.len() <= offset,
         Err(_) => false,
     };
     let region = Region { out, offset, fresh };
-    let children = tree.children();
+    write_metadata(tree, plan, &region, &HashMap::new())?;
 
-    // Metadata, one block at a time in nid order; directory and symlink data go out as well.
+    // File contents: every archive streamed once.
+    let wanted = file_contents(tree, plan)?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut failure: Option<ErofsError> = None;
+    let res = Tree::read_blobs(&wanted, &mut |i, reader| {
+        let p = &plan.placed[i];
+        keep_error(&mut failure, copy_file(&region, p, reader, &mut buf))
+    });
+    finish_read(failure, res)?;
+    if fresh {
+        extend_to(out, offset + plan.size())?;
+    }
+    Ok(written(plan))
+}
+
+fn written(plan: &Plan) -> Written {
+    Written {
+        size: plan.size(),
+        blocks: plan.total_blocks,
+        inodes: plan.placed.len() as u64,
+    }
+}
+
+/// Regular files with content, in the order their data is laid out.
+fn file_contents<'t>(tree: &'t Tree, plan: &Plan) -> Result<Vec<(usize, &'t Blob)>, ErofsError> {
+    let mut wanted: Vec<(usize, &Blob)> = Vec::new();
+    for (i, p) in plan.placed.iter().enumerate() {
+        if let Kind::File(blob) = &tree.inode(p.id).kind {
+            if blob.len() != p.size {
+                return Err(ErofsError::PlanMismatch {
+                    detail: format!("{} changed size", show(&p.path)),
+                });
+            }
+            if p.size > 0 {
+                wanted.push((i, blob));
+            }
+        }
+    }
+    // Reading order follows the data layout, which helps host files and generated blobs.
+    wanted.sort_by_key(|&(i, _)| (plan.placed[i].blkaddr, plan.placed[i].nid));
+    Ok(wanted)
+}
+
+/// Stores the first error of a `read_blobs` callback (the io::Error handed back loses its type).
+fn keep_error(failure: &mut Option<ErofsError>, r: Result<(), ErofsError>) -> io::Result<()> {
+    r.map_err(|e| {
+        let msg = e.to_string();
+        *failure = Some(e);
+        io::Error::other(msg)
+    })
+}
+
+fn finish_read(failure: Option<ErofsError>, res: io::Result<()>) -> Result<(), ErofsError> {
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    res.map_err(|source| ErofsError::Io {
+        what: "reading file contents for the EROFS image".into(),
+        source,
+    })
+}
+
+/// Trailing holes: make the file cover the whole region.
+fn extend_to(out: &File, end: u64) -> Result<(), ErofsError> {
+    let len = out.metadata().map_err(|source| ErofsError::Io {
+        what: "reading the output file's length".into(),
+        source,
+    })?;
+    if len.len() < end {
+        out.set_len(end).map_err(|source| ErofsError::Io {
+            what: format!("extending the output file to {end} bytes"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Metadata, one block at a time in nid order; directory and symlink data go out as well.
+/// Inline file tails come from `tails` when present (compressed builds), else are left for
+/// the content pass.
+fn write_metadata(
+    tree: &Tree,
+    plan: &Plan,
+    region: &Region<'_>,
+    tails: &HashMap<InodeId, Vec<u8>>,
+) -> Result<(), ErofsError> {
+    let children = tree.children();
     let mut block = vec![0u8; BLKSZ];
     let mut cur_block = 0u64;
     let flush = |blk: &mut Vec<u8>, n: u64| -> Result<(), ErofsError> {
@@ -687,12 +941,12 @@ pub fn write(
             sb[4..8].copy_from_slice(&crc.to_le_bytes());
             blk[SUPER_OFFSET..SUPER_OFFSET + SUPER_SIZE].copy_from_slice(&sb);
         }
-        region.put(n * BLOCK_SIZE, blk)?;
+        region.put(plan.meta_block(n) * BLOCK_SIZE, blk)?;
         blk.fill(0);
         Ok(())
     };
     for p in &plan.placed {
-        let mut bytes = inode_bytes(tree, p, plan.opts.build_time)?;
+        let mut bytes = inode_bytes(tree, plan, p)?;
         let inode = tree.inode(p.id);
         let data: Option<Vec<u8>> = match &inode.kind {
             Kind::Dir => {
@@ -715,11 +969,18 @@ pub fn write(
             if p.inline {
                 bytes.extend_from_slice(&data[whole..]);
             }
+        } else if let Some(tail) = tails.get(&p.id) {
+            bytes.extend_from_slice(tail);
         } else {
             // File tails are written when the contents stream by.
             bytes.resize(p.meta_len + p.tail_len, 0);
         }
-        let start = p.nid * SLOT as u64;
+        if bytes.len() != p.meta_len + p.tail_len {
+            return Err(ErofsError::PlanMismatch {
+                detail: format!("{} changed its inline data", show(&p.path)),
+            });
+        }
+        let start = p.vnid * SLOT as u64;
         let mut pos = 0usize;
         while pos < bytes.len() {
             let at = start + pos as u64;
@@ -738,64 +999,322 @@ pub fn write(
         flush(&mut block, cur_block)?;
         cur_block += 1;
     }
+    Ok(())
+}
 
-    // File contents: every archive streamed once.
-    let mut wanted: Vec<(usize, &Blob)> = Vec::new();
-    for (i, p) in plan.placed.iter().enumerate() {
-        if let Kind::File(blob) = &tree.inode(p.id).kind {
-            if blob.len() != p.size {
-                return Err(ErofsError::PlanMismatch {
-                    detail: format!("{} changed size", show(&p.path)),
-                });
+/// What the data pass made of one file.
+enum Stored {
+    Compressed { z: Compressed, blocks: Vec<u8> },
+    Flat(Vec<u8>),
+}
+
+/// Writes file data blocks from block 1 on, in placement order; past `max_blocks` it only
+/// counts (so a too-small partition can be told the size it needs).
+struct DataArea<'r, 'f> {
+    region: &'r Region<'f>,
+    next: u64,
+    max_blocks: u64,
+    /// Highest block written + 1 (a flat fallback can leave compressed blocks past its end).
+    high: u64,
+    shapes: Shapes,
+    tails: HashMap<InodeId, Vec<u8>>,
+}
+
+impl DataArea<'_, '_> {
+    fn put(&mut self, data: &[u8]) -> Result<(), ErofsError> {
+        let n = data.len().div_ceil(BLKSZ) as u64;
+        if self.next + n <= self.max_blocks {
+            self.region.put(self.next * BLOCK_SIZE, data)?;
+            self.high = self.high.max(self.next + n);
+        }
+        self.next += n;
+        Ok(())
+    }
+
+    fn start(&self) -> Result<u32, ErofsError> {
+        u32::try_from(self.next).map_err(|_| ErofsError::TooManyBlocks { blocks: self.next })
+    }
+
+    /// Places a file as the uncompressed plan `p` shapes it: whole blocks here, the inline
+    /// tail kept for the metadata.
+    fn place_flat(&mut self, p: &Placed, data: &[u8]) -> Result<(), ErofsError> {
+        let whole = (p.size - p.tail_len as u64) as usize;
+        if p.nblocks > 0 {
+            self.shapes.flat.insert(p.id, self.start()?);
+            let mut body = data[..whole].to_vec();
+            body.resize((p.nblocks * BLOCK_SIZE) as usize, 0);
+            self.put(&body)?;
+        }
+        if p.tail_len > 0 {
+            self.tails.insert(p.id, data[whole..].to_vec());
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, p: &Placed, stored: Stored) -> Result<(), ErofsError> {
+        match stored {
+            Stored::Compressed { z, blocks } => {
+                let start = self.start()?;
+                self.put(&blocks)?;
+                self.shapes.compressed.insert(p.id, (start, z));
+                Ok(())
             }
-            if p.size > 0 {
-                wanted.push((i, blob));
-            }
+            Stored::Flat(data) => self.place_flat(p, &data),
         }
     }
-    // Reading order follows the data layout, which helps host files and generated blobs.
-    wanted.sort_by_key(|&(i, _)| (plan.placed[i].blkaddr, plan.placed[i].nid));
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut failure: Option<ErofsError> = None;
-    let res = Tree::read_blobs(&wanted, &mut |i, reader| {
-        let p = &plan.placed[i];
-        match copy_file(&region, p, reader, &mut buf) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let msg = e.to_string();
-                failure = Some(e);
-                Err(io::Error::other(msg))
-            }
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
+}
+
+/// Sends compressed blocks of a large file straight to the data area.
+struct AreaSink<'a, 'r, 'f> {
+    area: &'a mut DataArea<'r, 'f>,
+    failure: Option<ErofsError>,
+}
+
+impl BlockSink for AreaSink<'_, '_, '_> {
+    fn block(&mut self, data: &[u8; BLKSZ]) -> io::Result<()> {
+        self.area.put(data).map_err(|e| {
+            let msg = e.to_string();
+            self.failure = Some(e);
+            io::Error::other(msg)
+        })
     }
-    res.map_err(|source| ErofsError::Io {
-        what: "reading file contents for the EROFS image".into(),
+}
+
+fn compress_bytes(c: &mut Compressor, data: Vec<u8>) -> io::Result<Stored> {
+    let mut blocks = Vec::new();
+    Ok(
+        match erofs_z::compress(c, &mut &data[..], data.len() as u64, &mut blocks)? {
+            Some(z) => Stored::Compressed { z, blocks },
+            None => Stored::Flat(data),
+        },
+    )
+}
+
+fn read_exactly(p: &Placed, reader: &mut dyn Read) -> Result<Vec<u8>, ErofsError> {
+    let mut data = vec![0u8; p.size as usize];
+    let got = read_full(reader, &mut data).map_err(|source| ErofsError::Io {
+        what: format!("reading {}", show(&p.path)),
         source,
     })?;
+    if got < data.len() {
+        return Err(ErofsError::ShortRead {
+            path: show(&p.path),
+            expected: p.size,
+            got: got as u64,
+        });
+    }
+    Ok(data)
+}
 
-    if fresh {
-        // Trailing holes: make the file cover the whole region.
-        let end = offset + plan.size();
-        let len = out.metadata().map_err(|source| ErofsError::Io {
-            what: "reading the output file's length".into(),
-            source,
-        })?;
-        if len.len() < end {
-            out.set_len(end).map_err(|source| ErofsError::Io {
-                what: format!("extending the output file to {end} bytes"),
-                source,
-            })?;
+/// A file too large to hold in memory: spooled to a temporary file, compressed from there
+/// straight into the image, written flat from there if compression does not pay.
+fn place_large(
+    area: &mut DataArea<'_, '_>,
+    c: &mut Compressor,
+    p: &Placed,
+    reader: &mut dyn Read,
+) -> Result<(), ErofsError> {
+    let io_err = |what: &str| {
+        let what = format!("{what} {}", show(&p.path));
+        move |source| ErofsError::Io { what, source }
+    };
+    let mut spool = tempfile::tempfile().map_err(io_err("spooling"))?;
+    let got = io::copy(&mut reader.take(p.size), &mut spool).map_err(io_err("spooling"))?;
+    if got < p.size {
+        return Err(ErofsError::ShortRead {
+            path: show(&p.path),
+            expected: p.size,
+            got,
+        });
+    }
+    spool.rewind().map_err(io_err("rereading"))?;
+    let start = area.start()?;
+    let mut sink = AreaSink {
+        area,
+        failure: None,
+    };
+    let mut input = io::BufReader::with_capacity(COPY_CHUNK, &spool);
+    let res = erofs_z::compress(c, &mut input, p.size, &mut sink);
+    if let Some(e) = sink.failure {
+        return Err(e);
+    }
+    match res.map_err(io_err("compressing"))? {
+        Some(z) => {
+            area.shapes.compressed.insert(p.id, (start, z));
+        }
+        None => {
+            area.next = u64::from(start);
+            spool.rewind().map_err(io_err("rereading"))?;
+            let mut input = io::BufReader::with_capacity(COPY_CHUNK, &spool);
+            let whole = p.size - p.tail_len as u64;
+            if p.nblocks > 0 {
+                area.shapes.flat.insert(p.id, start);
+            }
+            let mut buf = vec![0u8; COPY_CHUNK];
+            let mut done = 0u64;
+            while done < whole {
+                let want = (whole - done).min(COPY_CHUNK as u64) as usize;
+                let n = read_full(&mut input, &mut buf[..want]).map_err(io_err("rereading"))?;
+                if n < want {
+                    return Err(ErofsError::ShortRead {
+                        path: show(&p.path),
+                        expected: p.size,
+                        got: done + n as u64,
+                    });
+                }
+                let padded = if n % BLKSZ != 0 {
+                    buf[n..n.next_multiple_of(BLKSZ)].fill(0);
+                    n.next_multiple_of(BLKSZ)
+                } else {
+                    n
+                };
+                area.put(&buf[..padded])?;
+                done += n as u64;
+            }
+            if p.tail_len > 0 {
+                let mut tail = vec![0u8; p.tail_len];
+                input.read_exact(&mut tail).map_err(io_err("rereading"))?;
+                area.tails.insert(p.id, tail);
+            }
         }
     }
+    Ok(())
+}
 
-    Ok(Written {
-        size: plan.size(),
-        blocks: plan.total_blocks,
-        inodes: plan.placed.len() as u64,
-    })
+fn write_compressed(
+    tree: &Tree,
+    flat_plan: &Plan,
+    level: lz4::Level,
+    out: &File,
+    offset: u64,
+    max_len: u64,
+    threads: usize,
+) -> Result<Written, ErofsError> {
+    // No hole punching here: a flat fallback rewrites blocks that already hold data.
+    let region = Region {
+        out,
+        offset,
+        fresh: false,
+    };
+    let wanted = file_contents(tree, flat_plan)?;
+    let mut area = DataArea {
+        region: &region,
+        next: 1,
+        max_blocks: max_len / BLOCK_SIZE,
+        high: 0,
+        shapes: Shapes::default(),
+        tails: HashMap::new(),
+    };
+    let mut failure: Option<ErofsError> = None;
+    let res = std::thread::scope(|scope| {
+        let (job_tx, job_rx) = mpsc::sync_channel::<(usize, usize, Vec<u8>)>(threads);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (res_tx, res_rx) = mpsc::channel::<(usize, usize, io::Result<Stored>)>();
+        for _ in 0..threads {
+            let job_rx = Arc::clone(&job_rx);
+            let res_tx = res_tx.clone();
+            scope.spawn(move || {
+                let mut c = Compressor::new(level);
+                loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok((seq, i, data)) = job else { break };
+                    if res_tx.send((seq, i, compress_bytes(&mut c, data))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(res_tx);
+        // Results are placed strictly in sequence order, whichever thread finishes first.
+        let mut sent = 0usize;
+        let mut placed = 0usize;
+        let mut in_flight = 0u64;
+        let mut sizes: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut ready: BTreeMap<usize, (usize, Stored)> = BTreeMap::new();
+        let mut c = Compressor::new(level);
+        let mut wait_one = |area: &mut DataArea<'_, '_>,
+                            placed: &mut usize,
+                            in_flight: &mut u64,
+                            sizes: &mut BTreeMap<usize, u64>|
+         -> Result<(), ErofsError> {
+            let (seq, i, r) = res_rx.recv().map_err(|_| ErofsError::Io {
+                what: "compressing file contents".into(),
+                source: io::Error::other("a compression thread stopped"),
+            })?;
+            let stored = r.map_err(|source| ErofsError::Io {
+                what: format!("compressing {}", show(&flat_plan.placed[i].path)),
+                source,
+            })?;
+            ready.insert(seq, (i, stored));
+            while let Some((i, stored)) = ready.remove(placed) {
+                area.place(&flat_plan.placed[i], stored)?;
+                *in_flight -= sizes.remove(placed).unwrap_or(0);
+                *placed += 1;
+            }
+            Ok(())
+        };
+        let res = Tree::read_blobs(&wanted, &mut |i, reader| {
+            let p = &flat_plan.placed[i];
+            let r = (|| -> Result<(), ErofsError> {
+                if p.size > PARALLEL_MAX {
+                    while placed < sent {
+                        wait_one(&mut area, &mut placed, &mut in_flight, &mut sizes)?;
+                    }
+                    return place_large(&mut area, &mut c, p, reader);
+                }
+                let data = read_exactly(p, reader)?;
+                while placed < sent && in_flight + p.size > IN_FLIGHT_MAX {
+                    wait_one(&mut area, &mut placed, &mut in_flight, &mut sizes)?;
+                }
+                if p.size <= BLOCK_SIZE && placed == sent {
+                    // mkfs.erofs keeps files of one block or less flat.
+                    return area.place_flat(p, &data);
+                }
+                sizes.insert(sent, p.size);
+                in_flight += p.size;
+                job_tx.send((sent, i, data)).map_err(|_| ErofsError::Io {
+                    what: "compressing file contents".into(),
+                    source: io::Error::other("the compression threads stopped"),
+                })?;
+                sent += 1;
+                Ok(())
+            })();
+            keep_error(&mut failure, r)
+        });
+        drop(job_tx);
+        let mut drained = Ok(());
+        while drained.is_ok() && placed < sent {
+            drained = wait_one(&mut area, &mut placed, &mut in_flight, &mut sizes);
+        }
+        if let Err(e) = drained {
+            failure.get_or_insert(e);
+        }
+        res
+    });
+    finish_read(failure, res)?;
+
+    let high = area.high;
+    let mut shapes = area.shapes;
+    shapes.data_blocks = area.next - 1;
+    let tails = area.tails;
+    let plan = plan_with(tree, &flat_plan.opts, flat_plan.compression, Some(shapes))?;
+    if plan.size() > max_len {
+        return Err(ErofsError::TooLarge {
+            needed: plan.size(),
+            available: max_len,
+        });
+    }
+    write_metadata(tree, &plan, &region, &tails)?;
+    // Blocks a flat fallback left behind past the end of the image.
+    let mut end = plan.total_blocks;
+    while end < high {
+        region.put(end * BLOCK_SIZE, &ZERO_BLOCK)?;
+        end += 1;
+    }
+    Ok(written(&plan))
 }
 
 /// Reads exactly `want` bytes (fewer only at end of input).

@@ -61,6 +61,20 @@ fn stage<E: Into<BoxError>>(stage: &'static str) -> impl FnOnce(E) -> BuildError
     }
 }
 
+/// The root filesystem does not fit `disk.rootSize`: names the size it needs and the fix.
+fn root_too_small(stage: &'static str, def: &Definition, needed: u64) -> BuildError {
+    invalid(
+        stage,
+        format!(
+            "the root filesystem needs {} MiB but disk.rootSize is {} MiB; raise disk.rootSize in {} to at least {}MiB",
+            needed.div_ceil(MIB),
+            def.root_size / MIB,
+            def.file.display(),
+            align_up(needed + needed / 10, MIB) / MIB
+        ),
+    )
+}
+
 fn invalid(stage: &'static str, message: impl Into<String>) -> BuildError {
     BuildError::Invalid {
         stage,
@@ -490,18 +504,11 @@ pub fn build(
         volume_name: "rke2-root".into(),
         build_time: epoch,
     };
-    let plan = erofs::plan(&tree, &erofs_opts).map_err(stage("layout"))?;
-    if plan.size() > def.root_size {
-        return Err(invalid(
-            "layout",
-            format!(
-                "the root filesystem needs {} MiB but disk.rootSize is {} MiB; raise disk.rootSize in {} to at least {}MiB",
-                plan.size().div_ceil(MIB),
-                def.root_size / MIB,
-                def.file.display(),
-                align_up(plan.size() + plan.size() / 10, MIB) / MIB
-            ),
-        ));
+    let plan =
+        erofs::plan_compressed(&tree, &erofs_opts, def.compression).map_err(stage("layout"))?;
+    // A compressed root's size is known once it is written (the rootfs stage names it then).
+    if def.compression == erofs::Compression::None && plan.size() > def.root_size {
+        return Err(root_too_small("layout", def, plan.size()));
     }
     // Load checked the sum for the same sizes; a `Definition` built in code is checked here,
     // before the additions below.
@@ -598,8 +605,14 @@ pub fn build(
             },
         );
         let main = (|| -> Result<_, BuildError> {
-            let written = erofs::write(&tree, &plan, out, root_a.offset, root_a.size)
-                .map_err(stage("rootfs"))?;
+            let written = erofs::write(&tree, &plan, out, root_a.offset, root_a.size).map_err(
+                |e| match e {
+                    erofs::ErofsError::TooLarge { needed, .. } => {
+                        root_too_small("rootfs", def, needed)
+                    }
+                    e => stage("rootfs")(e),
+                },
+            )?;
             let params = verity::Params {
                 data_block_size: partitions::BLOCK as u32,
                 hash_block_size: partitions::BLOCK as u32,

@@ -489,9 +489,9 @@ impl Tree {
         sink: &mut dyn FnMut(K, &mut dyn Read) -> io::Result<()>,
     ) -> io::Result<()> {
         // Keyed by the source's address so each archive is streamed once.
-        type Pending<K> = (Arc<ArchiveSource>, Vec<(u64, K)>);
+        type Pending<K> = (Arc<ArchiveSource>, Vec<(u64, K, usize)>);
         let mut by_source: BTreeMap<*const ArchiveSource, Pending<K>> = BTreeMap::new();
-        for &(key, blob) in wanted {
+        for (order, &(key, blob)) in wanted.iter().enumerate() {
             match blob {
                 Blob::Bytes(b) => sink(key, &mut &b[..])?,
                 Blob::HostFile { path, len } => {
@@ -511,10 +511,15 @@ impl Tree {
                     .entry(Arc::as_ptr(source))
                     .or_insert_with(|| (source.clone(), Vec::new()))
                     .1
-                    .push((*entry, key)),
+                    .push((*entry, key, order)),
             }
         }
-        for (_, (source, mut entries)) in by_source {
+        // Archives in order of first use, not of heap address: callers that place data in
+        // callback order (the compressed EROFS writer) must see the same order every run.
+        let mut sources: Vec<Pending<K>> = by_source.into_values().collect();
+        sources.sort_by_key(|(_, entries)| entries.first().map(|e| e.2));
+        for (source, entries) in sources {
+            let mut entries: Vec<(u64, K)> = entries.into_iter().map(|e| (e.0, e.1)).collect();
             entries.sort_by_key(|e| e.0);
             source.read_entries(&entries, sink)?;
         }

@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rke2_image::erofs::{self, ErofsError, Options};
+use rke2_image::erofs::{self, Compression, ErofsError, Options};
 use rke2_image::tree::{Blob, Inode, InodeId, Kind, Tree};
 
 const BUILD_TIME: u64 = 1_700_000_000;
@@ -23,6 +23,20 @@ fn opts() -> Options {
         volume_name: "rke2-root".into(),
         build_time: BUILD_TIME,
     }
+}
+
+const LZ4HC: Compression = Compression::Lz4hc(9);
+
+/// Compressible text (LZ4 shrinks it about 3x), different per seed.
+fn text(len: usize, seed: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 64);
+    let mut i = 0u32;
+    while v.len() < len {
+        v.extend_from_slice(format!("{seed}: entry {} of group {}\n", i % 1013, i / 7).as_bytes());
+        i += 1;
+    }
+    v.truncate(len);
+    v
 }
 
 /// Deterministic, non-repeating-per-block content.
@@ -282,6 +296,47 @@ fn sample_tree(host_dir: &Path) -> Tree {
         )
         .unwrap();
     }
+    // Compressible files: around the block size, whole blocks, across mkfs.erofs's 1.8 MiB
+    // input window, past the 32 MiB in-memory limit, text and noise mixed (PLAIN pclusters in
+    // the middle), labelled, hard-linked, with a 32-bit owner, and one that does not shrink.
+    for (i, len) in [4097usize, 8192, 12_288, 20_000, 100_000, 2_500_000]
+        .into_iter()
+        .enumerate()
+    {
+        let mut f = Inode::new(
+            Kind::File(Blob::bytes(text(len, i as u32))),
+            0o644,
+            0,
+            0,
+            1_650_000_600,
+        );
+        f.xattrs.insert(
+            b"security.selinux".to_vec(),
+            b"system_u:object_r:usr_t:s0\0".to_vec(),
+        );
+        t.insert(format!("z/text-{len}").as_bytes(), f).unwrap();
+    }
+    let big = text(33 << 20, 99);
+    t.insert(
+        b"z/big",
+        Inode::new(Kind::File(Blob::bytes(big)), 0o755, 0, 0, 1_650_000_601),
+    )
+    .unwrap();
+    let mixed = [
+        text(50_000, 7),
+        pattern(3 * 4096 + 100, 7),
+        text(30_001, 8),
+        pattern(2000, 8),
+    ]
+    .concat();
+    let mut mixed = Inode::new(Kind::File(Blob::bytes(mixed)), 0o640, 70_000, 70_001, 5);
+    mixed
+        .xattrs
+        .insert(b"user.note".to_vec(), b"mixed".to_vec());
+    t.insert(b"z/mixed", mixed).unwrap();
+    t.link(b"z/mixed-link", b"z/mixed").unwrap();
+    t.insert(b"z/noise", file(300_000, 31, 0o644, 1_650_000_602))
+        .unwrap();
     t
 }
 
@@ -329,11 +384,20 @@ fn fsck(img: &Path, extract: Option<&Path>) -> String {
 }
 
 fn write_image(tree: &Tree, img: &Path) -> erofs::Written {
-    let plan = erofs::plan(tree, &opts()).unwrap();
+    write_image_z(tree, img, Compression::None)
+}
+
+fn write_image_z(tree: &Tree, img: &Path, c: Compression) -> erofs::Written {
+    let plan = erofs::plan_compressed(tree, &opts(), c).unwrap();
     let f = File::create(img).unwrap();
     let w = erofs::write(tree, &plan, &f, 0, plan.size()).unwrap();
-    assert_eq!(w.size, plan.size());
-    assert_eq!(f.metadata().unwrap().len(), plan.size());
+    if c == Compression::None {
+        assert_eq!(w.size, plan.size());
+    } else {
+        // The uncompressed layout bounds the compressed one.
+        assert!(w.size <= plan.size(), "{} > {}", w.size, plan.size());
+    }
+    assert_eq!(f.metadata().unwrap().len(), w.size);
     w
 }
 
@@ -415,10 +479,24 @@ fn compare(tree: &Tree, dir: &Path, kernel: bool) {
 
 #[test]
 fn fsck_extract_reproduces_tree() {
+    fsck_extract_reproduces_tree_with(Compression::None);
+}
+
+#[test]
+fn fsck_extract_reproduces_tree_lz4hc() {
+    fsck_extract_reproduces_tree_with(LZ4HC);
+}
+
+#[test]
+fn fsck_extract_reproduces_tree_lz4() {
+    fsck_extract_reproduces_tree_with(Compression::Lz4);
+}
+
+fn fsck_extract_reproduces_tree_with(c: Compression) {
     let tmp = tempfile::tempdir().unwrap();
     let tree = sample_tree(tmp.path());
     let img = tmp.path().join("root.erofs");
-    let w = write_image(&tree, &img);
+    let w = write_image_z(&tree, &img, c);
     assert_eq!(w.inodes as usize, tree.unique_inodes().len());
     assert_eq!(w.blocks * 4096, w.size);
 
@@ -462,10 +540,24 @@ fn utc(secs: u64) -> String {
 
 #[test]
 fn dump_erofs_agrees_on_inodes() {
+    dump_erofs_agrees_on_inodes_with(Compression::None);
+}
+
+#[test]
+fn dump_erofs_agrees_on_inodes_lz4hc() {
+    dump_erofs_agrees_on_inodes_with(LZ4HC);
+}
+
+#[test]
+fn dump_erofs_agrees_on_inodes_lz4() {
+    dump_erofs_agrees_on_inodes_with(Compression::Lz4);
+}
+
+fn dump_erofs_agrees_on_inodes_with(c: Compression) {
     let tmp = tempfile::tempdir().unwrap();
     let tree = sample_tree(tmp.path());
     let img = tmp.path().join("root.erofs");
-    let w = write_image(&tree, &img);
+    let w = write_image_z(&tree, &img, c);
 
     let sb = run(Command::new("dump.erofs").arg("-s").arg(&img));
     assert_eq!(dump_field(&sb, "Filesystem blocks:"), w.blocks.to_string());
@@ -790,10 +882,24 @@ impl Drop for Mount {
 
 #[test]
 fn kernel_mount_shows_tree_and_xattrs() {
+    kernel_mount_shows_tree_and_xattrs_with(Compression::None);
+}
+
+#[test]
+fn kernel_mount_shows_tree_and_xattrs_lz4hc() {
+    kernel_mount_shows_tree_and_xattrs_with(LZ4HC);
+}
+
+#[test]
+fn kernel_mount_shows_tree_and_xattrs_lz4() {
+    kernel_mount_shows_tree_and_xattrs_with(Compression::Lz4);
+}
+
+fn kernel_mount_shows_tree_and_xattrs_with(c: Compression) {
     let tmp = tempfile::tempdir().unwrap();
     let tree = sample_tree(tmp.path());
     let img = tmp.path().join("root.erofs");
-    write_image(&tree, &img);
+    write_image_z(&tree, &img, c);
     let mnt = tmp.path().join("mnt");
     let Some(_m) = Mount::new(&img, &mnt) else {
         return;
@@ -823,6 +929,15 @@ fn base_tarball() -> Option<PathBuf> {
 
 #[test]
 fn debian_base_passes_fsck_and_extracts() {
+    debian_base_passes_fsck_and_extracts_with(Compression::None);
+}
+
+#[test]
+fn debian_base_passes_fsck_and_extracts_lz4hc() {
+    debian_base_passes_fsck_and_extracts_with(LZ4HC);
+}
+
+fn debian_base_passes_fsck_and_extracts_with(c: Compression) {
     let Some(base) = base_tarball() else {
         return;
     };
@@ -830,7 +945,7 @@ fn debian_base_passes_fsck_and_extracts() {
     rke2_image::archive::load(&base, &mut tree).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("base.erofs");
-    let w = write_image(&tree, &img);
+    let w = write_image_z(&tree, &img, c);
     println!("base: {} inodes, {} bytes", w.inodes, w.size);
     fsck(&img, None);
     let out = tmp.path().join("out");
@@ -846,8 +961,7 @@ fn debian_base_passes_fsck_and_extracts() {
         .map(|(_, e)| e)
         .collect();
     assert!(sample.len() > 100, "sample too small");
-    let mut blobs: Vec<(usize, &Blob)> = Vec::new();
-    for (i, &(p, id)) in sample.iter().enumerate() {
+    for &(p, id) in &sample {
         let inode = tree.inode(id);
         let at = path_of(&out, p);
         let md = fs::symlink_metadata(&at).unwrap_or_else(|e| panic!("{at:?}: {e}"));
@@ -861,7 +975,6 @@ fn debian_base_passes_fsck_and_extracts() {
             Kind::File(blob) => {
                 assert_eq!(md.mtime() as u64, inode.mtime, "{at:?}");
                 assert_eq!(md.len(), blob.len(), "{at:?}");
-                blobs.push((i, blob));
             }
             Kind::Symlink(t) => {
                 assert_eq!(fs::read_link(&at).unwrap().as_os_str().as_bytes(), &t[..]);
@@ -869,17 +982,27 @@ fn debian_base_passes_fsck_and_extracts() {
             _ => {}
         }
     }
+    // Every file's content (each inode once), not only the sample's.
+    let files: Vec<(&[u8], &Blob)> = tree
+        .unique_inodes()
+        .into_iter()
+        .filter_map(|(p, id)| match &tree.inode(id).kind {
+            Kind::File(b) => Some((p, b)),
+            _ => None,
+        })
+        .collect();
+    let blobs: Vec<(usize, &Blob)> = files.iter().enumerate().map(|(i, f)| (i, f.1)).collect();
     let mut compared = 0;
     Tree::read_blobs(&blobs, &mut |i, r| {
         let mut want = Vec::new();
         r.read_to_end(&mut want)?;
-        let at = path_of(&out, sample[i].0);
+        let at = path_of(&out, files[i].0);
         assert!(fs::read(&at)? == want, "{at:?} content differs");
         compared += 1;
         Ok(())
     })
     .unwrap();
-    assert_eq!(compared, blobs.len());
+    assert_eq!(compared, files.len());
     println!(
         "base: compared {} sampled paths, {compared} file contents",
         sample.len()
@@ -892,6 +1015,15 @@ fn debian_base_passes_fsck_and_extracts() {
 /// symlink targets, hard links, contents).
 #[test]
 fn debian_kernel_reads_image() {
+    debian_kernel_reads_image_with(Compression::None);
+}
+
+#[test]
+fn debian_kernel_reads_image_lz4hc() {
+    debian_kernel_reads_image_with(LZ4HC);
+}
+
+fn debian_kernel_reads_image_with(c: Compression) {
     let Some(base) = base_tarball() else {
         return;
     };
@@ -946,7 +1078,7 @@ fn debian_kernel_reads_image() {
     .unwrap();
 
     let tree = sample_tree(tmp.path());
-    write_image(&tree, &stage.join("root.erofs"));
+    write_image_z(&tree, &stage.join("root.erofs"), c);
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -1077,4 +1209,81 @@ fn compare_tar(tree: &Tree, data: &[u8]) -> usize {
         }
     }
     hard_links
+}
+
+/// Compressed files really are compressed (dump.erofs's on-disk size and the image size), the
+/// ones that cannot shrink are not, and the bytes do not depend on the thread count.
+#[test]
+fn compressed_layout_is_deterministic_and_smaller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = sample_tree(tmp.path());
+    let flat = tmp.path().join("flat.erofs");
+    let wf = write_image(&tree, &flat);
+    let plan = erofs::plan_compressed(&tree, &opts(), LZ4HC).unwrap();
+    let mut images = Vec::new();
+    for threads in [1, 2, 5] {
+        let img = tmp.path().join(format!("z{threads}.erofs"));
+        let f = File::create(&img).unwrap();
+        erofs::write_with_threads(&tree, &plan, &f, 0, u64::MAX, threads).unwrap();
+        images.push(fs::read(&img).unwrap());
+    }
+    assert!(images[0] == images[1] && images[1] == images[2]);
+    let again = tmp.path().join("again.erofs");
+    write_image_z(&sample_tree(tmp.path()), &again, LZ4HC);
+    assert!(fs::read(&again).unwrap() == images[0]);
+    let z = tmp.path().join("z1.erofs");
+    println!(
+        "uncompressed {} bytes, lz4hc {} bytes",
+        wf.size,
+        images[0].len()
+    );
+    assert!((images[0].len() as u64) < wf.size / 2);
+    for (path, compressed) in [
+        ("/z/big", true),
+        ("/z/text-100000", true),
+        ("/z/mixed", true),
+        ("/z/text-4097", false),
+        ("/z/noise", false),
+        ("/f4096", false),
+    ] {
+        let out = run(Command::new("dump.erofs")
+            .arg(format!("--path={path}"))
+            .arg(&z));
+        println!("{out}");
+        let size: u64 = dump_field(&out, "Size:").parse().unwrap();
+        let on_disk: u64 = dump_field(&out, "On-disk size:").parse().unwrap();
+        assert_eq!(on_disk < size, compressed, "{path}:\n{out}");
+    }
+}
+
+/// A compressed root that does not fit is refused once every file is compressed, naming the
+/// exact size it needs (what a large enough partition then receives).
+#[test]
+fn compressed_too_small_names_size_needed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = sample_tree(tmp.path());
+    let img = tmp.path().join("z.erofs");
+    let fits = write_image_z(&tree, &img, LZ4HC);
+    let plan = erofs::plan_compressed(&tree, &opts(), LZ4HC).unwrap();
+    let small = tmp.path().join("small.erofs");
+    let f = File::create(&small).unwrap();
+    let e = erofs::write(&tree, &plan, &f, 0, fits.size - 4096).unwrap_err();
+    match e {
+        ErofsError::TooLarge { needed, available } => {
+            assert_eq!((needed, available), (fits.size, fits.size - 4096));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e_text(fits.size).contains("MiB"));
+    let f = File::create(&small).unwrap();
+    erofs::write(&tree, &plan, &f, 0, fits.size).unwrap();
+    assert!(fs::read(&small).unwrap() == fs::read(&img).unwrap());
+}
+
+fn e_text(needed: u64) -> String {
+    ErofsError::TooLarge {
+        needed,
+        available: 0,
+    }
+    .to_string()
 }

@@ -65,7 +65,10 @@ fn boot_to_probe(disk: &Path, boot: Boot, name: &str) -> Booted {
 }
 
 fn boot_to_probe_unlocked(disk: &Path, boot: Boot, name: &str) -> Booted {
-    let mut cfg = Config::new(disk, boot);
+    boot_to_probe_cfg(Config::new(disk, boot), name)
+}
+
+fn boot_to_probe_cfg(mut cfg: Config, name: &str) -> Booted {
     cfg.log = Some(work_dir().join(format!("{name}.console.log")));
     let mut vm = Vm::start(&cfg).unwrap();
     let t = vm
@@ -350,4 +353,251 @@ fn measure_initrd_handoff() {
         run_init.as_secs_f64(),
         mounting.as_secs_f64()
     );
+}
+
+/// Where the LZ4HC-root image is built (its own directory: `image()` owns `built`).
+fn lz4hc_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("built-lz4hc")
+}
+
+/// The test image with `rootfs.compression: lz4hc`, built once per test run.
+fn lz4hc_image() -> Option<&'static Image> {
+    static IMG: OnceLock<Option<Image>> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let (base, programs) = rke2_qemu_tests::test_inputs()?;
+        let start = std::time::Instant::now();
+        let img = built::build(
+            &base,
+            &programs,
+            &lz4hc_dir(),
+            "rootfs:\n  compression: lz4hc\n",
+        )
+        .expect("building the lz4hc test image");
+        eprintln!(
+            "built {} in {:.0} s",
+            img.disk.display(),
+            start.elapsed().as_secs_f64()
+        );
+        Some(img)
+    })
+    .as_ref()
+}
+
+/// Just enough of an EROFS reader (on-disk format of Linux 6.1) to find a file's inode and
+/// its first compressed physical cluster in a root partition, independently of the writer.
+struct ErofsRoot {
+    f: std::fs::File,
+    base: u64,
+}
+
+struct ErofsInode {
+    at: u64,
+    layout: u16,
+    size: u64,
+    i_u: u32,
+    /// Inode core + inline xattrs.
+    ibody: u64,
+}
+
+impl ErofsRoot {
+    fn read(&self, off: u64, len: usize) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; len];
+        self.f.read_exact_at(&mut b, self.base + off).unwrap();
+        b
+    }
+
+    fn u16(&self, off: u64) -> u16 {
+        u16::from_le_bytes(self.read(off, 2).try_into().unwrap())
+    }
+
+    fn u32(&self, off: u64) -> u32 {
+        u32::from_le_bytes(self.read(off, 4).try_into().unwrap())
+    }
+
+    fn inode(&self, nid: u64) -> ErofsInode {
+        let at = nid * 32;
+        let format = self.u16(at);
+        let extended = format & 1 == 1;
+        let icount = u64::from(self.u16(at + 2));
+        let xattrs = if icount == 0 {
+            0
+        } else {
+            12 + 4 * (icount - 1)
+        };
+        let size = if extended {
+            u64::from_le_bytes(self.read(at + 8, 8).try_into().unwrap())
+        } else {
+            u64::from(self.u32(at + 8))
+        };
+        ErofsInode {
+            at,
+            layout: (format >> 1) & 7,
+            size,
+            i_u: self.u32(at + 16),
+            ibody: if extended { 64 } else { 32 } + xattrs,
+        }
+    }
+
+    /// Uncompressed contents of a directory (FLAT_PLAIN or FLAT_INLINE).
+    fn dir_bytes(&self, d: &ErofsInode) -> Vec<u8> {
+        let whole = if d.layout == 2 {
+            d.size / 4096
+        } else {
+            d.size.div_ceil(4096)
+        };
+        let mut out = self.read(u64::from(d.i_u) * 4096, (whole * 4096) as usize);
+        if d.layout == 2 {
+            out.extend(self.read(d.at + d.ibody, (d.size - whole * 4096) as usize));
+        }
+        out.truncate(d.size as usize);
+        out
+    }
+
+    fn lookup(&self, path: &str) -> ErofsInode {
+        let root_nid = u64::from(self.u16(1024 + 14));
+        let mut nid = root_nid;
+        for name in path.split('/') {
+            let d = self.inode(nid);
+            let data = self.dir_bytes(&d);
+            let mut found = None;
+            for block in data.chunks(4096) {
+                let n = usize::from(u16::from_le_bytes([block[8], block[9]])) / 12;
+                for k in 0..n {
+                    let e = &block[k * 12..k * 12 + 12];
+                    let off = usize::from(u16::from_le_bytes([e[8], e[9]]));
+                    let end = if k + 1 < n {
+                        usize::from(u16::from_le_bytes([block[k * 12 + 20], block[k * 12 + 21]]))
+                    } else {
+                        block.len()
+                    };
+                    let nm = &block[off..end];
+                    let nm = &nm[..nm.iter().position(|&c| c == 0).unwrap_or(nm.len())];
+                    if nm == name.as_bytes() {
+                        found = Some(u64::from_le_bytes(e[..8].try_into().unwrap()));
+                    }
+                }
+            }
+            nid = found.unwrap_or_else(|| panic!("{path}: {name} not found in the root"));
+        }
+        self.inode(nid)
+    }
+
+    /// Block of the first HEAD (LZ4-compressed) pcluster among a compressed file's first
+    /// compact index pack: the pack's stored base plus one per HEAD/PLAIN entry up to it.
+    fn first_compressed_block(&self, ino: &ErofsInode) -> u64 {
+        assert_eq!(ino.layout, 3, "not a compressed (compact index) inode");
+        let ebase = ino.at + ino.ibody.next_multiple_of(8) + 8;
+        let total = ino.size.div_ceil(4096);
+        let initial = match (32 - ebase % 32) / 4 {
+            8 => 0,
+            n => n,
+        };
+        let (unit, vcnt, bits) = if initial > 0 || total < 16 {
+            (4u64, 2u64, 16u64)
+        } else {
+            (2, 16, 14)
+        };
+        let pack = self.read(ebase, (unit * vcnt) as usize);
+        let stored = u32::from_le_bytes(pack[pack.len() - 4..].try_into().unwrap());
+        let mut heads = 0u64;
+        for i in 0..vcnt.min(total) {
+            let pos = (bits * i) as usize;
+            let v = u32::from_le_bytes(pack[pos / 8..pos / 8 + 4].try_into().unwrap_or([0; 4]))
+                >> (pos & 7);
+            match (v >> 12) & 3 {
+                1 => return u64::from(stored) + heads + 1,
+                0 => heads += 1,
+                _ => {}
+            }
+        }
+        panic!("no compressed pcluster in the first index pack");
+    }
+}
+
+#[test]
+fn lz4hc_root_boots_verified_and_reads_every_file() {
+    let img = rke2_qemu_tests::need!(lz4hc_image());
+    let disk = lz4hc_dir().join("boot.raw");
+    built::copy_disk(&img.disk, &disk, None).unwrap();
+    let root = ErofsRoot {
+        f: std::fs::File::open(&disk).unwrap(),
+        base: img.root_part.0,
+    };
+    // The root really is compressed: LZ4_0PADDING set, PID 1's binary stored compressed.
+    assert_eq!(root.u32(1024), 0xE0F5_E1E2);
+    assert_eq!(root.u32(1024 + 80), 1, "feature_incompat");
+    assert_eq!(root.lookup("usr/lib/systemd/systemd").layout, 3);
+    let knob = lz4hc_dir().join("readall.knob");
+    std::fs::write(&knob, "1").unwrap();
+    let mut cfg = Config::new(&disk, Boot::Uefi);
+    cfg.fw_cfg = vec![(
+        format!("{}/readall", rke2_qemu_tests::cluster::FW_CFG_TEST),
+        knob,
+    )];
+    let b = {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        boot_to_probe_cfg(cfg, "lz4hc-uefi")
+    };
+    check_default_boot(&b);
+    let files: u64 = fact(&b, "readall_files").parse().unwrap();
+    assert!(files > 5000, "only {files} files on the root");
+    assert_eq!(
+        fact(&b, "readall_errors"),
+        "0",
+        "read errors: {}",
+        fact(&b, "readall_first_errors")
+    );
+    assert!(!b.console.contains("is corrupted"));
+    eprintln!(
+        "lz4hc root: {files} files read in {} s in the guest ({}), 0 errors; EROFS {} bytes",
+        fact(&b, "readall_secs"),
+        accel(),
+        u64::from(root.u32(1024 + 36)) * 4096
+    );
+}
+
+#[test]
+fn lz4hc_root_with_flipped_compressed_byte_is_refused() {
+    let img = rke2_qemu_tests::need!(lz4hc_image());
+    let disk = lz4hc_dir().join("flipped.raw");
+    built::copy_disk(&img.disk, &disk, None).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    let root = ErofsRoot {
+        f: f.try_clone().unwrap(),
+        base: img.root_part.0,
+    };
+    // A byte of LZ4 data (0-padding puts it at the end of the block) in the first compressed
+    // pcluster of systemd, which the kernel reads to exec PID 1.
+    let blk = root.first_compressed_block(&root.lookup("usr/lib/systemd/systemd"));
+    let off = img.root_part.0 + blk * 4096 + 4095;
+    {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, off).unwrap();
+        b[0] ^= 0x01;
+        f.write_all_at(&b, off).unwrap();
+    }
+    drop(f);
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = Config::new(&disk, Boot::Uefi);
+    cfg.log = Some(lz4hc_dir().join("flipped.console.log"));
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for(
+        "is corrupted",
+        &["RKE2-PROBE", "Reached target"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("flipped byte at block {blk}: {e}\n{}", vm.tail()));
+    // Whatever follows (rke2-init's failure path or a panic), the system must not come up.
+    let _ = vm.wait_exit(Duration::from_secs(120));
+    let c = vm.console();
+    assert!(!c.contains("RKE2-PROBE"), "{}", vm.tail());
+    assert!(!c.contains("Reached target"), "{}", vm.tail());
+    // rke2-init's exec of PID 1 gets the I/O error (seen: "executing: /sbin/init: I/O error").
+    assert!(c.contains("rke2-init: FAILED"), "{}", vm.tail());
 }
