@@ -29,8 +29,9 @@ fn work_dir() -> PathBuf {
 /// The pipeline-built image, built once per test run; None (test skipped) without a base.
 fn image() -> Option<&'static Image> {
     static IMG: OnceLock<Option<Image>> = OnceLock::new();
+    // Checked by every test (outside the once-only init), so each skip is reported.
+    let (base, programs) = rke2_qemu_tests::test_inputs()?;
     IMG.get_or_init(|| {
-        let (base, programs) = rke2_qemu_tests::test_inputs()?;
         let start = std::time::Instant::now();
         let img = built::build(&base, &programs, &work_dir(), "").expect("building test image");
         eprintln!(
