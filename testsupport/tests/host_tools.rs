@@ -667,7 +667,7 @@ fn programs(ws: &Path) -> Found {
             &mut found,
         );
     }
-    // Our own programs, run from target/ or PATH in tests.
+    // Our own programs (run from target/) and the Rust toolchain (rustup, not Debian).
     for own in [
         "cargo",
         "rustc",
