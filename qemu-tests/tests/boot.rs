@@ -220,8 +220,24 @@ fn state_fs_copy(disk: &Path, name: &str) -> PathBuf {
     out
 }
 
-/// `Filesystem state:` as `dumpe2fs -h` reports it, and whether `e2fsck -fn` found nothing.
-fn state_fs_check(fs: &Path) -> (String, bool, String) {
+/// What e2fsprogs says about a state filesystem copy.
+struct Ext4State {
+    /// `Filesystem state:` of `dumpe2fs -h` (a journalled ext4 keeps `clean` while mounted).
+    state: String,
+    /// The `needs_recovery` feature: set while mounted, cleared by a clean unmount.
+    needs_recovery: bool,
+    /// `e2fsck -fn` exit status 0, and its report.
+    fsck_ok: bool,
+    report: String,
+}
+
+impl Ext4State {
+    fn clean(&self) -> bool {
+        self.state == "clean" && !self.needs_recovery
+    }
+}
+
+fn state_fs_check(fs: &Path) -> Ext4State {
     let d = std::process::Command::new("dumpe2fs")
         .arg("-h")
         .arg(fs)
@@ -234,6 +250,10 @@ fn state_fs_check(fs: &Path) -> (String, bool, String) {
         .unwrap_or_else(|| panic!("dumpe2fs -h: no state: {text}"))
         .trim()
         .to_string();
+    let needs_recovery = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .is_some_and(|f| f.split_whitespace().any(|x| x == "needs_recovery"));
     let f = std::process::Command::new("e2fsck")
         .arg("-fn")
         .arg(fs)
@@ -241,13 +261,20 @@ fn state_fs_check(fs: &Path) -> (String, bool, String) {
         .unwrap();
     let report =
         String::from_utf8_lossy(&f.stdout).into_owned() + &String::from_utf8_lossy(&f.stderr);
-    (state, f.status.success(), report)
+    Ext4State {
+        state,
+        needs_recovery,
+        fsck_ok: f.status.success(),
+        report,
+    }
 }
 
 /// Power-off after a boot leaves the state ext4 clean: systemd does not stop the state mounts
 /// (/etc, /var, ... with DefaultDependencies=no units in overlays/base) while services still
-/// use them, and systemd-shutdown unmounts them after every process is gone. Control: a power
-/// cut on the same disk leaves the filesystem not clean, so the check can see the difference.
+/// use them, and systemd-shutdown unmounts them after every process is gone. Clean means what
+/// e2fsprogs says: state `clean` without `needs_recovery` (a journalled ext4 only sets that
+/// while mounted) and `e2fsck -fn` exits 0. Control: a power cut on the same disk leaves the
+/// journal needing recovery, so the check can see the difference.
 #[test]
 fn clean_power_off_leaves_state_filesystem_clean() {
     let img = rke2_qemu_tests::need!(image());
@@ -271,9 +298,15 @@ fn clean_power_off_leaves_state_filesystem_clean() {
         failed.is_empty(),
         "failed unmounts at power-off: {failed:#?}"
     );
-    let (state, fsck_ok, report) = state_fs_check(&state_fs_copy(&disk, "shutdown-clean"));
-    assert_eq!(state, "clean", "after power-off; e2fsck -fn:\n{report}");
-    assert!(fsck_ok, "e2fsck -fn after power-off:\n{report}");
+    let st = state_fs_check(&state_fs_copy(&disk, "shutdown-clean"));
+    assert!(
+        st.clean(),
+        "after power-off: state {}, needs_recovery {}; e2fsck -fn:\n{}",
+        st.state,
+        st.needs_recovery,
+        st.report
+    );
+    assert!(st.fsck_ok, "e2fsck -fn after power-off:\n{}", st.report);
 
     // Control: boot again, hold the machine up, cut the power.
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,10 +321,12 @@ fn clean_power_off_leaves_state_filesystem_clean() {
         .unwrap_or_else(|e| panic!("shutdown-cut ({}): {e}", accel()));
     assert!(vm.console().contains("rke2-init: state: mounted existing"));
     vm.power_cut();
-    let (state, _, _) = state_fs_check(&state_fs_copy(&disk, "shutdown-cut"));
-    assert_ne!(
-        state, "clean",
-        "a power cut with the state mounted must leave it not clean"
+    let st = state_fs_check(&state_fs_copy(&disk, "shutdown-cut"));
+    assert!(
+        !st.clean(),
+        "a power cut with the state mounted must leave it not clean (journal to recover): state {}, needs_recovery {}",
+        st.state,
+        st.needs_recovery
     );
 }
 
