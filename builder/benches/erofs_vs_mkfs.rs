@@ -35,8 +35,7 @@ fn size(p: &Path) -> u64 {
 }
 
 fn main() {
-    let Some(base) = std::env::var_os("RKE2_TEST_BASE").filter(|v| !v.is_empty()) else {
-        println!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)");
+    let Some(base) = rke2_testsupport::prereq::test_base() else {
         return;
     };
     let base = Path::new(&base);

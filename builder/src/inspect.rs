@@ -281,7 +281,7 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "  {:<12} {} {} ({} bytes)",
-                i.kind, i.sha256, i.path, i.size
+                i.kind, i.sha256, i.name, i.size
             );
         }
         if let Some(r) = &m.rke2 {

@@ -148,12 +148,28 @@ fn align_up(n: u64, a: u64) -> u64 {
     n.div_ceil(a) * a
 }
 
-fn input(kind: &str, path: impl Into<String>, sha256: String, size: u64) -> manifest::Input {
+/// A manifest input named by its file (or overlay directory) name, never its host path: the
+/// manifest goes into the image, which must not depend on where the inputs were. The host path
+/// goes to the build log only.
+fn input(
+    kind: &str,
+    host: &Path,
+    sha256: String,
+    size: u64,
+    log: &mut dyn FnMut(&str),
+) -> manifest::Input {
+    log(&format!("input: {kind} {}", host.display()));
     manifest::Input {
         kind: kind.into(),
-        path: path.into(),
-        sha256,
+        // `dir/..`-style paths have no file name of their own: use the resolved one.
+        name: host
+            .file_name()
+            .map(PathBuf::from)
+            .or_else(|| std::fs::canonicalize(host).ok()?.file_name().map(PathBuf::from))
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         size,
+        sha256,
     }
 }
 
@@ -189,9 +205,10 @@ pub fn build(
     }
     inputs.push(input(
         "definition",
-        display_path(def, &def.file),
+        &def.file,
         def.source_sha256.clone(),
         def.source_len,
+        log,
     ));
     // The output lock is taken before any work, so a concurrent build of the same output is
     // refused at once; the image temporary exists from here on and is removed on failure.
@@ -240,9 +257,10 @@ pub fn build(
     ));
     inputs.push(input(
         "base",
-        display_path(def, &base_path),
+        &base_path,
         stats.sha256.clone(),
         stats.size,
+        log,
     ));
     // Without an explicit epoch the newest timestamp in the base is used: still a function of
     // the inputs only.
@@ -283,12 +301,7 @@ pub fn build(
             display_path(def, &o.source),
             s.files
         ));
-        inputs.push(input(
-            "overlay",
-            display_path(def, &o.source),
-            s.sha256,
-            s.bytes,
-        ));
+        inputs.push(input("overlay", &o.source, s.sha256, s.bytes, log));
     }
     let init_path = match &def.init {
         Some(p) => p.clone(),
@@ -305,12 +318,7 @@ pub fn build(
         ));
     }
     let (init_sha, init_len) = file_sha256(&init_path).map_err(stage("compose"))?;
-    inputs.push(input(
-        "init",
-        display_path(def, &init_path),
-        init_sha,
-        init_len,
-    ));
+    inputs.push(input("init", &init_path, init_sha, init_len, log));
     let agent_path = opts.programs_dir.join("rke2-firstboot");
     if agent_path.is_file() {
         let (sha, len) = file_sha256(&agent_path).map_err(stage("compose"))?;
@@ -326,12 +334,7 @@ pub fn build(
         );
         tree.insert_resolved(b"usr/bin/rke2-firstboot", inode)
             .map_err(stage("compose"))?;
-        inputs.push(input(
-            "node-agent",
-            display_path(def, &agent_path),
-            sha,
-            len,
-        ));
+        inputs.push(input("node-agent", &agent_path, sha, len, log));
     } else {
         log(&format!(
             "compose: warning: {} not found; the image has no first-boot agent",

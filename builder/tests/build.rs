@@ -22,23 +22,15 @@ struct Fixture {
 }
 
 fn fixture() -> Option<Fixture> {
-    let (Some(base), Some(progs)) = (
-        std::env::var_os("RKE2_TEST_BASE"),
-        std::env::var_os("RKE2_TEST_PROGRAMS"),
-    ) else {
-        eprintln!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball and RKE2_TEST_PROGRAMS to the directory with rke2-init)");
-        return None;
-    };
+    let base = rke2_testsupport::prereq::test_base()?;
+    let progs = rke2_testsupport::prereq::test_programs()?;
     let init = Path::new(&progs).join("rke2-init");
     assert!(
         init.is_file(),
         "{} missing: run scripts/build-programs",
         init.display()
     );
-    Some(Fixture {
-        base: PathBuf::from(base),
-        init,
-    })
+    Some(Fixture { base, init })
 }
 
 const EPOCH: u64 = 1_767_225_600;
@@ -311,6 +303,25 @@ fn manifest_records_inputs() {
     let fx = fixture().unwrap();
     let out = tool("sha256sum", &[fx.base.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&base.sha256));
+    // The definition names its base `base.tar.zst` (relative to the build workspace).
+    assert_eq!(base.name, "base.tar.zst");
+    // Inputs are named, never by host path: the manifest is also in the ESP, and another
+    // checkout or cache directory must give the same bytes.
+    let json = serde_json::to_string(&b.manifest).unwrap();
+    for i in &b.manifest.inputs {
+        assert!(!i.name.is_empty() && !i.name.contains('/'), "{i:?}");
+    }
+    let build_dir = b.image.parent().and_then(Path::parent);
+    for dir in [fx.base.parent(), fx.init.parent(), build_dir]
+        .into_iter()
+        .flatten()
+    {
+        let dir = dir.to_str().unwrap();
+        assert!(
+            !json.contains(dir),
+            "host path {dir} in the manifest: {json}"
+        );
+    }
     assert_eq!(b.manifest.image.epoch, EPOCH);
 }
 

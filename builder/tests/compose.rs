@@ -533,8 +533,7 @@ fn base_overlay_units_pass_systemd_analyze() {
 
 #[test]
 fn debian_base_composes_with_base_overlay_and_identity() {
-    let Some(base) = std::env::var_os("RKE2_TEST_BASE") else {
-        println!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)");
+    let Some(base) = rke2_testsupport::prereq::test_base() else {
         return;
     };
     let mut t = Tree::new(EPOCH);

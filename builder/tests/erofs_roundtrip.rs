@@ -860,14 +860,14 @@ impl Mount {
         match out {
             Ok(o) if o.status.success() => Some(Mount(at.to_path_buf())),
             Ok(o) => {
-                println!(
-                    "SKIPPED (cannot loop-mount EROFS here: {})",
+                rke2_testsupport::prereq::missing(format!(
+                    "a loop-mounted EROFS (mount -t erofs -o loop: {})",
                     String::from_utf8_lossy(&o.stderr).trim()
-                );
+                ));
                 None
             }
             Err(e) => {
-                println!("SKIPPED (cannot run mount: {e})");
+                rke2_testsupport::prereq::missing(format!("program `mount` (util-linux): {e}"));
                 None
             }
         }
@@ -918,13 +918,7 @@ fn kernel_mount_shows_tree_and_xattrs_with(c: Compression) {
 }
 
 fn base_tarball() -> Option<PathBuf> {
-    match std::env::var_os("RKE2_TEST_BASE") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            println!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)");
-            None
-        }
-    }
+    rke2_testsupport::prereq::test_base()
 }
 
 #[test]

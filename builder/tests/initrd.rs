@@ -22,12 +22,9 @@ struct Base {
 
 fn base() -> Option<&'static Base> {
     static BASE: OnceLock<Option<Base>> = OnceLock::new();
+    // Checked by every test (outside the once-only init), so each skip is reported.
+    let tarball = rke2_testsupport::prereq::test_base()?;
     BASE.get_or_init(|| {
-        let Some(tarball) = std::env::var_os("RKE2_TEST_BASE") else {
-            println!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)");
-            return None;
-        };
-        let tarball = PathBuf::from(tarball);
         let mut tree = Tree::new(0);
         archive::load(&tarball, &mut tree).unwrap();
         let kvers = initrd::kernel_versions(&tree);

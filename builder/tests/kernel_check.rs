@@ -32,8 +32,7 @@ fn fragments_parse() {
 
 #[test]
 fn debian_base_kernel_meets_required_fragments() {
-    let Some(base) = std::env::var_os("RKE2_TEST_BASE") else {
-        println!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)");
+    let Some(base) = rke2_testsupport::prereq::test_base() else {
         return;
     };
     let mut tree = Tree::new(0);

@@ -249,8 +249,7 @@ const RKE2_PATHS: &[&str] = &[
 
 #[test]
 fn labels_debian_base_like_matchpathcon() {
-    let Ok(base) = std::env::var("RKE2_TEST_BASE") else {
-        println!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)");
+    let Some(base) = rke2_testsupport::prereq::test_base() else {
         return;
     };
     let mut tree = Tree::new(0);

@@ -11,7 +11,7 @@ pub struct Manifest {
     pub schema: String,
     pub tool: Tool,
     pub image: ImageInfo,
-    /// Every input, sorted by kind then path.
+    /// Every input, in build order (rke2 artifacts sorted by name). Named, never by host path.
     pub inputs: Vec<Input>,
     pub disk: Disk,
     pub verity: Verity,
@@ -54,12 +54,14 @@ pub struct ImageInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Input {
-    /// `definition`, `base`, `overlay`, `rke2-artifact`, `init`, ...
+    /// `definition`, `base`, `overlay`, `rke2-artifact`, `init`, `node-agent`.
     pub kind: String,
-    /// Path as given in the definition (relative to it), or a description for generated input.
-    pub path: String,
-    pub sha256: String,
+    /// File name (an overlay's directory name), never the host path: the manifest is part of
+    /// the image, and the same inputs must give the same bytes wherever they were. The build
+    /// log names the host paths.
+    pub name: String,
     pub size: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

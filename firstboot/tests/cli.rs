@@ -104,7 +104,7 @@ fn unit_file_passes_systemd_analyze() {
         .arg(&unit)
         .output()
     else {
-        println!("SKIPPED (systemd-analyze not installed)");
+        rke2_testsupport::prereq::missing("program `systemd-analyze` (Debian package systemd)");
         return;
     };
     // The only acceptable complaint: the binary is not installed on the test host.

@@ -14,10 +14,7 @@ use rke2_firstboot::identity::Identity;
 /// Extracts `etc/`, `usr/lib/systemd/system/`, `usr/share/zoneinfo/`, the shells and the
 /// top-level symlinks (`bin -> usr/bin`, ...) of the base into `dst`; None when RKE2_TEST_BASE is unset.
 fn base_subset(dst: &Path) -> Option<()> {
-    let Some(base) = std::env::var_os("RKE2_TEST_BASE") else {
-        println!("SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)");
-        return None;
-    };
+    let base = rke2_testsupport::prereq::test_base()?;
     let f = std::fs::File::open(&base).unwrap();
     let name = base.to_string_lossy().into_owned();
     let reader: Box<dyn std::io::Read> = if name.ends_with(".zst") {

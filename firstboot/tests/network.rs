@@ -198,7 +198,9 @@ fn run_without_network_section_calls_no_hook() {
 fn in_netns(script: &str) -> Option<String> {
     let networkd = Path::new("/usr/lib/systemd/systemd-networkd");
     if !networkd.exists() || !Path::new("/etc/systemd/network").is_dir() {
-        println!("SKIPPED (no systemd-networkd on this machine)");
+        rke2_testsupport::prereq::missing(
+            "systemd-networkd and /etc/systemd/network (Debian package systemd)",
+        );
         return None;
     }
     let probe = Command::new("unshare")
@@ -210,12 +212,15 @@ fn in_netns(script: &str) -> Option<String> {
             "ip link add v0 type veth peer name v1",
         ])
         .output()
+        .map_err(|e| {
+            rke2_testsupport::prereq::missing(format!("program `unshare` (util-linux): {e}"))
+        })
         .ok()?;
     if !probe.status.success() {
-        println!(
-            "SKIPPED (cannot make a network namespace with veth: {})",
+        rke2_testsupport::prereq::missing(format!(
+            "a network namespace with veth (unshare -n; ip link add type veth): {}",
             String::from_utf8_lossy(&probe.stderr).trim()
-        );
+        ));
         return None;
     }
     let o = Command::new("unshare")

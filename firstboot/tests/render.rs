@@ -55,7 +55,7 @@ fn yaml_oracle(file: &Path, want_json: &str) {
             let want: serde_json::Value = serde_json::from_str(want_json).unwrap();
             assert_eq!(got, want, "{}", file.display());
         }
-        _ => println!("SKIPPED yaml oracle (python3 with PyYAML not installed)"),
+        _ => rke2_testsupport::prereq::missing("python3 with PyYAML (Debian package python3-yaml)"),
     }
 }
 

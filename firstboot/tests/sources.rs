@@ -19,7 +19,7 @@ use rke2_firstboot::identity::Identity;
 use rke2_firstboot::preflight::Backoff;
 use rke2_firstboot::sources::{
     baked::Baked, cmdline_url::CmdlineUrl, config_drive, config_drive::ConfigDrive, esp::Esp,
-    fw_cfg::FwCfg, Mounted, Mounter, Source, SourceError, SystemMounter,
+    fw_cfg::FwCfg, Mounted, Mounter, Source, SourceError,
 };
 
 /// (fixture bytes, expected tree, stamp dialect)
@@ -344,59 +344,6 @@ fn broken_config_drive_is_an_error_not_a_fallthrough() {
         "{e}"
     );
     assert!(!t.path().join("etc/rancher").exists());
-}
-
-/// A real FAT volume labelled CIDATA (mkfs.fat + mtools), mounted by mount(8) through a loop
-/// device. Needs root and loop devices; skipped otherwise.
-#[test]
-fn real_fat_cidata_volume() {
-    let w = tempfile::tempdir().unwrap();
-    let img = w.path().join("cidata.img");
-    fs::write(&img, vec![0u8; 4 << 20]).unwrap();
-    let ok =
-        |c: &mut std::process::Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(
-        ok(std::process::Command::new("mkfs.fat")
-            .args(["-n", "CIDATA"])
-            .arg(&img)),
-        "mkfs.fat"
-    );
-    let ud = w.path().join("user-data");
-    fs::write(&ud, fixture("cloud-config-os.yaml")).unwrap();
-    let md = w.path().join("meta-data");
-    fs::write(&md, "instance-id: i-1\n").unwrap();
-    for f in [&ud, &md] {
-        assert!(
-            ok(std::process::Command::new("mcopy")
-                .arg("-i")
-                .arg(&img)
-                .arg(f)
-                .arg("::")),
-            "mcopy"
-        );
-    }
-    let dev = tempfile::tempdir().unwrap();
-    fs::create_dir_all(dev.path().join("disk/by-label")).unwrap();
-    std::os::unix::fs::symlink(&img, dev.path().join("disk/by-label/CIDATA")).unwrap();
-    let mnt = tempfile::tempdir().unwrap();
-    let src = ConfigDrive {
-        dev: dev.path().into(),
-        mounter: Box::new(SystemMounter {
-            base: mnt.path().into(),
-        }),
-    };
-    match src.fetch() {
-        Ok(Some(f)) => {
-            assert_eq!(f.bytes, fixture("cloud-config-os.yaml"));
-            assert_eq!(
-                fs::read_dir(mnt.path()).unwrap().count(),
-                0,
-                "mount point left behind"
-            );
-        }
-        Ok(None) => panic!("CIDATA not found"),
-        Err(e) => println!("SKIPPED (cannot loop-mount here: {e})"),
-    }
 }
 
 #[test]

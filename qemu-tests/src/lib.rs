@@ -16,33 +16,23 @@ pub mod hub;
 pub mod probe;
 pub mod vm;
 
-/// Message printed by tests that need a Debian base and do not have one.
-pub const SKIP_NO_BASE: &str = "SKIPPED (set RKE2_TEST_BASE to a Debian base tarball)";
-
 /// What every image test needs: the Debian base tarball (`RKE2_TEST_BASE`) and the directory
-/// with `rke2-image`, `rke2-init` and `rke2-firstboot` (`RKE2_TEST_PROGRAMS`). None (the
-/// test skips) without a base.
+/// with `rke2-image`, `rke2-init` and `rke2-firstboot` (`RKE2_TEST_PROGRAMS`). None when one is
+/// missing: the test skips, or fails under CI / `RKE2_TEST_STRICT` ([`rke2_testsupport::prereq`]).
 pub fn test_inputs() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let base = std::env::var_os("RKE2_TEST_BASE")?;
-    let programs = std::env::var_os("RKE2_TEST_PROGRAMS").unwrap_or_else(|| {
-        panic!(
-            "RKE2_TEST_PROGRAMS must name the directory with rke2-image, rke2-init and \
-             rke2-firstboot (scripts/test sets it)"
-        )
-    });
-    Some((base.into(), programs.into()))
+    let base = rke2_testsupport::prereq::test_base()?;
+    let programs = rke2_testsupport::prereq::test_programs()?;
+    Some((base, programs))
 }
 
-/// `let img = need!(image());`: the value, or print [`SKIP_NO_BASE`] and end the test.
+/// `let img = need!(image());`: the value, or end the test (the missing prerequisite was
+/// already reported through [`rke2_testsupport::prereq`] by whatever returned None).
 #[macro_export]
 macro_rules! need {
     ($e:expr) => {
         match $e {
             Some(v) => v,
-            None => {
-                println!("{}", $crate::SKIP_NO_BASE);
-                return;
-            }
+            None => return,
         }
     };
 }

@@ -29,8 +29,9 @@ fn work_dir() -> PathBuf {
 /// The pipeline-built image, built once per test run; None (test skipped) without a base.
 fn image() -> Option<&'static Image> {
     static IMG: OnceLock<Option<Image>> = OnceLock::new();
+    // Checked by every test (outside the once-only init), so each skip is reported.
+    let (base, programs) = rke2_qemu_tests::test_inputs()?;
     IMG.get_or_init(|| {
-        let (base, programs) = rke2_qemu_tests::test_inputs()?;
         let start = std::time::Instant::now();
         let img = built::build(&base, &programs, &work_dir(), "").expect("building test image");
         eprintln!(
@@ -182,6 +183,154 @@ fn state_persists_across_boots_and_is_created_once() {
         .unwrap();
     let out = String::from_utf8_lossy(&v.stdout);
     assert!(out.contains("No problems found"), "{out}");
+}
+
+/// The state filesystem (partition 6, where rke2-init created it) copied out of `disk` into a
+/// sparse file, for e2fsprogs to read.
+fn state_fs_copy(disk: &Path, name: &str) -> PathBuf {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let o = std::process::Command::new("sgdisk")
+        .args(["-i", "6"])
+        .arg(disk)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&o.stdout);
+    let sector = |key: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("sgdisk -i 6: no {key}: {info}"))
+    };
+    let (first, last) = (sector("First sector:"), sector("Last sector:"));
+    let out = work_dir().join(format!("{name}.state.ext4"));
+    let mut src = std::fs::File::open(disk).unwrap();
+    src.seek(SeekFrom::Start(first * 512)).unwrap();
+    let mut dst = std::fs::File::create(&out).unwrap();
+    let mut left = (last + 1 - first) * 512;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        src.read_exact(&mut buf[..n]).unwrap();
+        if buf[..n].iter().all(|b| *b == 0) {
+            dst.seek(SeekFrom::Current(n as i64)).unwrap();
+        } else {
+            dst.write_all(&buf[..n]).unwrap();
+        }
+        left -= n as u64;
+    }
+    dst.set_len((last + 1 - first) * 512).unwrap();
+    out
+}
+
+/// What e2fsprogs says about a state filesystem copy.
+struct Ext4State {
+    /// `Filesystem state:` of `dumpe2fs -h` (a journalled ext4 keeps `clean` while mounted).
+    state: String,
+    /// The `needs_recovery` feature: set while mounted, cleared by a clean unmount.
+    needs_recovery: bool,
+    /// `e2fsck -fn` exit status 0, and its report.
+    fsck_ok: bool,
+    report: String,
+}
+
+impl Ext4State {
+    fn clean(&self) -> bool {
+        self.state == "clean" && !self.needs_recovery
+    }
+}
+
+fn state_fs_check(fs: &Path) -> Ext4State {
+    let d = std::process::Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(fs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&d.stdout).into_owned();
+    let state = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem state:"))
+        .unwrap_or_else(|| panic!("dumpe2fs -h: no state: {text}"))
+        .trim()
+        .to_string();
+    let needs_recovery = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .is_some_and(|f| f.split_whitespace().any(|x| x == "needs_recovery"));
+    let f = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(fs)
+        .output()
+        .unwrap();
+    let report =
+        String::from_utf8_lossy(&f.stdout).into_owned() + &String::from_utf8_lossy(&f.stderr);
+    Ext4State {
+        state,
+        needs_recovery,
+        fsck_ok: f.status.success(),
+        report,
+    }
+}
+
+/// Power-off after a boot leaves the state ext4 clean: systemd does not stop the state mounts
+/// (/etc, /var, ... with DefaultDependencies=no units in overlays/base) while services still
+/// use them, and systemd-shutdown unmounts them after every process is gone. Clean means what
+/// e2fsprogs says: state `clean` without `needs_recovery` (a journalled ext4 only sets that
+/// while mounted) and `e2fsck -fn` exits 0. Control: a power cut on the same disk leaves the
+/// journal needing recovery, so the check can see the difference.
+#[test]
+fn clean_power_off_leaves_state_filesystem_clean() {
+    let img = rke2_qemu_tests::need!(image());
+    let disk = work_dir().join("shutdown.raw");
+    built::copy_disk(&img.disk, &disk, None).unwrap();
+    // The probe ends with `systemctl poweroff`; boot_to_probe waits for QEMU to exit.
+    let b = boot_to_probe(&disk, direct(img), "shutdown-clean");
+    assert!(b
+        .console
+        .contains("rke2-init: state: created and formatted"));
+    let failed: Vec<&str> = b
+        .console
+        .lines()
+        .filter(|l| {
+            l.contains("Failed unmounting")
+                || l.contains("Failed to unmount")
+                || l.contains("Could not unmount")
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed unmounts at power-off: {failed:#?}"
+    );
+    let st = state_fs_check(&state_fs_copy(&disk, "shutdown-clean"));
+    assert!(
+        st.clean(),
+        "after power-off: state {}, needs_recovery {}; e2fsck -fn:\n{}",
+        st.state,
+        st.needs_recovery,
+        st.report
+    );
+    assert!(st.fsck_ok, "e2fsck -fn after power-off:\n{}", st.report);
+
+    // Control: boot again, hold the machine up, cut the power.
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let knob = work_dir().join("hold.knob");
+    std::fs::write(&knob, "1").unwrap();
+    let mut cfg = Config::new(&disk, direct(img));
+    cfg.log = Some(work_dir().join("shutdown-cut.console.log"));
+    cfg.fw_cfg
+        .push(("opt/org.rke2-image/test/hold".into(), knob));
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for("RKE2-PROBE held=1", &FATAL, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("shutdown-cut ({}): {e}", accel()));
+    assert!(vm.console().contains("rke2-init: state: mounted existing"));
+    vm.power_cut();
+    let st = state_fs_check(&state_fs_copy(&disk, "shutdown-cut"));
+    assert!(
+        !st.clean(),
+        "a power cut with the state mounted must leave it not clean (journal to recover): state {}, needs_recovery {}",
+        st.state,
+        st.needs_recovery
+    );
 }
 
 fn img_size(img: &Image) -> u64 {

@@ -30,8 +30,9 @@ fn work_dir() -> PathBuf {
 /// The image, built once for all tests here; None (tests skipped) without a base.
 fn image() -> Option<&'static Image> {
     static IMG: OnceLock<Option<Image>> = OnceLock::new();
+    // Checked by every test (outside the once-only init), so each skip is reported.
+    let (base, programs) = rke2_qemu_tests::test_inputs()?;
     IMG.get_or_init(|| {
-        let (base, programs) = rke2_qemu_tests::test_inputs()?;
         std::fs::create_dir_all(work_dir()).expect("creating the work directory");
         // Timings of this run only.
         let _ = std::fs::remove_file(work_dir().join("timings.log"));

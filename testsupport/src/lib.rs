@@ -4,12 +4,15 @@
 //!   reads), so the stand-in binary can carry the build settings a real rke2 release carries.
 //! - [`fixture`]: writes a directory shaped like an official RKE2 release (bundle tarball,
 //!   `docker save` image tarballs, image lists, `sha256sum-amd64.txt`) around the stand-in.
+//! - [`prereq`]: the one place for missing test prerequisites (fail under CI or
+//!   `RKE2_TEST_STRICT`, otherwise skip with one summary line per test binary).
 //! - The `rke2` binary of this crate is a TEST DOUBLE for the real `rke2`: it answers
 //!   `rke2 --version` from its own build information; `rke2 server` / `rke2 agent` speak the
 //!   supervisor join protocol on :9345 ([`standin`]).
 
 pub mod buildinfo;
 pub mod fixture;
+pub mod prereq;
 pub mod standin;
 
 use std::path::PathBuf;

@@ -100,8 +100,6 @@ pub struct Proxy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rke2Spec {
     pub artifacts: PathBuf,
-    /// `artifacts` as written in the definition, for the manifest.
-    pub artifacts_display: String,
     pub version: String,
     /// Parts to preload, in the order given, without duplicates.
     pub images: Vec<String>,
@@ -245,7 +243,6 @@ impl Rke2Spec {
         }
         Ok(Rke2Spec {
             artifacts,
-            artifacts_display: s.artifacts.clone(),
             version: v.to_string(),
             images,
             cni,
@@ -354,13 +351,9 @@ pub fn apply(
     let record = |v: &artifacts::Verified, report: &mut Report| {
         report.inputs.push(Input {
             kind: "rke2-artifact".into(),
-            path: format!(
-                "{}/{}",
-                spec.artifacts_display.trim_end_matches('/'),
-                v.name
-            ),
-            sha256: v.sha256.clone(),
+            name: v.name.clone(),
             size: v.size,
+            sha256: v.sha256.clone(),
         });
     };
 
@@ -424,6 +417,6 @@ pub fn apply(
     }
     report
         .inputs
-        .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
+        .sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
     Ok(report)
 }
