@@ -22,6 +22,16 @@ use std::process::Command;
 /// of other crates: runs `cargo build -p rke2-testsupport --bin rke2` in the same target
 /// directory as the running test executable.
 pub fn stand_in_binary() -> anyhow::Result<PathBuf> {
+    // Once per test process: tests run on parallel threads, and a second `cargo build` or strip
+    // while another thread reads the binary could hand it a half-written file.
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_stand_in().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn build_stand_in() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Test executables live in <target>/<profile>/deps/.
     let exe = std::env::current_exe()?;
