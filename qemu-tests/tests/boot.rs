@@ -387,11 +387,18 @@ fn tampered_root_is_refused() {
             .write(true)
             .open(&disk)
             .unwrap();
-        // The EROFS superblock (offset 1024) and a block in the middle of the root.
-        for off in [
-            img.root_part.0 + 1024 + 8,
-            (img.root_part.0 + img.root_part.1) / 2,
-        ] {
+        // The EROFS superblock (offset 1024) and a block in the middle of the filesystem (a
+        // compressed root ends long before its partition: the superblock's block count at
+        // offset 36 says where).
+        let mut blocks = [0u8; 4];
+        f.read_exact_at(&mut blocks, img.root_part.0 + 1024 + 36)
+            .unwrap();
+        let fs_len = u64::from(u32::from_le_bytes(blocks)) * 4096;
+        assert!(
+            fs_len > 0 && fs_len <= img.root_part.1,
+            "EROFS size {fs_len}"
+        );
+        for off in [img.root_part.0 + 1024 + 8, img.root_part.0 + fs_len / 2] {
             let mut b = [0u8; 16];
             f.read_exact_at(&mut b, off).unwrap();
             for x in b.iter_mut() {
