@@ -17,5 +17,6 @@ pub mod inspect;
 pub mod kernel_check;
 pub mod payload;
 pub mod pipeline;
+pub mod release;
 pub mod selinux;
 pub mod tree;
