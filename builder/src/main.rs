@@ -42,6 +42,11 @@ enum Command {
         /// Release location for a release that is not cached (default: the official one).
         #[arg(long)]
         release_url: Option<String>,
+        /// Use the release in this directory (version read from its image lists) instead of
+        /// the definition's `rke2` version/artifacts: to try a definition with a carried or
+        /// sample release without importing it.
+        #[arg(long)]
+        release_dir: Option<PathBuf>,
     },
     /// Download, import and list RKE2 releases in the release cache.
     #[command(subcommand)]
@@ -106,9 +111,16 @@ fn run() -> Result<()> {
             allow_non_fips_supervisor,
             offline,
             release_url,
+            release_dir,
         } => {
             let mut def = Definition::load(&definition)?;
-            release_cli::resolve(&mut def, &cache_dir(cd.clone())?, offline, release_url)?;
+            release_cli::resolve(
+                &mut def,
+                &cache_dir(cd.clone())?,
+                offline,
+                release_url,
+                release_dir.as_deref(),
+            )?;
             let exe = std::env::current_exe().context("locating rke2-image")?;
             let opts = pipeline::BuildOptions {
                 cache_dir: cache_dir(cd)?,

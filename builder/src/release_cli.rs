@@ -148,10 +148,26 @@ pub fn resolve(
     cache_dir: &std::path::Path,
     offline: bool,
     url: Option<String>,
+    release_dir: Option<&std::path::Path>,
 ) -> Result<()> {
+    let file = def.file.display().to_string();
     let Some(spec) = def.rke2.as_mut() else {
+        if let Some(d) = release_dir {
+            anyhow::bail!(
+                "--release-dir {}: {file} has no `rke2:` section",
+                d.display()
+            );
+        }
         return Ok(());
     };
+    if let Some(d) = release_dir {
+        let v = release::import::use_directory(spec, d)?;
+        eprintln!(
+            "rke2: using release {v} from {} (--release-dir)",
+            d.display()
+        );
+        return Ok(());
+    }
     let cache = Cache::new(cache_dir);
     let opts = options(
         url.unwrap_or_else(|| release::DEFAULT_BASE_URL.to_string()),
@@ -164,6 +180,6 @@ pub fn resolve(
         release::Fetch::Pull(&opts)
     };
     release::resolve(spec, &cache, fetch, &mut |l| eprintln!("{l}"))
-        .map_err(|e| anyhow::anyhow!("{}: rke2.version: {e}", def.file.display()))?;
+        .map_err(|e| anyhow::anyhow!("{file}: rke2.version: {e}"))?;
     Ok(())
 }

@@ -603,3 +603,37 @@ fn build_offline_without_the_release_says_how_to_import_it() {
         .unwrap();
     assert!(out.status.success() && out.stdout.is_empty());
 }
+
+#[test]
+fn shipped_definitions_are_rke2_nodes_from_the_release_cache() {
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
+    let mut names = Vec::new();
+    for e in fs::read_dir(&images).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let def = Definition::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let spec = def
+                .rke2
+                .as_ref()
+                .unwrap_or_else(|| panic!("{}: no rke2", p.display()));
+            assert!(spec.from_release_cache, "{}", p.display());
+            release::check_version(&spec.version).unwrap();
+            assert!(spec.images.starts_with(&["core".into(), "canal".into()]));
+            assert!(def.fips, "{}", p.display());
+            // One explaining comment line first.
+            let text = fs::read_to_string(&p).unwrap();
+            assert!(text.starts_with("# "), "{}", p.display());
+            names.push(p.file_name().unwrap().to_string_lossy().to_string());
+        }
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "airgap-all.yaml",
+            "cis.yaml",
+            "debug-permissive.yaml",
+            "default.yaml"
+        ]
+    );
+}

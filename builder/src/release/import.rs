@@ -5,6 +5,8 @@
 use std::fs;
 use std::path::Path;
 
+use crate::payload::Rke2Spec;
+
 use super::{check_version, Cache, CachedRelease, Origin, ReleaseError, BUNDLE, SUMS_FILE};
 use crate::payload::artifacts::Checksums;
 
@@ -85,4 +87,20 @@ pub fn import(
         got.push((name, Origin::Import));
     }
     cache.register(&version, &sums_text, &got)
+}
+
+/// Points `spec` at the release directory `dir` as it is (no cache), taking the version from
+/// its image lists. The manifest records `dir:<version>`, not the path.
+pub fn use_directory(spec: &mut Rke2Spec, dir: &Path) -> Result<String, ReleaseError> {
+    let shown = dir.display().to_string();
+    let sums_path = dir.join(SUMS_FILE);
+    let sums_text = fs::read_to_string(&sums_path).map_err(ReleaseError::io(&sums_path))?;
+    let sums = Checksums::parse(dir, &sums_path, &sums_text)
+        .map_err(|e| ReleaseError::Checksums(e.to_string()))?;
+    let version = detect_version(dir, &sums).ok_or(ReleaseError::UnknownVersion { dir: shown })?;
+    spec.artifacts = fs::canonicalize(dir).map_err(ReleaseError::io(dir))?;
+    spec.artifacts_display = format!("dir:{version}");
+    spec.version = version.clone();
+    spec.from_release_cache = false;
+    Ok(version)
 }
