@@ -51,7 +51,7 @@ struct Server {
     knobs: Arc<Mutex<Knobs>>,
 }
 
-fn read_head(s: &mut BufReader<TcpStream>) -> Vec<String> {
+fn read_head(s: &mut impl BufRead) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
         let mut l = String::new();
@@ -70,6 +70,21 @@ fn read_head(s: &mut BufReader<TcpStream>) -> Vec<String> {
 fn serve(stream: TcpStream, root: &Path, knobs: &Mutex<Knobs>) {
     let mut r = BufReader::new(stream.try_clone().unwrap());
     let head = read_head(&mut r);
+    respond(&head, stream, root, knobs);
+}
+
+/// The same over TLS.
+fn serve_tls(stream: TcpStream, root: &Path, knobs: &Mutex<Knobs>, cfg: Arc<rustls::ServerConfig>) {
+    let conn = rustls::ServerConnection::new(cfg).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    // Requests are one GET head and nothing after it, so a small reader loses nothing.
+    let head = read_head(&mut BufReader::with_capacity(1, &mut tls));
+    respond(&head, &mut tls, root, knobs);
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+}
+
+fn respond(head: &[String], mut w: impl Write, root: &Path, knobs: &Mutex<Knobs>) {
     let Some(target) = head.first().and_then(|l| l.split_whitespace().nth(1)) else {
         return;
     };
@@ -79,7 +94,6 @@ fn serve(stream: TcpStream, root: &Path, knobs: &Mutex<Knobs>) {
         .map(|v| v.trim_end_matches('-').to_string());
     let prefix = format!("/{}/", VERSION.replace('+', "%2B"));
     let name = target.strip_prefix(&prefix).unwrap_or("").to_string();
-    let mut w = stream;
     let (status, cut, tamper) = {
         let mut k = knobs.lock().unwrap();
         k.log.push((name.clone(), range.clone()));
@@ -126,6 +140,42 @@ fn serve(stream: TcpStream, root: &Path, knobs: &Mutex<Knobs>) {
 }
 
 impl Server {
+    /// An HTTPS server whose certificate (for 127.0.0.1) is signed by a CA written to `ca_pem`.
+    fn start_tls(root: &Path, ca_pem: &Path) -> Server {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        fs::write(ca_pem, ca.pem()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .unwrap();
+        let cfg = Arc::new(cfg);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("https://{}", l.local_addr().unwrap());
+        let knobs = Arc::new(Mutex::new(Knobs::default()));
+        let k = knobs.clone();
+        let root = root.to_path_buf();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let (k, root, cfg) = (k.clone(), root.clone(), cfg.clone());
+                std::thread::spawn(move || serve_tls(s, &root, &k, cfg));
+            }
+        });
+        Server { base, knobs }
+    }
+
     fn start(root: &Path) -> Server {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
@@ -635,5 +685,53 @@ fn shipped_definitions_are_rke2_nodes_from_the_release_cache() {
             "debug-permissive.yaml",
             "default.yaml"
         ]
+    );
+}
+
+#[test]
+fn https_is_verified_against_the_ca_bundle_directly_and_through_connect() {
+    let t = tempfile::tempdir().unwrap();
+    let ca = t.path().join("ca.pem");
+    let srv = Server::start_tls(fixture_dir(), &ca);
+    let client = |proxies: http::Proxies, ca: &Path| {
+        Arc::new(http::Client::new(proxies, Some(ca.to_path_buf())))
+    };
+    let mut o = opts(&srv.base, &["core"], 0);
+    o.client = client(http::Proxies::default(), &ca);
+    let c = tempfile::tempdir().unwrap();
+    let (r, _) = pull_log(&Cache::new(c.path()), &o);
+    sha256sum_check(&r.unwrap().dir);
+
+    // A bundle without the server's CA: refused, nothing cached.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("ca.pem");
+    let _unused = Server::start_tls(fixture_dir(), &other_ca);
+    o.client = client(http::Proxies::default(), &other_ca);
+    let c2 = tempfile::tempdir().unwrap();
+    let (r, _) = pull_log(&Cache::new(c2.path()), &o);
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("certificate") || msg.contains("UnknownIssuer"),
+        "{msg}"
+    );
+    assert!(Cache::new(c2.path()).list().unwrap().is_empty());
+
+    // HTTPS_PROXY: a CONNECT tunnel, TLS verified end to end.
+    let (proxy, seen) = start_proxy();
+    let p = proxy.clone();
+    o.client = client(
+        http::Proxies::from_vars(move |n| (n == "HTTPS_PROXY").then(|| p.clone())),
+        &ca,
+    );
+    let c3 = tempfile::tempdir().unwrap();
+    let (r, _) = pull_log(&Cache::new(c3.path()), &o);
+    r.unwrap();
+    let port = srv.base.rsplit(':').next().unwrap().to_string();
+    let through = seen.lock().unwrap().clone();
+    assert!(
+        through
+            .iter()
+            .any(|l| l.starts_with(&format!("CONNECT 127.0.0.1:{port} "))),
+        "{through:?}"
     );
 }
