@@ -735,3 +735,27 @@ fn https_is_verified_against_the_ca_bundle_directly_and_through_connect() {
         "{through:?}"
     );
 }
+
+#[test]
+fn build_pull_failure_says_how_to_import() {
+    let d = tempfile::tempdir().unwrap();
+    let mut def = definition(d.path(), &format!("  version: {VERSION}\n"));
+    let c = tempfile::tempdir().unwrap();
+    // A closed port: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = opts(&format!("http://127.0.0.1:{port}"), &[], 1);
+    let spec = def.rke2.as_mut().unwrap();
+    let msg = release::resolve(spec, &Cache::new(c.path()), Fetch::Pull(&o), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("cannot connect")
+            && msg.contains("release import DIR")
+            && msg.contains("--offline"),
+        "{msg}"
+    );
+}

@@ -97,6 +97,8 @@ pub enum ReleaseError {
     },
     #[error("{}: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
+    #[error("RKE2 {version} is not in the release cache and pulling it failed: {cause}. Where the release location cannot be reached, copy the release files into a directory, run `rke2-image release import DIR`, and build with --offline")]
+    PullFailed { version: String, cause: String },
 }
 
 impl ReleaseError {
@@ -275,6 +277,10 @@ pub fn resolve(
                 if !e.is_progress() {
                     log(&e.to_string())
                 }
+            })
+            .map_err(|e| ReleaseError::PullFailed {
+                version: spec.version.clone(),
+                cause: e.to_string(),
             })?;
             spec.artifacts = r.dir.clone();
             spec.artifacts_display = r.origin_display(&spec.version);
