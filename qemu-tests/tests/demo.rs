@@ -43,6 +43,7 @@ fn demo_offline_path_ends_with_a_configured_single_server() {
         "scripts/demo failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("{text}");
     let lines: Vec<&str> = text.lines().collect();
     let offline = "demo: OFFLINE:";
     assert!(lines.first().unwrap().starts_with(offline), "{text}");
@@ -55,7 +56,7 @@ fn demo_offline_path_ends_with_a_configured_single_server() {
             .trim()
             .to_string()
     };
-    assert_eq!(field("role "), "server (rke2-server.service)");
+    assert_eq!(field("role "), "server (rke2-server)");
     assert_eq!(field("FIPS "), "on (fips=1)");
     assert_eq!(field("SELinux "), "enforcing");
     let root = field("verity root ");
