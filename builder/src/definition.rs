@@ -189,6 +189,16 @@ struct RawSecurity {
     /// RKE2's CIS profile: sysctls, etcd user, `profile: cis`.
     #[serde(default)]
     cis: bool,
+    /// Sign systemd-boot and the UKIs with this db key (PEM key and certificate).
+    #[serde(default)]
+    secure_boot: Option<RawSecureBoot>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecureBoot {
+    key: String,
+    cert: String,
 }
 
 fn yes() -> bool {
@@ -204,6 +214,7 @@ impl Default for RawSecurity {
             fips: true,
             selinux: SelinuxMode::Enforcing,
             cis: false,
+            secure_boot: None,
         }
     }
 }
@@ -308,6 +319,7 @@ pub struct Definition {
     pub fips: bool,
     pub selinux: SelinuxMode,
     pub cis: bool,
+    pub secure_boot: Option<crate::secureboot::SigningKeys>,
     pub rke2: Option<crate::payload::Rke2Spec>,
     pub esp_size: u64,
     pub root_size: u64,
@@ -656,6 +668,13 @@ impl Definition {
             fips: raw.security.fips,
             selinux: raw.security.selinux,
             cis: raw.security.cis,
+            secure_boot: raw
+                .security
+                .secure_boot
+                .map(|sb| crate::secureboot::SigningKeys {
+                    key: resolve(&sb.key),
+                    cert: resolve(&sb.cert),
+                }),
             rke2,
             esp_size: raw.disk.esp_size.value.0,
             root_size: raw.disk.root_size.value.0,

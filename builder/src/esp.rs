@@ -1,28 +1,12 @@
-//! What goes onto the EFI system partition: systemd-boot, per-slot kernel and initrd, the Boot
-//! Loader Specification type #1 entry carrying the kernel command line, and the build
-//! manifest. The FAT32 filesystem itself is written by [`crate::fat`].
+//! What goes onto the EFI system partition: systemd-boot, one unified kernel image per slot
+//! (a Boot Loader Specification type #2 entry, built by [`crate::uki`], carrying the kernel
+//! command line), and the build manifest. The FAT32 filesystem itself is written by
+//! [`crate::fat`]. Type #1 entries are only parsed (`inspect` of older images).
 
-use rke2_image_contract::{cmdline, paths};
+use rke2_image_contract::cmdline;
 
 use crate::definition::SelinuxMode;
 use crate::tree::Blob;
-
-/// Kernel and initrd of a root slot live under `rke2/<slot>/` so an A/B update replaces one
-/// slot's boot files without touching the running one.
-pub fn kernel_path(slot: char) -> String {
-    format!("rke2/{slot}/vmlinuz")
-}
-
-pub fn initrd_path(slot: char) -> String {
-    format!("rke2/{slot}/initrd.zst")
-}
-
-pub fn entry_file(name: &str, version: &str, slot: char) -> String {
-    format!(
-        "{}/rke2-{name}-{version}-{slot}.conf",
-        paths::ESP_ENTRIES_DIR
-    )
-}
 
 /// The kernel command line: our keys first, then security settings, then the definition's
 /// additions (so an operator can add, e.g., `console=` but the verity and security keys are
@@ -78,30 +62,11 @@ pub fn reserved_key(param: &str) -> Option<&'static str> {
     RESERVED_KEYS.iter().copied().find(|k| *k == key)
 }
 
-pub struct EntrySpec<'a> {
-    pub title: &'a str,
-    pub version: &'a str,
-    pub slot: char,
-    pub cmdline: &'a str,
-}
-
-/// Boot Loader Specification type #1 entry.
-pub fn loader_entry(e: &EntrySpec) -> String {
-    format!(
-        "title {} (slot {})\nversion {}\nsort-key rke2-image\nlinux /{}\ninitrd /{}\noptions {}\n",
-        e.title,
-        e.slot,
-        e.version,
-        kernel_path(e.slot),
-        initrd_path(e.slot),
-        e.cmdline
-    )
-}
-
-/// systemd-boot's loader.conf: boot the newest rke2 entry at once, and no editor: changing
-/// the command line at the boot menu would bypass the root hash it carries.
-pub fn loader_conf() -> String {
-    "default rke2-*\ntimeout 0\neditor no\nconsole-mode keep\n".to_string()
+/// systemd-boot's loader.conf: boot the image's entry at once (a type #2 entry's id is its
+/// file name, `<name>-<version>-<slot>.efi`), and no editor: without Secure Boot, systemd-boot
+/// would let the menu change a UKI's command line and with it the root hash.
+pub fn loader_conf(name: &str) -> String {
+    format!("default {name}-*\ntimeout 0\neditor no\nconsole-mode keep\n")
 }
 
 /// A parsed loader entry (for `inspect`).
@@ -198,17 +163,21 @@ mod tests {
     }
 
     #[test]
-    fn entry_round_trip() {
-        let text = loader_entry(&EntrySpec {
-            title: "rke2-node 1.0",
-            version: "1.0",
-            slot: 'a',
-            cmdline: "a=1 b",
-        });
-        let e = parse_entry("x.conf", &text);
+    fn type1_entry_parses() {
+        let e = parse_entry(
+            "x.conf",
+            "title t\nversion 1.0\nlinux /rke2/a/vmlinuz\ninitrd /rke2/a/initrd.zst\noptions a=1 b\n",
+        );
         assert_eq!(e.linux, "/rke2/a/vmlinuz");
         assert_eq!(e.initrd, vec!["/rke2/a/initrd.zst".to_string()]);
         assert_eq!(e.options, "a=1 b");
         assert_eq!(e.version, "1.0");
+    }
+
+    #[test]
+    fn loader_conf_has_no_editor() {
+        let c = loader_conf("node");
+        assert!(c.lines().any(|l| l == "editor no"));
+        assert!(c.lines().any(|l| l == "default node-*"));
     }
 }

@@ -17,5 +17,7 @@ pub mod inspect;
 pub mod kernel_check;
 pub mod payload;
 pub mod pipeline;
+pub mod secureboot;
 pub mod selinux;
 pub mod tree;
+pub mod uki;

@@ -31,7 +31,10 @@ use sha2::{Digest, Sha256};
 
 use crate::definition::{BaseSource, Definition, SelinuxMode};
 use crate::tree::{Blob, Inode, Kind, Tree};
-use crate::{archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, selinux};
+use crate::{
+    archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, secureboot, selinux,
+    uki,
+};
 
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = partitions::SECTOR;
@@ -187,6 +190,11 @@ pub fn build(
                 ),
             ));
         }
+    }
+    // Signing keys are checked before anything is written.
+    if let Some(keys) = &def.secure_boot {
+        secureboot::check(keys)
+            .map_err(|e| invalid("load", format!("{}: {e}", def.file.display())))?;
     }
     let def_bytes = fs::read(&def.file).map_err(stage("load"))?;
     inputs.push(input(
@@ -428,6 +436,23 @@ pub fn build(
             ),
         )
     })?;
+    let stub_blob = file_blob(&tree, uki::STUB).ok_or_else(|| {
+        invalid(
+            "kernel",
+            format!(
+                "/{} is missing: add systemd-boot-efi to the base (the unified kernel image is built from its stub)",
+                uki::STUB
+            ),
+        )
+    })?;
+    let osrel_blob = file_blob(&tree, "etc/os-release")
+        .or_else(|| file_blob(&tree, "usr/lib/os-release"))
+        .ok_or_else(|| {
+            invalid(
+                "kernel",
+                "the tree has no /etc/os-release for the unified kernel image's .osrel",
+            )
+        })?;
     let config_path = format!("boot/config-{kver}");
     let config = tree
         .read_file(config_path.as_bytes())
@@ -548,35 +573,39 @@ pub fn build(
         .finalize()
         .to_vec();
     let (written, params, root_hash, side) = std::thread::scope(|scope| {
-        let side = scope.spawn(
-            || -> Result<(initrd::Initrd, Blob, Blob, Duration), BuildError> {
-                let start = Instant::now();
-                let rd = initrd::build(
-                    &tree,
-                    &initrd::Spec {
-                        init: &init_blob,
-                        kver: &kver,
-                        modules: &modules,
-                        extra_files: &[],
-                        mtime: epoch,
-                    },
-                )
-                .map_err(stage("initrd"))?;
-                // One pass over the base for both boot files, kept in memory for the ESP.
-                let mut boot_files: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-                Tree::read_blobs(&[(0usize, &kernel_blob), (1, &sdboot_blob)], &mut |i, r| {
-                    r.read_to_end(&mut boot_files[i]).map(|_| ())
-                })
-                .map_err(stage("initrd"))?;
-                let [kernel, sdboot] = boot_files;
-                Ok((
-                    rd,
-                    Blob::bytes(kernel),
-                    Blob::bytes(sdboot),
-                    start.elapsed(),
-                ))
-            },
-        );
+        let side = scope.spawn(|| -> Result<SideOutput, BuildError> {
+            let start = Instant::now();
+            let rd = initrd::build(
+                &tree,
+                &initrd::Spec {
+                    init: &init_blob,
+                    kver: &kver,
+                    modules: &modules,
+                    extra_files: &[],
+                    mtime: epoch,
+                },
+            )
+            .map_err(stage("initrd"))?;
+            // One pass over the base for both boot files, kept in memory for the ESP.
+            let mut boot_files: [Vec<u8>; 4] = Default::default();
+            Tree::read_blobs(
+                &[
+                    (0usize, &kernel_blob),
+                    (1, &sdboot_blob),
+                    (2, &stub_blob),
+                    (3, &osrel_blob),
+                ],
+                &mut |i, r| r.read_to_end(&mut boot_files[i]).map(|_| ()),
+            )
+            .map_err(stage("initrd"))?;
+            let [kernel, sdboot, stub, osrel] = boot_files;
+            Ok((
+                rd,
+                Blob::bytes(sdboot),
+                [kernel, stub, osrel],
+                start.elapsed(),
+            ))
+        });
         let main = (|| -> Result<_, BuildError> {
             let written = erofs::write(&tree, &plan, &out, root_a.offset, root_a.size)
                 .map_err(stage("rootfs"))?;
@@ -598,7 +627,7 @@ pub fn build(
         let (written, params, root_hash) = main?;
         Ok::<_, BuildError>((written, params, root_hash, side?))
     })?;
-    let (rd, kernel_blob, sdboot_blob, initrd_time) = side;
+    let (rd, sdboot_blob, [kernel, stub, osrel], initrd_time) = side;
     let root_hash_hex = hex::encode(root_hash);
     log(&format!(
         "rootfs: EROFS {} MiB, {} inodes",
@@ -618,17 +647,43 @@ pub fn build(
     // --- esp + manifest ------------------------------------------------------------------
     let slot = 'a';
     let cmdline = esp::command_line(&root_hash_hex, slot, def.fips, def.selinux, &def.cmdline);
-    let entry_name = esp::entry_file(&def.name, &def.version, slot);
-    let title = def
-        .description
-        .clone()
-        .unwrap_or_else(|| format!("{} {}", def.name, def.version));
-    let entry_text = esp::loader_entry(&esp::EntrySpec {
-        title: &title,
-        version: &def.version,
-        slot,
-        cmdline: &cmdline,
-    });
+    let uki_start = Instant::now();
+    // One unified kernel image per slot: the command line (and the root hash in it) is inside
+    // the signed PE file, not in an editable loader entry.
+    let entry_name = uki::esp_path(&def.name, &def.version, slot);
+    let uki_bytes = uki::build(
+        &stub,
+        &uki::Parts {
+            osrel: &osrel,
+            cmdline: &cmdline,
+            initrd: &rd.bytes,
+            linux: &kernel,
+        },
+        &format!("/{}", uki::STUB),
+    )
+    .map_err(stage("esp"))?;
+    let (uki_bytes, sdboot_blob) = match &def.secure_boot {
+        None => (uki_bytes, sdboot_blob),
+        Some(keys) => {
+            let mut sdboot = Vec::new();
+            Tree::read_blobs(&[(0usize, &sdboot_blob)], &mut |_, r| {
+                r.read_to_end(&mut sdboot).map(|_| ())
+            })
+            .map_err(stage("esp"))?;
+            (
+                secureboot::sign(keys, &uki_bytes, &entry_name).map_err(stage("esp"))?,
+                Blob::bytes(
+                    secureboot::sign(keys, &sdboot, paths::ESP_FALLBACK_BOOT)
+                        .map_err(stage("esp"))?,
+                ),
+            )
+        }
+    };
+    log(&format!(
+        "uki: {entry_name}, {} KiB, in {:.2}s",
+        uki_bytes.len() / 1024,
+        uki_start.elapsed().as_secs_f64()
+    ));
 
     let disk_guid = Guid::from_hash(derive16(&seed, "disk-guid"));
     let mut rh_first = [0u8; 16];
@@ -672,10 +727,11 @@ pub fn build(
     let mut esp_content = esp::EspContent::new();
     esp_content.add(paths::ESP_FALLBACK_BOOT, sdboot_blob.clone());
     esp_content.add(paths::ESP_SYSTEMD_BOOT, sdboot_blob);
-    esp_content.add(paths::ESP_LOADER_CONF, Blob::bytes(esp::loader_conf()));
-    esp_content.add(entry_name.clone(), Blob::bytes(entry_text));
-    esp_content.add(esp::kernel_path(slot), kernel_blob.clone());
-    esp_content.add(esp::initrd_path(slot), Blob::bytes(rd.bytes.clone()));
+    esp_content.add(
+        paths::ESP_LOADER_CONF,
+        Blob::bytes(esp::loader_conf(&def.name)),
+    );
+    esp_content.add(entry_name.clone(), Blob::bytes(uki_bytes));
     let esp_used: u64 = esp_content.files.iter().map(|(_, b)| b.len()).sum();
 
     let manifest = Manifest {
@@ -801,6 +857,10 @@ pub fn build(
 }
 
 /// A regular file of the tree (following symlinks) as a blob.
+/// What the initrd thread hands back: the initrd, systemd-boot, the bytes of the kernel, the
+/// systemd stub and os-release (for the UKI), and its time.
+type SideOutput = (initrd::Initrd, Blob, [Vec<u8>; 3], Duration);
+
 fn file_blob(tree: &Tree, path: &str) -> Option<Blob> {
     let real = tree.resolve(path.as_bytes(), true).ok()?;
     match &tree.get(&real)?.kind {
