@@ -2,8 +2,11 @@
 //! certificate sign systemd-boot and every UKI with `sbsign` (sbsigntool), and
 //! `rke2-image keys generate` makes a PK/KEK/db set with the files firmware needs to enroll it.
 //!
-//! sbsign's Authenticode signature is an RSA PKCS#1 v1.5 signature without a signing time, so
-//! the same input and key give the same bytes: signed images stay reproducible (tested).
+//! NOT yet reproducible: sbsign 0.9.4 puts a PKCS#7 `signingTime` attribute (wall clock) into
+//! the Authenticode signature, so two signed builds differ in the signatures of BOOTX64.EFI
+//! and the UKIs (checked: `sbattach --detach` + `openssl pkcs7 -print`). Everything under the
+//! signature is identical. Ways out: run sbsign at the build epoch (libfaketime) or write the
+//! SignedData ourselves without that attribute (RSA PKCS#1 v1.5 itself is deterministic).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -20,8 +20,11 @@ pub const CMDLINE: &str = ".cmdline";
 pub const INITRD: &str = ".initrd";
 pub const LINUX: &str = ".linux";
 
-/// New sections start on page boundaries in memory and in the file (misaligned UKI sections
-/// stalled OVMF under Secure Boot elsewhere).
+/// New sections start on page boundaries in memory (misaligned UKI sections stalled OVMF under
+/// Secure Boot elsewhere). In the file they follow each other at the file alignment with no
+/// gaps: Authenticode hashes the sections in file order, and implementations disagree about
+/// bytes between sections (sbsign warns "gaps in the section table may result in different
+/// checksums").
 const PAGE: u64 = 4096;
 /// Firmware has been reported to refuse PE files with more than this many sections.
 const MAX_SECTIONS: usize = 25;
@@ -240,7 +243,7 @@ pub fn build(stub: &[u8], parts: &Parts, what: &str) -> Result<Vec<u8>, PeError>
     let mut headers = Vec::new();
     for (name, data) in &added {
         vma = align(vma, PAGE);
-        file_off = align(file_off, PAGE);
+        file_off = align(file_off, l.file_align as u64);
         let raw_size = align(data.len() as u64, l.file_align as u64);
         headers.push((name, data, vma, file_off, raw_size));
         vma += data.len() as u64;
@@ -386,7 +389,7 @@ mod tests {
         );
         for s in &s[2..] {
             assert_eq!(s.virtual_address % 4096, 0, "{s:?}");
-            assert_eq!(s.raw_offset % 4096, 0, "{s:?}");
+            assert_eq!(s.raw_offset % 0x200, 0, "{s:?}");
             assert_eq!(s.raw_size % 0x200, 0, "{s:?}");
         }
         assert_eq!(
@@ -394,6 +397,9 @@ mod tests {
             b"rke2.roothash=ab ro"
         );
         assert_eq!(section(&uki, LINUX, "uki").unwrap().unwrap(), &[9u8; 10000]);
+        for w in s.windows(2) {
+            assert_eq!(w[0].raw_offset + w[0].raw_size, w[1].raw_offset, "file gap");
+        }
         let last = s.last().unwrap();
         let size_of_image = u32_at(&uki, 0x98 + OPT_SIZE_OF_IMAGE).unwrap();
         assert!(size_of_image >= last.virtual_address + last.virtual_size);
