@@ -165,7 +165,12 @@ fn input(
         name: host
             .file_name()
             .map(PathBuf::from)
-            .or_else(|| std::fs::canonicalize(host).ok()?.file_name().map(PathBuf::from))
+            .or_else(|| {
+                std::fs::canonicalize(host)
+                    .ok()?
+                    .file_name()
+                    .map(PathBuf::from)
+            })
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         size,
