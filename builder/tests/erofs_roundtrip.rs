@@ -1112,8 +1112,10 @@ fn debian_kernel_reads_image_with(c: Compression) {
 
     let console = tmp.path().join("console.txt");
     let tar_out = tmp.path().join("guest.tar");
+    // Generous: under TCG on 2 shared cores two of these guests run at once beside other tests
+    // (one took over 240 s while a cluster suite ran).
     let mut qemu = Command::new("timeout");
-    qemu.args(["240", "qemu-system-x86_64", "-m", "512", "-no-reboot"])
+    qemu.args(["600", "qemu-system-x86_64", "-m", "512", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none"])
         .arg("-kernel")
         .arg(&kernel)
