@@ -241,6 +241,16 @@ struct RawSecurity {
     /// RKE2's CIS profile: sysctls, etcd user, `profile: cis`.
     #[serde(default)]
     cis: bool,
+    /// Sign systemd-boot and the UKIs with this db key (PEM key and certificate).
+    #[serde(default)]
+    secure_boot: Option<RawSecureBoot>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecureBoot {
+    key: String,
+    cert: String,
 }
 
 fn yes() -> bool {
@@ -256,6 +266,7 @@ impl Default for RawSecurity {
             fips: true,
             selinux: SelinuxMode::Enforcing,
             cis: false,
+            secure_boot: None,
         }
     }
 }
@@ -360,6 +371,7 @@ pub struct Definition {
     pub fips: bool,
     pub selinux: SelinuxMode,
     pub cis: bool,
+    pub secure_boot: Option<crate::secureboot::SigningKeys>,
     pub rke2: Option<crate::payload::Rke2Spec>,
     pub esp_size: u64,
     pub root_size: u64,
@@ -707,7 +719,7 @@ impl Definition {
         }
         let cmdline: Vec<String> = raw.kernel.cmdline.iter().map(|c| c.value.clone()).collect();
         // The longest line this definition can produce (a full root hash, slot b, every
-        // security key) must survive the kernel's limit with systemd-boot's `initrd=` added.
+        // security key) must survive the kernel's limit.
         let longest = crate::esp::command_line(
             &"0".repeat(64),
             'b',
@@ -715,7 +727,7 @@ impl Definition {
             raw.security.selinux,
             &cmdline,
         );
-        crate::esp::check_length(&longest, 'b').map_err(|m| {
+        crate::esp::check_length(&longest).map_err(|m| {
             err(
                 raw.kernel
                     .cmdline
@@ -774,6 +786,13 @@ impl Definition {
             fips: raw.security.fips,
             selinux: raw.security.selinux,
             cis: raw.security.cis,
+            secure_boot: raw
+                .security
+                .secure_boot
+                .map(|sb| crate::secureboot::SigningKeys {
+                    key: resolve(&sb.key),
+                    cert: resolve(&sb.cert),
+                }),
             rke2,
             esp_size: raw.disk.esp_size.value.0,
             root_size: raw.disk.root_size.value.0,

@@ -1,28 +1,12 @@
-//! What goes onto the EFI system partition: systemd-boot, per-slot kernel and initrd, the Boot
-//! Loader Specification type #1 entry carrying the kernel command line, and the build
-//! manifest. The FAT32 filesystem itself is written by [`crate::fat`].
+//! What goes onto the EFI system partition: systemd-boot, one unified kernel image per slot
+//! (a Boot Loader Specification type #2 entry, built by [`crate::uki`], carrying the kernel
+//! command line), and the build manifest. The FAT32 filesystem itself is written by
+//! [`crate::fat`]. Type #1 entries are only parsed (`inspect` of older images).
 
-use rke2_image_contract::{cmdline, paths};
+use rke2_image_contract::cmdline;
 
 use crate::definition::SelinuxMode;
 use crate::tree::Blob;
-
-/// Kernel and initrd of a root slot live under `rke2/<slot>/` so an A/B update replaces one
-/// slot's boot files without touching the running one.
-pub fn kernel_path(slot: char) -> String {
-    format!("rke2/{slot}/vmlinuz")
-}
-
-pub fn initrd_path(slot: char) -> String {
-    format!("rke2/{slot}/initrd.zst")
-}
-
-pub fn entry_file(name: &str, version: &str, slot: char) -> String {
-    format!(
-        "{}/rke2-{name}-{version}-{slot}.conf",
-        paths::ESP_ENTRIES_DIR
-    )
-}
 
 /// The kernel command line: our keys first, then security settings, then the definition's
 /// additions (so an operator can add, e.g., `console=` but the verity and security keys are
@@ -170,60 +154,25 @@ pub fn check_item(item: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Refuses a command line the kernel would cut: `COMMAND_LINE_SIZE` counts systemd-boot's
-/// appended ` initrd=` and the terminating NUL.
-pub fn check_length(line: &str, slot: char) -> Result<(), String> {
-    let initrd = initrd_path(slot);
-    if cmdline::fits(line, &initrd) {
+/// Refuses a command line the kernel would cut at `COMMAND_LINE_SIZE` (the terminating NUL
+/// included). The line is the UKI's `.cmdline` as the kernel receives it: the stub hands the
+/// embedded initrd over through the LINUX_INITRD_MEDIA device path, not as an `initrd=` key.
+pub fn check_length(line: &str) -> Result<(), String> {
+    if line.len() < cmdline::KERNEL_MAX {
         return Ok(());
     }
     Err(format!(
-        "the kernel command line would be {} bytes with systemd-boot's initrd= added; the kernel keeps {} (the rest, security keys included, would be lost): shorten kernel.cmdline",
-        cmdline::with_initrd_len(line, &initrd),
+        "the kernel command line would be {} bytes; the kernel keeps {} (the rest, security keys included, would be lost): shorten kernel.cmdline",
+        line.len(),
         cmdline::KERNEL_MAX - 1
     ))
 }
 
-pub struct EntrySpec<'a> {
-    pub title: &'a str,
-    pub version: &'a str,
-    pub slot: char,
-    pub cmdline: &'a str,
-}
-
-/// Boot Loader Specification type #1 entry. Every field is one line of the file, so a field
-/// with a control character (a newline would start an `options` or `linux` line of its own) is
-/// refused, naming the field.
-pub fn loader_entry(e: &EntrySpec) -> Result<String, String> {
-    for (field, v) in [
-        ("title", e.title),
-        ("version", e.version),
-        ("options", e.cmdline),
-    ] {
-        if let Some(c) = v.chars().find(|c| c.is_control()) {
-            return Err(format!(
-                "loader entry {field} {v:?} contains the control character {c:?}"
-            ));
-        }
-    }
-    if e.slot.is_control() {
-        return Err("loader entry slot is a control character".into());
-    }
-    Ok(format!(
-        "title {} (slot {})\nversion {}\nsort-key rke2-image\nlinux /{}\ninitrd /{}\noptions {}\n",
-        e.title,
-        e.slot,
-        e.version,
-        kernel_path(e.slot),
-        initrd_path(e.slot),
-        e.cmdline
-    ))
-}
-
-/// systemd-boot's loader.conf: boot the newest rke2 entry at once, and no editor: changing
-/// the command line at the boot menu would bypass the root hash it carries.
-pub fn loader_conf() -> String {
-    "default rke2-*\ntimeout 0\neditor no\nconsole-mode keep\n".to_string()
+/// systemd-boot's loader.conf: boot the image's entry at once (a type #2 entry's id is its
+/// file name, `<name>-<version>-<slot>.efi`), and no editor: without Secure Boot, systemd-boot
+/// would let the menu change a UKI's command line and with it the root hash.
+pub fn loader_conf(name: &str) -> String {
+    format!("default {name}-*\ntimeout 0\neditor no\nconsole-mode keep\n")
 }
 
 /// A parsed loader entry (for `inspect`).
@@ -367,37 +316,21 @@ mod tests {
     }
 
     #[test]
-    fn entry_fields_refuse_control_characters() {
-        let e = loader_entry(&EntrySpec {
-            title: "Node\noptions selinux=0",
-            version: "1",
-            slot: 'a',
-            cmdline: "a=1",
-        })
-        .unwrap_err();
-        assert!(e.contains("title"), "{e}");
-        assert!(loader_entry(&EntrySpec {
-            title: "t",
-            version: "1",
-            slot: 'a',
-            cmdline: "a=1\rlinux /x",
-        })
-        .is_err());
-    }
-
-    #[test]
-    fn entry_round_trip() {
-        let text = loader_entry(&EntrySpec {
-            title: "rke2-node 1.0",
-            version: "1.0",
-            slot: 'a',
-            cmdline: "a=1 b",
-        })
-        .unwrap();
-        let e = parse_entry("x.conf", &text);
+    fn type1_entry_parses() {
+        let e = parse_entry(
+            "x.conf",
+            "title t\nversion 1.0\nlinux /rke2/a/vmlinuz\ninitrd /rke2/a/initrd.zst\noptions a=1 b\n",
+        );
         assert_eq!(e.linux, "/rke2/a/vmlinuz");
         assert_eq!(e.initrd, vec!["/rke2/a/initrd.zst".to_string()]);
         assert_eq!(e.options, "a=1 b");
         assert_eq!(e.version, "1.0");
+    }
+
+    #[test]
+    fn loader_conf_has_no_editor() {
+        let c = loader_conf("node");
+        assert!(c.lines().any(|l| l == "editor no"));
+        assert!(c.lines().any(|l| l == "default node-*"));
     }
 }

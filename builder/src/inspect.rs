@@ -10,7 +10,7 @@ use rke2_image_contract::{cmdline, partitions, paths, verity};
 use serde::Serialize;
 
 use crate::esp::{self, ParsedEntry};
-use crate::fat;
+use crate::{fat, uki};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -102,13 +102,22 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
             .map(|b| String::from_utf8_lossy(b).into_owned())
     };
     let loader_conf = text(paths::ESP_LOADER_CONF).unwrap_or_default();
-    let entries: Vec<ParsedEntry> = files
+    let mut entries: Vec<ParsedEntry> = files
         .iter()
         .filter(|(p, _)| {
             p.starts_with(&format!("{}/", paths::ESP_ENTRIES_DIR)) && p.ends_with(".conf")
         })
         .map(|(p, b)| esp::parse_entry(p, &String::from_utf8_lossy(b)))
         .collect();
+    for (p, b) in files
+        .iter()
+        .filter(|(p, _)| p.starts_with("EFI/Linux/") && p.ends_with(".efi"))
+    {
+        match uki_entry(p, b) {
+            Ok(e) => entries.push(e),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
     let root_hash = entries
         .first()
         .and_then(|e| cmdline::get(&e.options, cmdline::ROOT_HASH))
@@ -129,7 +138,7 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
             }
         }
     }
-    for e in &entries {
+    for e in entries.iter().filter(|e| !e.linux.is_empty()) {
         for f in std::iter::once(&e.linux).chain(e.initrd.iter()) {
             if !files.contains_key(f.trim_start_matches('/')) {
                 problems.push(format!(
@@ -210,6 +219,40 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
         verity: verity_views,
         manifest,
         problems,
+    })
+}
+
+/// A type #2 entry read back from the UKI itself: command line from `.cmdline`, title and
+/// version from `.osrel` (as systemd-boot shows them). `linux` stays empty: the kernel is inside.
+pub fn uki_entry(file: &str, pe: &[u8]) -> Result<ParsedEntry, uki::PeError> {
+    let text = |name: &str| -> Result<String, uki::PeError> {
+        Ok(uki::section(pe, name, file)?
+            .map(|b| {
+                String::from_utf8_lossy(b)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+            .unwrap_or_default())
+    };
+    let osrel = text(uki::OSREL)?;
+    let field = |k: &str| {
+        osrel.lines().find_map(|l| {
+            l.strip_prefix(k)
+                .and_then(|v| v.strip_prefix('='))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+    };
+    Ok(ParsedEntry {
+        file: file.to_string(),
+        title: field("PRETTY_NAME")
+            .or_else(|| field("NAME"))
+            .unwrap_or_default(),
+        version: field("IMAGE_VERSION")
+            .or_else(|| field("VERSION_ID"))
+            .unwrap_or_default(),
+        linux: String::new(),
+        initrd: Vec::new(),
+        options: text(uki::CMDLINE)?.trim().to_string(),
     })
 }
 

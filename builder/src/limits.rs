@@ -23,6 +23,8 @@ pub const FILE_CONTEXTS: u64 = 64 * MIB;
 /// One file copied into the initrd (a kernel module, firmware).
 pub const INITRD_FILE: u64 = 64 * MIB;
 pub const SYSTEMD_BOOT: u64 = 16 * MIB;
+/// systemd's EFI stub the unified kernel image is built from (~50 KiB in systemd 252).
+pub const EFI_STUB: u64 = 16 * MIB;
 pub const KERNEL: u64 = 256 * MIB;
 /// Any other configuration file the build reads (`/etc/passwd`, `/etc/selinux/config`, …).
 pub const OTHER: u64 = 16 * MIB;

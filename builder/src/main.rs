@@ -60,6 +60,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Secure Boot keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create PK, KEK and db keys and certificates with their EFI signature lists and signed
+    /// .auth updates for enrollment (db.key/db.crt go into security.secureBoot).
+    Generate {
+        dir: PathBuf,
+        /// Common name prefix of the certificates.
+        #[arg(long, default_value = "rke2-image")]
+        name: String,
+    },
 }
 
 fn cache_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
@@ -168,6 +183,12 @@ fn run() -> Result<()> {
                     config.display(),
                     report.missing().len()
                 );
+            }
+        }
+        Command::Keys(KeysCommand::Generate { dir, name }) => {
+            let g = rke2_image::secureboot::generate(&dir, &name)?;
+            for f in g.files {
+                println!("{}", f.display());
             }
         }
         Command::Inspect { image, json } => {

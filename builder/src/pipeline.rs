@@ -31,7 +31,8 @@ use sha2::{Digest, Sha256};
 use crate::definition::{BaseSource, Definition, SelinuxMode};
 use crate::tree::{Blob, Inode, Kind, Tree};
 use crate::{
-    archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, publish, selinux,
+    archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, publish, secureboot,
+    selinux, uki,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -207,6 +208,11 @@ pub fn build(
                 format!("{}: kernel.cmdline[{i}]: {m}", def.file.display()),
             )
         })?;
+    }
+    // Signing keys are checked before anything is written.
+    if let Some(keys) = &def.secure_boot {
+        secureboot::check(keys)
+            .map_err(|e| invalid("load", format!("{}: {e}", def.file.display())))?;
     }
     inputs.push(input(
         "definition",
@@ -456,6 +462,24 @@ pub fn build(
             ),
         )
     })?;
+    let stub_blob = file_blob(&tree, uki::STUB).ok_or_else(|| {
+        invalid(
+            "kernel",
+            format!(
+                "/{} is missing: add systemd-boot-efi to the base (the unified kernel image is built from its stub)",
+                uki::STUB
+            ),
+        )
+    })?;
+    let (osrel_path, osrel_blob) = ["etc/os-release", "usr/lib/os-release"]
+        .into_iter()
+        .find_map(|p| file_blob(&tree, p).map(|b| (p, b)))
+        .ok_or_else(|| {
+            invalid(
+                "kernel",
+                "the tree has no /etc/os-release for the unified kernel image's .osrel",
+            )
+        })?;
     for (path, blob, limit) in [
         (
             vmlinuz_path.as_str(),
@@ -466,6 +490,16 @@ pub fn build(
             paths::SYSTEMD_BOOT_EFI,
             &sdboot_blob,
             (crate::limits::SYSTEMD_BOOT, "a boot loader"),
+        ),
+        (
+            uki::STUB,
+            &stub_blob,
+            (crate::limits::EFI_STUB, "an EFI stub"),
+        ),
+        (
+            osrel_path,
+            &osrel_blob,
+            (crate::limits::OS_RELEASE, "os-release"),
         ),
     ] {
         crate::limits::check_with(path.as_bytes(), blob.len(), limit).map_err(stage("kernel"))?;
@@ -583,35 +617,39 @@ pub fn build(
         .finalize()
         .to_vec();
     let (written, params, root_hash, side) = std::thread::scope(|scope| {
-        let side = scope.spawn(
-            || -> Result<(initrd::Initrd, Blob, Blob, Duration), BuildError> {
-                let start = Instant::now();
-                let rd = initrd::build(
-                    &tree,
-                    &initrd::Spec {
-                        init: &init_blob,
-                        kver: &kver,
-                        modules: &modules,
-                        extra_files: &[],
-                        mtime: epoch,
-                    },
-                )
-                .map_err(stage("initrd"))?;
-                // One pass over the base for both boot files, kept in memory for the ESP.
-                let mut boot_files: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-                Tree::read_blobs(&[(0usize, &kernel_blob), (1, &sdboot_blob)], &mut |i, r| {
-                    r.read_to_end(&mut boot_files[i]).map(|_| ())
-                })
-                .map_err(stage("initrd"))?;
-                let [kernel, sdboot] = boot_files;
-                Ok((
-                    rd,
-                    Blob::bytes(kernel),
-                    Blob::bytes(sdboot),
-                    start.elapsed(),
-                ))
-            },
-        );
+        let side = scope.spawn(|| -> Result<SideOutput, BuildError> {
+            let start = Instant::now();
+            let rd = initrd::build(
+                &tree,
+                &initrd::Spec {
+                    init: &init_blob,
+                    kver: &kver,
+                    modules: &modules,
+                    extra_files: &[],
+                    mtime: epoch,
+                },
+            )
+            .map_err(stage("initrd"))?;
+            // One pass over the base for both boot files, kept in memory for the ESP.
+            let mut boot_files: [Vec<u8>; 4] = Default::default();
+            Tree::read_blobs(
+                &[
+                    (0usize, &kernel_blob),
+                    (1, &sdboot_blob),
+                    (2, &stub_blob),
+                    (3, &osrel_blob),
+                ],
+                &mut |i, r| r.read_to_end(&mut boot_files[i]).map(|_| ()),
+            )
+            .map_err(stage("initrd"))?;
+            let [kernel, sdboot, stub, osrel] = boot_files;
+            Ok((
+                rd,
+                Blob::bytes(sdboot),
+                [kernel, stub, osrel],
+                start.elapsed(),
+            ))
+        });
         let main = (|| -> Result<_, BuildError> {
             let written = erofs::write(&tree, &plan, out, root_a.offset, root_a.size).map_err(
                 |e| match e {
@@ -639,7 +677,7 @@ pub fn build(
         let (written, params, root_hash) = main?;
         Ok::<_, BuildError>((written, params, root_hash, side?))
     })?;
-    let (rd, kernel_blob, sdboot_blob, initrd_time) = side;
+    let (rd, sdboot_blob, [kernel, stub, osrel], initrd_time) = side;
     let root_hash_hex = hex::encode(root_hash);
     log(&format!(
         "rootfs: EROFS {} MiB, {} inodes",
@@ -659,24 +697,51 @@ pub fn build(
     // --- esp + manifest ------------------------------------------------------------------
     let slot = 'a';
     let cmdline = esp::command_line(&root_hash_hex, slot, def.fips, def.selinux, &def.cmdline);
-    let entry_name = esp::entry_file(&def.name, &def.version, slot);
-    let title = def
-        .description
-        .clone()
-        .unwrap_or_else(|| format!("{} {}", def.name, def.version));
-    esp::check_length(&cmdline, slot).map_err(|m| {
+    // Checked at load for the longest root hash and slot; again for this line, which goes
+    // into the UKI's `.cmdline` as the kernel will receive it.
+    esp::check_length(&cmdline).map_err(|m| {
         invalid(
             "esp",
             format!("{}: kernel.cmdline: {m}", def.file.display()),
         )
     })?;
-    let entry_text = esp::loader_entry(&esp::EntrySpec {
-        title: &title,
-        version: &def.version,
-        slot,
-        cmdline: &cmdline,
-    })
-    .map_err(|m| invalid("esp", format!("{}: description: {m}", def.file.display())))?;
+    let uki_start = Instant::now();
+    // One unified kernel image per slot: the command line (and the root hash in it) is inside
+    // the signed PE file, not in an editable loader entry.
+    let entry_name = uki::esp_path(&def.name, &def.version, slot);
+    let uki_bytes = uki::build(
+        &stub,
+        &uki::Parts {
+            osrel: &osrel,
+            cmdline: &cmdline,
+            initrd: &rd.bytes,
+            linux: &kernel,
+        },
+        &format!("/{}", uki::STUB),
+    )
+    .map_err(stage("esp"))?;
+    let (uki_bytes, sdboot_blob) = match &def.secure_boot {
+        None => (uki_bytes, sdboot_blob),
+        Some(keys) => {
+            let mut sdboot = Vec::new();
+            Tree::read_blobs(&[(0usize, &sdboot_blob)], &mut |_, r| {
+                r.read_to_end(&mut sdboot).map(|_| ())
+            })
+            .map_err(stage("esp"))?;
+            (
+                secureboot::sign(keys, &uki_bytes, &entry_name).map_err(stage("esp"))?,
+                Blob::bytes(
+                    secureboot::sign(keys, &sdboot, paths::ESP_FALLBACK_BOOT)
+                        .map_err(stage("esp"))?,
+                ),
+            )
+        }
+    };
+    log(&format!(
+        "uki: {entry_name}, {} KiB, in {:.2}s",
+        uki_bytes.len() / 1024,
+        uki_start.elapsed().as_secs_f64()
+    ));
 
     let disk_guid = Guid::from_hash(derive16(&seed, "disk-guid"));
     let mut rh_first = [0u8; 16];
@@ -720,10 +785,11 @@ pub fn build(
     let mut esp_content = esp::EspContent::new();
     esp_content.add(paths::ESP_FALLBACK_BOOT, sdboot_blob.clone());
     esp_content.add(paths::ESP_SYSTEMD_BOOT, sdboot_blob);
-    esp_content.add(paths::ESP_LOADER_CONF, Blob::bytes(esp::loader_conf()));
-    esp_content.add(entry_name.clone(), Blob::bytes(entry_text));
-    esp_content.add(esp::kernel_path(slot), kernel_blob.clone());
-    esp_content.add(esp::initrd_path(slot), Blob::bytes(rd.bytes.clone()));
+    esp_content.add(
+        paths::ESP_LOADER_CONF,
+        Blob::bytes(esp::loader_conf(&def.name)),
+    );
+    esp_content.add(entry_name.clone(), Blob::bytes(uki_bytes));
     let esp_used: u64 = esp_content.files.iter().map(|(_, b)| b.len()).sum();
 
     let manifest = Manifest {
@@ -838,6 +904,10 @@ pub fn build(
 }
 
 /// A regular file of the tree (following symlinks) as a blob.
+/// What the initrd thread hands back: the initrd, systemd-boot, the bytes of the kernel, the
+/// systemd stub and os-release (for the UKI), and its time.
+type SideOutput = (initrd::Initrd, Blob, [Vec<u8>; 3], Duration);
+
 fn file_blob(tree: &Tree, path: &str) -> Option<Blob> {
     let real = tree.resolve(path.as_bytes(), true).ok()?;
     match &tree.get(&real)?.kind {

@@ -196,16 +196,58 @@ fn esp_passes_fsck_fat_and_carries_the_security_cmdline() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let entry = tool(
+    // The entry is a type #2 UKI; no type #1 entry (with an editable command line) remains.
+    assert_eq!(b.manifest.boot.entry, "EFI/Linux/test-node-1.2.3-a.efi");
+    let entries = tool("mdir", &["-i", esp.to_str().unwrap(), "::/loader/entries"]);
+    assert!(!entries.status.success(), "loader/entries exists");
+    let conf = tool(
         "mtype",
-        &[
-            "-i",
-            esp.to_str().unwrap(),
-            &format!("::/{}", b.manifest.boot.entry),
-        ],
+        &["-i", esp.to_str().unwrap(), "::/loader/loader.conf"],
     );
-    let entry = String::from_utf8_lossy(&entry.stdout).into_owned();
-    let options = entry.lines().find(|l| l.starts_with("options ")).unwrap();
+    let conf = String::from_utf8_lossy(&conf.stdout).into_owned();
+    assert!(conf.lines().any(|l| l == "editor no"), "{conf}");
+    let uki = tmp.path().join("uki.efi");
+    run_ok(Command::new("mcopy").args([
+        "-n",
+        "-i",
+        esp.to_str().unwrap(),
+        &format!("::/{}", b.manifest.boot.entry),
+        uki.to_str().unwrap(),
+    ]));
+    // binutils reads the sections back: the stub's and ours, ours page-aligned in memory and
+    // without gaps in the file (sbverify --list warns about gaps).
+    let h = run_ok(Command::new("objdump").arg("-h").arg(&uki));
+    let h = String::from_utf8_lossy(&h.stdout).into_owned();
+    assert!(h.contains("pei-x86-64"), "{h}");
+    let mut seen = Vec::new();
+    for l in h.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() == 7 && w[0].parse::<u32>().is_ok() {
+            seen.push(w[1].to_string());
+            if [".osrel", ".cmdline", ".initrd", ".linux"].contains(&w[1]) {
+                let vma = u64::from_str_radix(w[3], 16).unwrap();
+                let off = u64::from_str_radix(w[5], 16).unwrap();
+                assert_eq!((vma % 4096, off % 512), (0, 0), "{l}");
+            }
+        }
+    }
+    for want in [
+        ".text", ".sbat", ".sdmagic", ".osrel", ".cmdline", ".initrd", ".linux",
+    ] {
+        assert!(seen.iter().any(|s| s == want), "{want} missing: {h}");
+    }
+    let dump = |section: &str| {
+        let f = tmp.path().join(section.trim_start_matches('.'));
+        run_ok(
+            Command::new("objcopy")
+                .arg(format!("--dump-section={section}={}", f.display()))
+                .arg(&uki)
+                .arg(tmp.path().join("scratch.efi")),
+        );
+        fs::read(f).unwrap()
+    };
+    let options = String::from_utf8(dump(".cmdline")).unwrap();
+    assert_eq!(options, b.manifest.boot.cmdline);
     for want in [
         "fips=1",
         "security=selinux",
@@ -219,6 +261,15 @@ fn esp_passes_fsck_fat_and_carries_the_security_cmdline() {
         );
     }
     assert!(options.contains(&format!("rke2.roothash={}", b.manifest.verity.root_hash)));
+    let initrd = dump(".initrd");
+    assert_eq!(initrd.len() as u64, b.manifest.boot.initrd_size);
+    let osrel = String::from_utf8(dump(".osrel")).unwrap();
+    assert!(
+        osrel.contains("IMAGE_ID=") && osrel.contains("ID=debian"),
+        "{osrel}"
+    );
+    // The kernel inside is the kernel's own PE image (bzImage with its EFI stub).
+    assert_eq!(&dump(".linux")[..2], b"MZ");
     let boot = tool("mdir", &["-i", esp.to_str().unwrap(), "::/EFI/BOOT"]);
     assert!(String::from_utf8_lossy(&boot.stdout).contains("BOOTX64"));
 }
@@ -288,6 +339,9 @@ fn inspect_reads_everything_back() {
         b.manifest.verity.root_hash.as_str()
     );
     assert_eq!(v["verity"][0]["dataBlocks"], b.manifest.verity.data_blocks);
+    // The command line comes out of the UKI's .cmdline section.
+    assert_eq!(v["entries"][0]["file"], "EFI/Linux/test-node-1.2.3-a.efi");
+    assert_eq!(v["entries"][0]["options"], b.manifest.boot.cmdline.as_str());
     let text = run_ok(&mut rke2_image(&["inspect", b.image.to_str().unwrap()]));
     assert!(String::from_utf8_lossy(&text.stdout).contains("consistent"));
 }

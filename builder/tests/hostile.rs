@@ -123,6 +123,10 @@ fn base_entries() -> Vec<u8> {
             "usr/lib/systemd/boot/efi/systemd-bootx64.efi".into(),
             vec![0x5a; 4096],
         ),
+        (
+            rke2_image::uki::STUB.into(),
+            rke2_testsupport::pe::stub_like_252(),
+        ),
     ];
     for dir in ["etc", "boot", "usr", "usr/lib", "opt"] {
         append_raw(

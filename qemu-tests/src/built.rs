@@ -78,17 +78,22 @@ pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<I
             (p.last_lba + 1) * partitions::SECTOR,
         ))
     };
-    // Kernel and initrd for direct boots, copied off the image's own ESP with mtools.
+    // Kernel and initrd for direct boots: copied off the image's own ESP with mtools, then out
+    // of its unified kernel image's .linux and .initrd sections with binutils.
     let (esp_start, _) = part("esp")?;
     let img = format!("{}@@{}", disk.display(), esp_start);
+    let uki = work.join("uki.efi");
     let kernel = work.join("vmlinuz");
     let initrd = work.join("initrd.zst");
     run(Command::new("mcopy")
-        .args(["-o", "-n", "-i", &img, "::/rke2/a/vmlinuz"])
-        .arg(&kernel))?;
-    run(Command::new("mcopy")
-        .args(["-o", "-n", "-i", &img, "::/rke2/a/initrd.zst"])
-        .arg(&initrd))?;
+        .args(["-o", "-n", "-i", &img])
+        .arg(format!("::/{}", manifest.boot.entry))
+        .arg(&uki))?;
+    run(Command::new("objcopy")
+        .arg(format!("--dump-section=.linux={}", kernel.display()))
+        .arg(format!("--dump-section=.initrd={}", initrd.display()))
+        .arg(&uki)
+        .arg(work.join("uki.scratch")))?;
     Ok(Image {
         disk,
         kernel,

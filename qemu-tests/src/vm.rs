@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Secure Boot capable OVMF (needs SMM) and a variable store with the snakeoil key enrolled
+/// (Debian's ovmf package; the key is /usr/share/ovmf/PkKek-1-snakeoil.key, passphrase
+/// `snakeoil`).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_VARS_SNAKEOIL: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 /// Lines of console printed with every failure.
 pub const TAIL_LINES: usize = 80;
 
@@ -44,6 +49,9 @@ pub enum VmError {
 pub enum Boot {
     /// UEFI firmware (OVMF) from the disk's ESP, as real machines boot the image.
     Uefi,
+    /// OVMF with Secure Boot enforced (SMM firmware, secure pflash) and the variable store
+    /// copied from `vars` (e.g. [`OVMF_VARS_SNAKEOIL`]: PK/KEK/db hold Debian's test key).
+    SecureUefi { vars: PathBuf },
     /// QEMU loads kernel and initrd itself (no firmware, faster; for hand-made disks).
     Direct {
         kernel: PathBuf,
@@ -189,11 +197,16 @@ impl std::fmt::Debug for Vm {
 pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
     let mut c = Command::new(QEMU);
     let accel = accel();
+    let machine = match cfg.boot {
+        // Secure Boot variables are only protected from the OS with SMM.
+        Boot::SecureUefi { .. } => "q35,smm=on",
+        _ => "q35",
+    };
     c.args([
         "-accel",
         accel,
         "-M",
-        "q35",
+        machine,
         "-m",
         &cfg.memory_mib.to_string(),
     ]);
@@ -252,9 +265,15 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
         ));
     }
     match &cfg.boot {
-        Boot::Uefi => {
+        Boot::Uefi | Boot::SecureUefi { .. } => {
+            let code = if matches!(cfg.boot, Boot::Uefi) {
+                OVMF_CODE
+            } else {
+                c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                OVMF_CODE_SECBOOT
+            };
             c.arg("-drive").arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
             ));
             if let Some(v) = vars {
                 c.arg("-drive")
@@ -275,11 +294,15 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
 
 impl Vm {
     pub fn start(cfg: &Config) -> Result<Vm, VmError> {
-        let (vars_dir, vars) = match cfg.boot {
-            Boot::Uefi => {
+        let (vars_dir, vars) = match &cfg.boot {
+            Boot::Uefi | Boot::SecureUefi { .. } => {
+                let src = match &cfg.boot {
+                    Boot::SecureUefi { vars } => vars.as_path(),
+                    _ => Path::new(OVMF_VARS),
+                };
                 let d = tempfile::tempdir().map_err(|e| VmError::Vars(e, PathBuf::from("tmp")))?;
                 let v = d.path().join("OVMF_VARS.fd");
-                std::fs::copy(OVMF_VARS, &v).map_err(|e| VmError::Vars(e, v.clone()))?;
+                std::fs::copy(src, &v).map_err(|e| VmError::Vars(e, v.clone()))?;
                 (Some(d), Some(v))
             }
             Boot::Direct { .. } => (None, None),
@@ -480,6 +503,25 @@ mod tests {
     fn tail_keeps_last_lines() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("a", 5), "a");
+    }
+
+    #[test]
+    fn secure_boot_uses_smm_and_secure_pflash() {
+        let cfg = Config::new(
+            "/d.img",
+            Boot::SecureUefi {
+                vars: OVMF_VARS_SNAKEOIL.into(),
+            },
+        );
+        let joined = command(&cfg, Some(Path::new("/v.fd")))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("-M q35,smm=on"), "{joined}");
+        assert!(joined.contains("-global driver=cfi.pflash01,property=secure,value=on"));
+        assert!(joined.contains(&format!("readonly=on,file={OVMF_CODE_SECBOOT}")));
+        assert!(joined.contains("unit=1,file=/v.fd"));
     }
 
     #[test]

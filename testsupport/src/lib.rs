@@ -12,6 +12,7 @@
 
 pub mod buildinfo;
 pub mod fixture;
+pub mod pe;
 pub mod prereq;
 pub mod standin;
 
