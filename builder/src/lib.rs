@@ -21,6 +21,7 @@ pub mod lz4;
 pub mod payload;
 pub mod pipeline;
 pub mod publish;
+pub mod release;
 pub mod secureboot;
 pub mod selinux;
 pub mod tree;

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use rke2_image::tree::Tree;
 use rke2_image::{archive, base, definition::Definition, inspect, kernel_check, pipeline};
 
+mod release_cli;
+
 #[derive(Parser)]
 #[command(
     name = "rke2-image",
@@ -34,7 +36,21 @@ enum Command {
         /// in the manifest instead of a failed build.
         #[arg(long)]
         allow_non_fips_supervisor: bool,
+        /// Never download: an `rke2: {version: ...}` release must already be in the release cache.
+        #[arg(long)]
+        offline: bool,
+        /// Release location for a release that is not cached (default: the official one).
+        #[arg(long)]
+        release_url: Option<String>,
+        /// Use the release in this directory (version read from its image lists) instead of
+        /// the definition's `rke2` version/artifacts: to try a definition with a carried or
+        /// sample release without importing it.
+        #[arg(long)]
+        release_dir: Option<PathBuf>,
     },
+    /// Download, import and list RKE2 releases in the release cache.
+    #[command(subcommand)]
+    Release(release_cli::ReleaseCommand),
     /// Check a kernel configuration (a config file, or a base tarball's boot/config-*)
     /// against the options the images need (kernel-config/).
     KernelCheck { config: PathBuf },
@@ -117,8 +133,18 @@ fn run() -> Result<()> {
             output,
             cache_dir: cd,
             allow_non_fips_supervisor,
+            offline,
+            release_url,
+            release_dir,
         } => {
-            let def = Definition::load(&definition)?;
+            let mut def = Definition::load(&definition)?;
+            release_cli::resolve(
+                &mut def,
+                &cache_dir(cd.clone())?,
+                offline,
+                release_url,
+                release_dir.as_deref(),
+            )?;
             let exe = std::env::current_exe().context("locating rke2-image")?;
             let opts = pipeline::BuildOptions {
                 cache_dir: cache_dir(cd)?,
@@ -159,6 +185,7 @@ fn run() -> Result<()> {
             );
             println!("{}", r.path.display());
         }
+        Command::Release(c) => release_cli::run(c, cache_dir)?,
         Command::KernelCheck { config } => {
             let text = if archive::looks_like_archive(&config) {
                 let mut tree = Tree::new(0);

@@ -375,6 +375,7 @@ pub fn build(
         checks.extend(report.checks.iter().cloned());
         rke2_info = Some(manifest::Rke2 {
             version: report.version.clone(),
+            origin: spec.origin.clone(),
             images: report.images.clone(),
         });
     }

@@ -28,6 +28,10 @@ pub struct Manifest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rke2 {
     pub version: String,
+    /// Where the release came from, without host paths: the release URL, `import:<version>`
+    /// (carried in with `release import`) or `dir:<version>` (an `artifacts:` directory).
+    #[serde(default)]
+    pub origin: String,
     /// Preloaded air-gap image references, sorted.
     pub images: Vec<String>,
 }

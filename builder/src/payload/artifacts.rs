@@ -81,6 +81,11 @@ impl Checksums {
         })
     }
 
+    /// Every listed file name, in name order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.sums.keys().map(String::as_str)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.sums.contains_key(name)
     }

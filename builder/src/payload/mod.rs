@@ -60,8 +60,10 @@ use crate::tree::{Tree, TreeError};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rke2Section {
-    /// Directory holding the release artifacts and `sha256sum-amd64.txt`.
-    pub artifacts: String,
+    /// Directory holding the release artifacts and `sha256sum-amd64.txt`. Without it the
+    /// release `version` comes from the release cache (`rke2-image release pull/import`).
+    #[serde(default)]
+    pub artifacts: Option<String>,
     /// Release version, e.g. `v1.31.5+rke2r1`.
     pub version: String,
     /// Air-gap tarballs to preload: parts (`core`, `canal`, ...) or `legacy` (the combined
@@ -99,7 +101,14 @@ pub struct Proxy {
 /// A validated `rke2:` section; every path absolute.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rke2Spec {
+    /// Empty until [`crate::release::resolve`] points it at the cache when
+    /// `from_release_cache`.
     pub artifacts: PathBuf,
+    /// No `artifacts:` in the definition: the release comes from the release cache.
+    pub from_release_cache: bool,
+    /// Where the release came from, for the manifest, without host paths: `dir:<version>`,
+    /// the release URL, or `import:<version>`.
+    pub origin: String,
     pub version: String,
     /// Parts to preload, in the order given, without duplicates.
     pub images: Vec<String>,
@@ -136,18 +145,25 @@ impl Rke2Spec {
                 definition_dir.join(p)
             }
         };
-        let artifacts = abs(&s.artifacts);
-        // Absolute and free of `..`: the tree keeps these paths until the image is written.
-        let artifacts = std::fs::canonicalize(&artifacts).unwrap_or(artifacts);
-        if !artifacts.is_dir() {
-            return Err(bad(
-                "artifacts",
-                format!(
-                    "{} is not a directory; download the release files there (see the README)",
-                    artifacts.display()
-                ),
-            ));
-        }
+        let artifacts = match &s.artifacts {
+            // Resolved through the release cache at build time.
+            None => PathBuf::new(),
+            Some(a) => {
+                let artifacts = abs(a);
+                // Absolute and free of `..`: the tree keeps these paths until the image is written.
+                let artifacts = std::fs::canonicalize(&artifacts).unwrap_or(artifacts);
+                if !artifacts.is_dir() {
+                    return Err(bad(
+                        "artifacts",
+                        format!(
+                            "{} is not a directory; download the release files there (see the README), or leave `artifacts:` out to use the release cache (`rke2-image release pull`)",
+                            artifacts.display()
+                        ),
+                    ));
+                }
+                artifacts
+            }
+        };
         let v = s.version.trim();
         if !v.starts_with('v') || !v.contains("+rke2r") {
             return Err(bad(
@@ -243,6 +259,8 @@ impl Rke2Spec {
         }
         Ok(Rke2Spec {
             artifacts,
+            from_release_cache: s.artifacts.is_none(),
+            origin: format!("dir:{v}"),
             version: v.to_string(),
             images,
             cni,
@@ -343,6 +361,12 @@ pub fn apply(
     opts: &Options,
     log: &mut dyn FnMut(&str),
 ) -> Result<Report, PayloadError> {
+    if spec.from_release_cache && spec.artifacts.as_os_str().is_empty() {
+        return Err(PayloadError::Invalid(format!(
+            "rke2.version {}: the release was not looked up in the release cache (release::resolve)",
+            spec.version
+        )));
+    }
     let sums = artifacts::Checksums::load(&spec.artifacts)?;
     let mut report = Report {
         version: spec.version.clone(),
