@@ -23,14 +23,20 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// First column of `scripts/host-packages`: programs (and `/files`) setup-host provides.
+/// First column of `scripts/host-packages` (Debian) and `scripts/host-python` (PyPI): programs
+/// (and `/files`) setup-host provides.
 fn table(ws: &Path) -> BTreeSet<String> {
-    let text = fs::read_to_string(ws.join("scripts/host-packages")).expect("scripts/host-packages");
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
+    ["scripts/host-packages", "scripts/host-python"]
+        .iter()
+        .flat_map(|t| {
+            let text = fs::read_to_string(ws.join(t)).expect(t);
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -503,8 +509,15 @@ fn split_commands(src: &str) -> Vec<Vec<String>> {
                 stack.last_mut().expect("stack").1.push(ch);
             }
             '(' if stack.last().expect("stack").1.ends_with('=') => {
-                // Array assignment `a=(x y)`: values, not commands.
-                while i < c.len() && c[i] != ')' {
+                // Array assignment `a=(x y)`: values, not commands. A `)` inside quotes
+                // (`a+=("$x (why)")`) does not end it.
+                let mut quote = None;
+                while i < c.len() && (quote.is_some() || c[i] != ')') {
+                    match (quote, c[i]) {
+                        (None, q @ ('"' | '\'')) => quote = Some(q),
+                        (Some(q), ch) if ch == q => quote = None,
+                        _ => {}
+                    }
                     i += 1;
                 }
                 stack.last_mut().expect("stack").1.push_str("()");
