@@ -322,8 +322,11 @@ impl Built {
             .as_u64()
             .or(part["first_lba"].as_u64())
             .unwrap();
-        let used = part["used"].as_u64().unwrap();
-        let mut buf = vec![0u8; used as usize];
+        let last = part["lastLba"].as_u64().unwrap();
+        // The whole partition, as the kernel sees it: bookworm's fsck.erofs (erofs-utils 1.5)
+        // reads a 12-byte xattr header after every inode, even one without xattrs, so an image
+        // cut at the filesystem's last byte fails when its last inode ends there.
+        let mut buf = vec![0u8; ((last + 1 - first) * 512) as usize];
         fs::File::open(&self.image)
             .unwrap()
             .read_exact_at(&mut buf, first * 512)
