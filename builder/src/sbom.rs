@@ -35,8 +35,6 @@ pub enum SbomError {
     Read(#[from] io::Error),
     #[error(transparent)]
     TooLarge(#[from] crate::limits::TooLarge),
-    #[error("{path}: {message}")]
-    Image { path: String, message: String },
     #[error("encoding the SBOM: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -467,6 +465,22 @@ pub fn build(tree: &Tree, inp: &Inputs) -> Result<Sbom, SbomError> {
             wanted.push((What::Rke2, b));
         }
     }
+    // Every copyright file, read in the same pass as the status file (one pass over the base
+    // archive); packages are matched to them by resolved path below.
+    let mut by_real: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for (p, id) in tree.iter() {
+        let is_copyright = p
+            .strip_prefix(b"usr/share/doc/".as_slice())
+            .and_then(|r| r.strip_suffix(b"/copyright".as_slice()))
+            .is_some_and(|d| !d.is_empty() && !d.contains(&b'/'));
+        if let (true, Kind::File(b)) = (is_copyright, &tree.inode(id).kind) {
+            if b.len() <= COPYRIGHT_LIMIT {
+                let i = by_real.len();
+                by_real.insert(p.to_vec(), i);
+                wanted.push((What::Copyright(i), b.clone()));
+            }
+        }
+    }
     let mut tarballs: Vec<String> = Vec::new();
     let prefix = format!("{AIRGAP_IMAGES}/");
     for (p, id) in tree.iter() {
@@ -479,48 +493,34 @@ pub fn build(tree: &Tree, inp: &Inputs) -> Result<Sbom, SbomError> {
         }
     }
     let mut got: BTreeMap<What, Got> = BTreeMap::new();
-    let mut err: Option<SbomError> = None;
-    let mut read_pass =
-        |wanted: &[(What, Blob)], got: &mut BTreeMap<What, Got>| -> Result<(), SbomError> {
-            let refs: Vec<(What, &Blob)> = wanted.iter().map(|(w, b)| (*w, b)).collect();
-            Tree::read_blobs(&refs, &mut |w, r| {
-                let v = match w {
-                    What::Rke2 => {
-                        let mut h = Sha256::new();
-                        io::copy(r, &mut h)?;
-                        Got::Sha(hex::encode(h.finalize()))
-                    }
-                    What::Tarball(i) => {
-                        let name = &tarballs[i];
-                        let mut tee = Tee {
-                            inner: r,
-                            hash: Sha256::new(),
-                        };
-                        let path = std::path::PathBuf::from(format!("/{prefix}{name}"));
-                        match airgap::read_docker_archive(name, &path, &mut tee) {
-                            Ok(images) => Got::Images(hex::encode(tee.hash.finalize()), images),
-                            Err(e) => {
-                                err.get_or_insert(SbomError::Image {
-                                    path: path.display().to_string(),
-                                    message: e.to_string(),
-                                });
-                                io::copy(tee.inner, &mut io::sink())?;
-                                return Ok(());
-                            }
-                        }
-                    }
-                    _ => {
-                        let mut v = Vec::new();
-                        r.read_to_end(&mut v)?;
-                        Got::Text(String::from_utf8_lossy(&v).into_owned())
-                    }
+    let refs: Vec<(What, &Blob)> = wanted.iter().map(|(w, b)| (*w, b)).collect();
+    Tree::read_blobs(&refs, &mut |w, r| {
+        let v = match w {
+            What::Rke2 => {
+                let mut h = Sha256::new();
+                io::copy(r, &mut h)?;
+                Got::Sha(hex::encode(h.finalize()))
+            }
+            What::Tarball(i) => {
+                let name = &tarballs[i];
+                let mut tee = Tee {
+                    inner: r,
+                    hash: Sha256::new(),
                 };
-                got.insert(w, v);
-                Ok(())
-            })?;
-            Ok(())
+                let path = std::path::PathBuf::from(format!("/{prefix}{name}"));
+                let images = airgap::read_docker_archive(name, &path, &mut tee)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                Got::Images(hex::encode(tee.hash.finalize()), images)
+            }
+            _ => {
+                let mut v = Vec::new();
+                r.read_to_end(&mut v)?;
+                Got::Text(String::from_utf8_lossy(&v).into_owned())
+            }
         };
-    read_pass(&wanted, &mut got)?;
+        got.insert(w, v);
+        Ok(())
+    })?;
 
     let text = |got: &BTreeMap<What, Got>, k: What| match got.get(&k) {
         Some(Got::Text(t)) => Some(t.clone()),
@@ -533,30 +533,14 @@ pub fn build(tree: &Tree, inp: &Inputs) -> Result<Sbom, SbomError> {
         notes.push(format!("sbom: /{DPKG_STATUS} lists no installed package"));
     }
     let distro = text(&got, What::OsRelease).and_then(|t| distro(&t));
-    // Copyright files: a second pass, now that the package names are known (symlinked doc
-    // directories resolve to the real file; each file is read once).
-    let mut copyright_of: Vec<Option<usize>> = Vec::new();
-    let mut files: Vec<(What, Blob)> = Vec::new();
-    let mut by_real: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-    for d in &debs {
-        let slot = match file_blob(tree, &format!("usr/share/doc/{}/copyright", d.name)) {
-            Some((real, b)) if b.len() <= COPYRIGHT_LIMIT => {
-                let n = by_real.len();
-                let i = *by_real.entry(real).or_insert(n);
-                if i == n {
-                    files.push((What::Copyright(i), b));
-                }
-                Some(i)
-            }
-            _ => None,
-        };
-        copyright_of.push(slot);
-    }
-    read_pass(&files, &mut got)?;
-    drop(read_pass);
-    if let Some(e) = err {
-        return Err(e);
-    }
+    let copyright_of: Vec<Option<usize>> = debs
+        .iter()
+        .map(|d| {
+            let p = format!("usr/share/doc/{}/copyright", d.name);
+            let real = tree.resolve(p.as_bytes(), true).ok()?;
+            by_real.get(&real).copied()
+        })
+        .collect();
     let with_copyright = copyright_of.iter().filter(|c| c.is_some()).count();
     if !debs.is_empty() && with_copyright == 0 {
         notes.push(
