@@ -22,6 +22,7 @@ pub mod payload;
 pub mod pipeline;
 pub mod publish;
 pub mod release;
+pub mod sbom;
 pub mod secureboot;
 pub mod selinux;
 pub mod tree;

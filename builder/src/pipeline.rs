@@ -7,10 +7,11 @@
 //! | `label`   | SELinux labels from the base's own `file_contexts`                     |
 //! | `kernel`  | picks the kernel, checks its configuration                             |
 //! | `layout`  | sizes every partition; refuses a tree that does not fit                |
+//! | `sbom`    | SPDX 2.3 SBOM of the root (Debian packages, RKE2, images, programs)    |
 //! | `rootfs`  | EROFS written straight into the root-a region of the output file       |
 //! | `verity`  | hash tree + superblock into root-a-verity; root hash                   |
 //! | `initrd`  | cpio (zstd) with the init and the kernel-module closure                |
-//! | `esp`     | FAT32 with systemd-boot, kernel, initrd, loader entry, manifest        |
+//! | `esp`     | FAT32 with systemd-boot, kernel, initrd, loader entry, manifest, SBOM  |
 //! | `disk`    | GPT + protective MBR                                                    |
 //! | `outputs` | fsync, rename into place, manifest.json                                 |
 //!
@@ -31,8 +32,8 @@ use sha2::{Digest, Sha256};
 use crate::definition::{BaseSource, Definition, SelinuxMode};
 use crate::tree::{Blob, Inode, Kind, Tree};
 use crate::{
-    archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, publish, secureboot,
-    selinux, uki,
+    archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, publish, sbom,
+    secureboot, selinux, uki,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -227,7 +228,7 @@ pub fn build(
         .output_dir
         .clone()
         .unwrap_or_else(|| def.output_dir.clone());
-    let outputs = publish::Outputs::begin(&out_dir, &format!("{}-{}", def.name, def.version))
+    let mut outputs = publish::Outputs::begin(&out_dir, &format!("{}-{}", def.name, def.version))
         .map_err(stage("outputs"))?;
 
     // --- fetch -------------------------------------------------------------------------
@@ -589,6 +590,10 @@ pub fn build(
     );
     lap("layout", &mut timings);
 
+    // --- sbom ----------------------------------------------------------------------------
+    let sbom_json = build_sbom(&tree, def, epoch, &inputs, &mut outputs, log)?;
+    lap("sbom", &mut timings);
+
     // --- output file ---------------------------------------------------------------------
     let out = outputs.file();
     out.set_len(disk_size).map_err(|e| {
@@ -791,6 +796,7 @@ pub fn build(
         Blob::bytes(esp::loader_conf(&def.name)),
     );
     esp_content.add(entry_name.clone(), Blob::bytes(uki_bytes));
+    esp_content.add(sbom::ESP_PATH, Blob::bytes(sbom_json));
     let esp_used: u64 = esp_content.files.iter().map(|(_, b)| b.len()).sum();
 
     let manifest = Manifest {
@@ -902,6 +908,48 @@ pub fn build(
         manifest,
         timings,
     })
+}
+
+/// The SBOM of the composed root: staged to be published beside the image, returned for the ESP.
+fn build_sbom(
+    tree: &Tree,
+    def: &Definition,
+    epoch: u64,
+    inputs: &[manifest::Input],
+    outputs: &mut publish::Outputs,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<u8>, BuildError> {
+    let rke2 = def
+        .rke2
+        .as_ref()
+        .map(|r| (r.version.as_str(), r.origin.as_str()));
+    let s = sbom::build(
+        tree,
+        &sbom::Inputs {
+            name: &def.name,
+            version: &def.version,
+            epoch,
+            rke2,
+            inputs,
+        },
+    )
+    .map_err(stage("sbom"))?;
+    for n in &s.notes {
+        log(n);
+    }
+    let path = outputs
+        .add_companion(sbom::SUFFIX, s.json.clone())
+        .map_err(stage("sbom"))?;
+    log(&format!(
+        "sbom: {} ({} KiB): {} Debian packages, {} container images",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        s.json.len().div_ceil(1024),
+        s.debs,
+        s.images
+    ));
+    Ok(s.json)
 }
 
 /// A regular file of the tree (following symlinks) as a blob.

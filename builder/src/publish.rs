@@ -11,6 +11,8 @@
 //!   → write the manifest atomically. A manifest under the final name therefore always
 //!   describes the image beside it; a failure in between leaves an image without a manifest,
 //!   never a manifest with another build's image.
+//! - Companions (the SBOM, `<stem>.spdx.json`) follow the manifest's rule: removed before the
+//!   image is renamed, written atomically after it, so one never describes another image.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -57,9 +59,12 @@ fn create_exclusive(path: &Path, read: bool) -> io::Result<File> {
 #[derive(Debug)]
 pub struct Outputs {
     dir: PathBuf,
+    stem: String,
     image: PathBuf,
     manifest: PathBuf,
     temp: PathBuf,
+    /// Files published beside the image (final path, bytes), after it and before the manifest.
+    companions: Vec<(PathBuf, Vec<u8>)>,
     file: Option<File>,
     published: bool,
     /// Held (and the `flock` with it) until the outputs are dropped.
@@ -122,9 +127,11 @@ impl Outputs {
         let file = create_exclusive(&temp, true).map_err(file_err(&temp))?;
         Ok(Outputs {
             dir: dir.to_path_buf(),
+            stem: stem.to_string(),
             image,
             manifest,
             temp,
+            companions: Vec::new(),
             file: Some(file),
             published: false,
             _lock: lock,
@@ -152,19 +159,45 @@ impl Outputs {
         &self.manifest
     }
 
-    /// Publishes the image and then `manifest` (see the module docs for the order).
+    /// Stages `data` to be published as `<stem>.<suffix>` beside the image; returns its final
+    /// path. Refused when that name exists and is not a regular file.
+    pub fn add_companion(&mut self, suffix: &str, data: Vec<u8>) -> Result<PathBuf, PublishError> {
+        let path = self.dir.join(format!("{}.{suffix}", self.stem));
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            if !m.is_file() {
+                return Err(PublishError::File {
+                    path,
+                    reason: "exists and is not a regular file; move it away (the build replaces only files)".into(),
+                });
+            }
+        }
+        self.companions.push((path.clone(), data));
+        Ok(path)
+    }
+
+    /// Publishes the image, its companions and then `manifest` (see the module docs for the
+    /// order).
     pub fn publish(mut self, manifest: &[u8]) -> Result<(), PublishError> {
         let file = self.file.take().expect("publish runs once");
         file.sync_all().map_err(file_err(&self.temp))?;
         drop(file);
-        match fs::remove_file(&self.manifest) {
-            Ok(()) => sync_dir(&self.dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(file_err(&self.manifest)(e)),
+        let mut removed = false;
+        for p in std::iter::once(&self.manifest).chain(self.companions.iter().map(|c| &c.0)) {
+            match fs::remove_file(p) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(file_err(p)(e)),
+            }
+        }
+        if removed {
+            sync_dir(&self.dir);
         }
         fs::rename(&self.temp, &self.image).map_err(file_err(&self.image))?;
         self.published = true;
         sync_dir(&self.dir);
+        for (p, data) in &self.companions {
+            write_atomic(p, data).map_err(file_err(p))?;
+        }
         write_atomic(&self.manifest, manifest).map_err(file_err(&self.manifest))
     }
 }
@@ -184,13 +217,15 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes `.<stem>.raw.partial-*` and `.<stem>.manifest.json.tmp-*` left by killed builds.
+/// Removes `.<stem>.raw.partial-*`, `.<stem>.manifest.json.tmp-*` and `.<stem>.spdx.json.tmp-*`
+/// left by killed builds.
 /// Runs with the output lock held, so none of them belongs to a live build. Only regular files
 /// and symlinks are removed (never followed).
 fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
     let prefixes = [
         format!(".{stem}.raw.partial-"),
         format!(".{stem}.manifest.json.tmp-"),
+        format!(".{stem}.spdx.json.tmp-"),
     ];
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -269,7 +304,11 @@ mod tests {
         let e = Outputs::begin(d.path(), "x-1").unwrap_err().to_string();
         assert!(e.contains("another build of x-1"), "{e}");
         o.file().write_all_at(b"image", 0).unwrap();
+        let mut o = o;
+        let sbom = o.add_companion("spdx.json", b"sbom".to_vec()).unwrap();
+        assert_eq!(sbom, d.path().join("x-1.spdx.json"));
         o.publish(b"{}").unwrap();
+        assert_eq!(fs::read(&sbom).unwrap(), b"sbom");
         assert_eq!(fs::read(d.path().join("x-1.raw")).unwrap(), b"image");
         assert_eq!(fs::read(d.path().join("x-1.manifest.json")).unwrap(), b"{}");
         // A failed build leaves no temporary.

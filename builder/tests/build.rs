@@ -151,13 +151,14 @@ fn output_names_and_no_leftovers() {
         .collect();
     let mut names = names;
     names.sort();
-    // The image, its manifest and the (empty) output lock; no temporaries.
+    // The image, its manifest, its SBOM and the (empty) output lock; no temporaries.
     assert_eq!(
         names,
         vec![
             ".test-node-1.2.3.lock",
             "test-node-1.2.3.manifest.json",
-            "test-node-1.2.3.raw"
+            "test-node-1.2.3.raw",
+            "test-node-1.2.3.spdx.json"
         ]
     );
     let lock = b.image.with_file_name(".test-node-1.2.3.lock");

@@ -650,7 +650,8 @@ fn outputs_are_exclusive_locked_and_stale_partials_removed() {
         [
             format!(".{STEM}.lock"),
             format!("{STEM}.manifest.json"),
-            format!("{STEM}.raw")
+            format!("{STEM}.raw"),
+            format!("{STEM}.spdx.json")
         ]
     );
     let report = b.inspect();

@@ -81,11 +81,16 @@ pub fn zstd_window(b: &[u8]) -> Option<u64> {
     Some(if fcs_len == 2 { v + 256 } else { v })
 }
 
-#[derive(Deserialize)]
+/// One entry of a `docker save` archive's `manifest.json`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ManifestEntry {
+pub struct ArchivedImage {
     #[serde(default)]
-    repo_tags: Option<Vec<String>>,
+    pub repo_tags: Option<Vec<String>>,
+    /// The config blob's member name: `<hex>.json` (classic) or `blobs/sha256/<hex>` (OCI
+    /// layout, docker 25+); the hex is the image id.
+    #[serde(default)]
+    pub config: String,
 }
 
 /// Reads a `docker save` tarball (`.tar.zst`, `.tar.gz` or `.tar`) to its end and returns the
@@ -95,6 +100,18 @@ pub fn scan_tarball(
     path: &Path,
     r: &mut dyn Read,
 ) -> Result<Vec<String>, PayloadError> {
+    Ok(read_docker_archive(name, path, r)?
+        .into_iter()
+        .flat_map(|m| m.repo_tags.unwrap_or_default())
+        .collect())
+}
+
+/// Reads a `docker save` tarball to its end and returns its `manifest.json` entries.
+pub fn read_docker_archive(
+    name: &str,
+    path: &Path,
+    r: &mut dyn Read,
+) -> Result<Vec<ArchivedImage>, PayloadError> {
     let arch = |m: String| PayloadError::Archive {
         path: path.to_path_buf(),
         message: m,
@@ -142,7 +159,7 @@ pub fn scan_tarball(
         ));
     };
     let mut a = tar::Archive::new(decoded);
-    let mut tags: Option<Vec<String>> = None;
+    let mut tags: Option<Vec<ArchivedImage>> = None;
     for e in a
         .entries()
         .map_err(|e| arch(format!("not a tar archive: {e}")))?
@@ -158,14 +175,10 @@ pub fn scan_tarball(
             let mut text = Vec::new();
             e.read_to_end(&mut text)
                 .map_err(|e| decode_err("manifest.json", e))?;
-            let entries: Vec<ManifestEntry> = serde_json::from_slice(&text)
-                .map_err(|e| arch(format!("manifest.json is not a docker save manifest: {e}")))?;
-            tags = Some(
-                entries
-                    .into_iter()
-                    .flat_map(|m| m.repo_tags.unwrap_or_default())
-                    .collect(),
-            );
+            tags =
+                Some(serde_json::from_slice(&text).map_err(|e| {
+                    arch(format!("manifest.json is not a docker save manifest: {e}"))
+                })?);
         } else {
             // Reading every member checks the whole archive decodes.
             io::copy(&mut e, &mut io::sink()).map_err(|e| decode_err(&p, e))?;
