@@ -24,5 +24,7 @@ pub mod publish;
 pub mod release;
 pub mod secureboot;
 pub mod selinux;
+pub mod sign;
 pub mod tree;
 pub mod uki;
+pub mod verify;

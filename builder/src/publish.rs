@@ -59,6 +59,7 @@ pub struct Outputs {
     dir: PathBuf,
     image: PathBuf,
     manifest: PathBuf,
+    signature: PathBuf,
     temp: PathBuf,
     file: Option<File>,
     published: bool,
@@ -84,7 +85,8 @@ impl Outputs {
         }
         let image = dir.join(format!("{stem}.raw"));
         let manifest = dir.join(format!("{stem}.manifest.json"));
-        for p in [&image, &manifest] {
+        let signature = dir.join(format!("{stem}.manifest.json.sig"));
+        for p in [&image, &manifest, &signature] {
             match fs::symlink_metadata(p) {
                 Ok(m) if !m.is_file() => {
                     return Err(PublishError::File {
@@ -124,6 +126,7 @@ impl Outputs {
             dir: dir.to_path_buf(),
             image,
             manifest,
+            signature,
             temp,
             file: Some(file),
             published: false,
@@ -153,19 +156,35 @@ impl Outputs {
     }
 
     /// Publishes the image and then `manifest` (see the module docs for the order).
-    pub fn publish(mut self, manifest: &[u8]) -> Result<(), PublishError> {
+    pub fn publish(self, manifest: &[u8]) -> Result<(), PublishError> {
+        self.publish_signed(manifest, None)
+    }
+
+    /// [`Outputs::publish`], then the manifest's detached signature `<stem>.manifest.json.sig`
+    /// when there is one. An old signature goes with the old manifest, before the rename.
+    pub fn publish_signed(
+        mut self,
+        manifest: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<(), PublishError> {
         let file = self.file.take().expect("publish runs once");
         file.sync_all().map_err(file_err(&self.temp))?;
         drop(file);
-        match fs::remove_file(&self.manifest) {
-            Ok(()) => sync_dir(&self.dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(file_err(&self.manifest)(e)),
+        for old in [&self.signature, &self.manifest] {
+            match fs::remove_file(old) {
+                Ok(()) => sync_dir(&self.dir),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(file_err(old)(e)),
+            }
         }
         fs::rename(&self.temp, &self.image).map_err(file_err(&self.image))?;
         self.published = true;
         sync_dir(&self.dir);
-        write_atomic(&self.manifest, manifest).map_err(file_err(&self.manifest))
+        write_atomic(&self.manifest, manifest).map_err(file_err(&self.manifest))?;
+        if let Some(sig) = signature {
+            write_atomic(&self.signature, sig).map_err(file_err(&self.signature))?;
+        }
+        Ok(())
     }
 }
 
@@ -191,6 +210,7 @@ fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
     let prefixes = [
         format!(".{stem}.raw.partial-"),
         format!(".{stem}.manifest.json.tmp-"),
+        format!(".{stem}.manifest.json.sig.tmp-"),
     ];
     for entry in fs::read_dir(dir)? {
         let entry = entry?;

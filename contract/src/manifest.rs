@@ -22,6 +22,40 @@ pub struct Manifest {
     /// The RKE2 payload baked into the root, when the definition has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rke2: Option<Rke2>,
+    /// The unified kernel images on the ESP, with the command line each carries.
+    #[serde(default)]
+    pub ukis: Vec<Uki>,
+    /// Every file on the ESP, sorted by path, except the manifest and its signature (which
+    /// cannot list themselves). `rke2-image verify` hashes each of them.
+    #[serde(default)]
+    pub esp_files: Vec<EspFile>,
+    /// The published files (the raw image) with their sha256, for `sha256sum -c`-style checks.
+    /// Only in the manifest published next to the image: the copy embedded in the ESP cannot
+    /// carry the hash of the image file that holds it, so there it is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<EspFile>,
+}
+
+/// A file (on the ESP, or a published output) with its size and sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EspFile {
+    /// Path on the ESP (`/`-separated, no leading `/`), or an output's file name.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One unified kernel image (Boot Loader Specification type #2 entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Uki {
+    /// Path on the ESP.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The `.cmdline` section as the kernel receives it.
+    pub cmdline: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
