@@ -145,13 +145,14 @@ fn run<M: Medium>(m: &M, size: u64, key: Option<&VerifyingKey>, c: &mut Ctx) -> 
         return None;
     };
     let esp_off = esp.first_lba * ss;
-    let files = match fat::read_all(m, esp_off, esp.sectors() * ss) {
+    let located = match fat::read_located(m, esp_off, esp.sectors() * ss) {
         Ok(f) => f,
         Err(e) => {
             c.find("esp", Some(esp_off), e.to_string());
             return None;
         }
     };
+    let files = &located.files;
     let Some(manifest_bytes) = files.get(paths::ESP_MANIFEST) else {
         c.find(paths::ESP_MANIFEST, None, "missing from the ESP");
         return None;
@@ -188,7 +189,7 @@ fn run<M: Medium>(m: &M, size: u64, key: Option<&VerifyingKey>, c: &mut Ctx) -> 
     };
 
     check_partitions(&table, &manifest, c);
-    check_esp(&files, &manifest, c);
+    check_esp(&located, &manifest, c);
     check_verity(m, &manifest, c);
     Some(manifest.verity.root_hash)
 }
@@ -254,8 +255,11 @@ fn check_partitions(table: &Table, mf: &Manifest, c: &mut Ctx) {
     }
 }
 
-fn check_esp(files: &std::collections::BTreeMap<String, Vec<u8>>, mf: &Manifest, c: &mut Ctx) {
+fn check_esp(located: &fat::Located, mf: &Manifest, c: &mut Ctx) {
     let before = c.findings.len();
+    let files = &located.files;
+    // Where a file starts in the image, for the finding.
+    let at = |p: &str| located.extents.get(p).and_then(|e| e.first()).map(|e| e.0);
     if mf.esp_files.is_empty() {
         c.find(
             paths::ESP_MANIFEST,
@@ -272,7 +276,7 @@ fn check_esp(files: &std::collections::BTreeMap<String, Vec<u8>>, mf: &Manifest,
             ),
             Some(b) if b.len() as u64 != f.size => c.find(
                 &f.path,
-                None,
+                at(&f.path),
                 format!("{} bytes, the manifest says {}", b.len(), f.size),
             ),
             Some(b) => {
@@ -280,7 +284,7 @@ fn check_esp(files: &std::collections::BTreeMap<String, Vec<u8>>, mf: &Manifest,
                 if h != f.sha256 {
                     c.find(
                         &f.path,
-                        None,
+                        at(&f.path),
                         format!("sha256 {h} differs from the manifest's {}", f.sha256),
                     );
                 }
