@@ -912,8 +912,13 @@ pub fn build(
     let final_path = outputs.image_path().to_path_buf();
     let manifest_path = outputs.manifest_path().to_path_buf();
     // The published manifest adds the image's own hash (the embedded one cannot hold it).
+    let hash_start = Instant::now();
     let published =
         sign::published_manifest(&manifest, outputs.file()).map_err(stage("outputs"))?;
+    log(&format!(
+        "outputs: image sha256 for the published manifest in {:.1}s",
+        hash_start.elapsed().as_secs_f64()
+    ));
     let published_sig = manifest_key.as_ref().map(|k| sign::sign(k, &published));
     outputs
         .publish_signed(&published, published_sig.as_ref().map(|s| &s[..]))

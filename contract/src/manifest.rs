@@ -156,3 +156,25 @@ pub struct Check {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest written before `ukis`, `espFiles` and `outputs` existed still reads.
+    #[test]
+    fn older_manifest_without_esp_records_reads() {
+        let old = r#"{"schema":"rke2-image.io/manifest/v1","tool":{"name":"rke2-image","version":"0.1.0"},
+            "image":{"name":"n","version":"1","epoch":0,"file":"n-1.raw","size":1},"inputs":[],
+            "disk":{"diskGuid":"x","sectorSize":512,"size":1,"partitions":[]},
+            "verity":{"rootHash":"a","salt":"b","uuid":"c","hashAlgorithm":"sha256","dataBlockSize":4096,"hashBlockSize":4096,"dataBlocks":1},
+            "boot":{"kernelVersion":"k","cmdline":"c","entry":"e","initrdSize":1,"initrdSha256":"d"}}"#;
+        let m: Manifest = serde_json::from_str(old).expect("older manifest");
+        assert!(m.ukis.is_empty() && m.esp_files.is_empty() && m.outputs.is_empty());
+        // An empty `outputs` is not written (the embedded copy); the others always are.
+        let text = serde_json::to_string(&m).expect("serialize");
+        assert!(!text.contains("outputs") && text.contains("espFiles"));
+        let unknown = old.replace(r#""inputs":[]"#, r#""inputs":[],"bogus":1"#);
+        assert!(serde_json::from_str::<Manifest>(&unknown).is_err());
+    }
+}
