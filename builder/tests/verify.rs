@@ -423,6 +423,17 @@ fn sign_fills_in_an_unsigned_image() {
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     let (passed, t) = ws.verify("pub.pem");
     assert!(passed, "{t}");
+    // Written in place through the FAT: the ESP is still a clean volume for fsck.fat.
+    if prereq::program("fsck.fat", "dosfstools") {
+        let (off, len) = region(&before, "esp");
+        let mut buf = vec![0u8; len as usize];
+        fs::File::open(&image)
+            .unwrap()
+            .read_exact_at(&mut buf, off)
+            .unwrap();
+        fs::write(ws.p("esp.img"), buf).unwrap();
+        ok(Command::new("fsck.fat").arg("-n").arg(ws.p("esp.img")));
+    }
     // The published manifest now carries the signed image's hash, and its own signature.
     let after = ws.manifest();
     assert_ne!(before.outputs[0].sha256, after.outputs[0].sha256);
