@@ -141,7 +141,7 @@ impl Ws {
             format!(
                 "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: signed\nversion: \"1.0\"\n\
                  base:\n  archive: base.tar\ninitrd:\n  init: init\nsecurity:\n  selinux: disabled\n\
-                 disk:\n  espSize: 64MiB\n  rootSize: 8MiB\n  stateSize: 256MiB\n\
+                 disk:\n  espSize: 64MiB\n  rootSize: 24MiB\n  stateSize: 256MiB\n\
                  output:\n  directory: out\nepoch: 1700000000\n{extra}"
             ),
         )
