@@ -149,6 +149,15 @@ struct RawDefinition {
     /// The root filesystem's storage (issue 16).
     #[serde(default)]
     rootfs: RawRootfs,
+    /// Sign the manifest with this ed25519 key (PKCS#8 PEM).
+    #[serde(default)]
+    signing: Option<RawSigning>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +381,9 @@ pub struct Definition {
     pub selinux: SelinuxMode,
     pub cis: bool,
     pub secure_boot: Option<crate::secureboot::SigningKeys>,
+    /// `signing.key`: ed25519 private key (PKCS#8 PEM) that signs the manifest; read and
+    /// checked by the build before it writes anything.
+    pub signing: Option<PathBuf>,
     pub rke2: Option<crate::payload::Rke2Spec>,
     pub esp_size: u64,
     pub root_size: u64,
@@ -794,6 +806,7 @@ impl Definition {
                     cert: resolve(&sb.cert),
                 }),
             rke2,
+            signing: raw.signing.map(|s| resolve(&s.key)),
             esp_size: raw.disk.esp_size.value.0,
             root_size: raw.disk.root_size.value.0,
             state_size: raw.disk.state_size.value.0,

@@ -859,7 +859,7 @@ pub fn min_size(files: &[(String, Blob)]) -> u64 {
 // Reading
 
 struct Volume<'a> {
-    dev: &'a File,
+    dev: &'a dyn FileExt,
     offset: u64,
     geo: Geometry,
     fat: Vec<u32>,
@@ -905,6 +905,7 @@ impl Volume<'_> {
         path: &str,
         visited: &mut BTreeSet<u64>,
         out: &mut BTreeMap<String, Vec<u8>>,
+        extents: &mut BTreeMap<String, Vec<(u64, u64)>>,
     ) -> Result<(), FatError> {
         let what = if path.is_empty() {
             "/".to_string()
@@ -983,7 +984,7 @@ impl Volume<'_> {
             let first = u64::from(u16::from_le_bytes([e[20], e[21]])) << 16
                 | u64::from(u16::from_le_bytes([e[26], e[27]]));
             if attr & ATTR_DIR != 0 {
-                self.walk(first, &child, visited, out)?;
+                self.walk(first, &child, visited, out, extents)?;
             } else {
                 let size = u64::from(u32::from_le_bytes([e[28], e[29], e[30], e[31]]));
                 let bytes = if size == 0 {
@@ -996,6 +997,17 @@ impl Volume<'_> {
                             chain.len()
                         )));
                     }
+                    let cb = self.geo.cluster_bytes();
+                    let ranges = chain
+                        .iter()
+                        .take(size.div_ceil(cb) as usize)
+                        .enumerate()
+                        .map(|(i, &c)| {
+                            let at = self.offset + self.geo.cluster_offset(c);
+                            (at, cb.min(size - i as u64 * cb))
+                        })
+                        .collect();
+                    extents.insert(child.clone(), ranges);
                     self.read_clusters(&chain, size, &child)?
                 };
                 out.insert(child, bytes);
@@ -1007,7 +1019,26 @@ impl Volume<'_> {
 
 /// Reads every file of the FAT32 volume of `size` bytes at `offset` in `dev`: path -> bytes.
 /// Directories appear only through the paths of the files in them.
-pub fn read_all(dev: &File, offset: u64, size: u64) -> Result<BTreeMap<String, Vec<u8>>, FatError> {
+pub fn read_all(
+    dev: &dyn FileExt,
+    offset: u64,
+    size: u64,
+) -> Result<BTreeMap<String, Vec<u8>>, FatError> {
+    Ok(read_located(dev, offset, size)?.files)
+}
+
+/// Every file of a volume with where its data lies in `dev`.
+#[derive(Debug, Default)]
+pub struct Located {
+    /// Path -> bytes.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Path -> `(byte offset in dev, length)` of each cluster's used part, in file order
+    /// (absent for empty files). Lets a fixed-size file be rewritten in place.
+    pub extents: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+/// [`read_all`] with the location of every file's data.
+pub fn read_located(dev: &dyn FileExt, offset: u64, size: u64) -> Result<Located, FatError> {
     let mut b = [0u8; 512];
     dev.read_exact_at(&mut b, offset).map_err(io_err(format!(
         "reading the FAT boot sector at byte {offset}"
@@ -1076,8 +1107,14 @@ pub fn read_all(dev: &File, offset: u64, size: u64) -> Result<BTreeMap<String, V
         geo,
         fat,
     };
-    let mut out = BTreeMap::new();
-    vol.walk(u32_at(44), "", &mut BTreeSet::new(), &mut out)?;
+    let mut out = Located::default();
+    vol.walk(
+        u32_at(44),
+        "",
+        &mut BTreeSet::new(),
+        &mut out.files,
+        &mut out.extents,
+    )?;
     Ok(out)
 }
 

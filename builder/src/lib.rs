@@ -25,5 +25,7 @@ pub mod release;
 pub mod sbom;
 pub mod secureboot;
 pub mod selinux;
+pub mod sign;
 pub mod tree;
 pub mod uki;
+pub mod verify;

@@ -33,7 +33,7 @@ use crate::definition::{BaseSource, Definition, SelinuxMode};
 use crate::tree::{Blob, Inode, Kind, Tree};
 use crate::{
     archive, base, compose, erofs, esp, fat, initrd, kernel_check, payload, publish, sbom,
-    secureboot, selinux, uki,
+    secureboot, selinux, sign, uki,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -215,6 +215,12 @@ pub fn build(
         secureboot::check(keys)
             .map_err(|e| invalid("load", format!("{}: {e}", def.file.display())))?;
     }
+    let manifest_key = def
+        .signing
+        .as_deref()
+        .map(|k| sign::load_private(k, "signing.key"))
+        .transpose()
+        .map_err(|e| invalid("load", format!("{}: {e}", def.file.display())))?;
     inputs.push(input(
         "definition",
         &def.file,
@@ -795,9 +801,16 @@ pub fn build(
         paths::ESP_LOADER_CONF,
         Blob::bytes(esp::loader_conf(&def.name)),
     );
+    let uki_record = manifest::Uki {
+        path: entry_name.clone(),
+        size: uki_bytes.len() as u64,
+        sha256: sha256_hex(&uki_bytes),
+        cmdline: cmdline.clone(),
+    };
     esp_content.add(entry_name.clone(), Blob::bytes(uki_bytes));
     esp_content.add(sbom::ESP_PATH, Blob::bytes(sbom_json));
     let esp_used: u64 = esp_content.files.iter().map(|(_, b)| b.len()).sum();
+    let esp_files = esp_file_records(&mut esp_content.files).map_err(stage("esp"))?;
 
     let manifest = Manifest {
         schema: manifest::SCHEMA.into(),
@@ -852,10 +865,20 @@ pub fn build(
         },
         checks,
         rke2: rke2_info,
+        ukis: vec![uki_record],
+        esp_files,
+        // Filled in the published copy only: see `manifest::Manifest::outputs`.
+        outputs: Vec::new(),
     };
     let mut manifest_json = serde_json::to_vec_pretty(&manifest).map_err(stage("esp"))?;
     manifest_json.push(b'\n');
-    esp_content.add(paths::ESP_MANIFEST, Blob::bytes(manifest_json.clone()));
+    let esp_sig = manifest_key.as_ref().map(|k| sign::sign(k, &manifest_json));
+    esp_content.add(paths::ESP_MANIFEST, Blob::bytes(manifest_json));
+    // Always there (zeros when unsigned), so `rke2-image sign` can fill it in place.
+    esp_content.add(
+        paths::ESP_SIGNATURE,
+        Blob::bytes(sign::esp_block(esp_sig.as_ref())),
+    );
     let fat_opts = fat::Options {
         label: partitions::ESP_FS_LABEL.into(),
         volume_id: u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]),
@@ -894,7 +917,19 @@ pub fn build(
     // --- outputs -------------------------------------------------------------------------
     let final_path = outputs.image_path().to_path_buf();
     let manifest_path = outputs.manifest_path().to_path_buf();
-    outputs.publish(&manifest_json).map_err(stage("outputs"))?;
+    // The published manifest adds the image's own hash (the embedded one cannot hold it).
+    let hash_start = Instant::now();
+    let published =
+        sign::published_manifest(&manifest, outputs.file(), outputs.companion_records())
+            .map_err(stage("outputs"))?;
+    log(&format!(
+        "outputs: image sha256 for the published manifest in {:.1}s",
+        hash_start.elapsed().as_secs_f64()
+    ));
+    let published_sig = manifest_key.as_ref().map(|k| sign::sign(k, &published));
+    outputs
+        .publish_signed(&published, published_sig.as_ref().map(|s| &s[..]))
+        .map_err(stage("outputs"))?;
     lap("outputs", &mut timings);
     log(&format!(
         "outputs: {} ({} MiB), {}",
@@ -908,6 +943,27 @@ pub fn build(
         manifest,
         timings,
     })
+}
+
+/// Path, size and sha256 of every ESP file so far, sorted by path (the manifest's `espFiles`).
+fn esp_file_records(files: &mut [(String, Blob)]) -> std::io::Result<Vec<manifest::EspFile>> {
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<manifest::EspFile> = files
+        .iter()
+        .map(|(p, b)| manifest::EspFile {
+            path: p.clone(),
+            size: b.len(),
+            sha256: String::new(),
+        })
+        .collect();
+    let wanted: Vec<(usize, &Blob)> = files.iter().enumerate().map(|(i, (_, b))| (i, b)).collect();
+    Tree::read_blobs(&wanted, &mut |i, r| {
+        let mut h = Sha256::new();
+        std::io::copy(r, &mut h)?;
+        out[i].sha256 = hex::encode(h.finalize());
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// The SBOM of the composed root: staged to be published beside the image, returned for the ESP.
@@ -952,11 +1008,11 @@ fn build_sbom(
     Ok(s.json)
 }
 
-/// A regular file of the tree (following symlinks) as a blob.
 /// What the initrd thread hands back: the initrd, systemd-boot, the bytes of the kernel, the
 /// systemd stub and os-release (for the UKI), and its time.
 type SideOutput = (initrd::Initrd, Blob, [Vec<u8>; 3], Duration);
 
+/// A regular file of the tree (following symlinks) as a blob.
 fn file_blob(tree: &Tree, path: &str) -> Option<Blob> {
     let real = tree.resolve(path.as_bytes(), true).ok()?;
     match &tree.get(&real)?.kind {

@@ -62,6 +62,7 @@ pub struct Outputs {
     stem: String,
     image: PathBuf,
     manifest: PathBuf,
+    signature: PathBuf,
     temp: PathBuf,
     /// Files published beside the image (final path, bytes), after it and before the manifest.
     companions: Vec<(PathBuf, Vec<u8>)>,
@@ -89,7 +90,8 @@ impl Outputs {
         }
         let image = dir.join(format!("{stem}.raw"));
         let manifest = dir.join(format!("{stem}.manifest.json"));
-        for p in [&image, &manifest] {
+        let signature = dir.join(format!("{stem}.manifest.json.sig"));
+        for p in [&image, &manifest, &signature] {
             match fs::symlink_metadata(p) {
                 Ok(m) if !m.is_file() => {
                     return Err(PublishError::File {
@@ -130,6 +132,7 @@ impl Outputs {
             stem: stem.to_string(),
             image,
             manifest,
+            signature,
             temp,
             companions: Vec::new(),
             file: Some(file),
@@ -175,14 +178,44 @@ impl Outputs {
         Ok(path)
     }
 
+    /// Name, size and sha256 of each staged companion, for the published manifest.
+    pub fn companion_records(&self) -> Vec<rke2_image_contract::manifest::EspFile> {
+        use sha2::{Digest, Sha256};
+        self.companions
+            .iter()
+            .map(|(p, data)| rke2_image_contract::manifest::EspFile {
+                path: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                size: data.len() as u64,
+                sha256: hex::encode(Sha256::digest(data)),
+            })
+            .collect()
+    }
+
     /// Publishes the image, its companions and then `manifest` (see the module docs for the
     /// order).
-    pub fn publish(mut self, manifest: &[u8]) -> Result<(), PublishError> {
+    pub fn publish(self, manifest: &[u8]) -> Result<(), PublishError> {
+        self.publish_signed(manifest, None)
+    }
+
+    /// [`Outputs::publish`], then the manifest's detached signature `<stem>.manifest.json.sig`
+    /// when there is one. An old signature and old companions go with the old manifest, before
+    /// the rename.
+    pub fn publish_signed(
+        mut self,
+        manifest: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<(), PublishError> {
         let file = self.file.take().expect("publish runs once");
         file.sync_all().map_err(file_err(&self.temp))?;
         drop(file);
         let mut removed = false;
-        for p in std::iter::once(&self.manifest).chain(self.companions.iter().map(|c| &c.0)) {
+        let old = [&self.signature, &self.manifest]
+            .into_iter()
+            .chain(self.companions.iter().map(|c| &c.0));
+        for p in old {
             match fs::remove_file(p) {
                 Ok(()) => removed = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -198,7 +231,11 @@ impl Outputs {
         for (p, data) in &self.companions {
             write_atomic(p, data).map_err(file_err(p))?;
         }
-        write_atomic(&self.manifest, manifest).map_err(file_err(&self.manifest))
+        write_atomic(&self.manifest, manifest).map_err(file_err(&self.manifest))?;
+        if let Some(sig) = signature {
+            write_atomic(&self.signature, sig).map_err(file_err(&self.signature))?;
+        }
+        Ok(())
     }
 }
 
@@ -226,6 +263,7 @@ fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
         format!(".{stem}.raw.partial-"),
         format!(".{stem}.manifest.json.tmp-"),
         format!(".{stem}.spdx.json.tmp-"),
+        format!(".{stem}.manifest.json.sig.tmp-"),
     ];
     for entry in fs::read_dir(dir)? {
         let entry = entry?;

@@ -22,6 +22,40 @@ pub struct Manifest {
     /// The RKE2 payload baked into the root, when the definition has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rke2: Option<Rke2>,
+    /// The unified kernel images on the ESP, with the command line each carries.
+    #[serde(default)]
+    pub ukis: Vec<Uki>,
+    /// Every file on the ESP, sorted by path, except the manifest and its signature (which
+    /// cannot list themselves). `rke2-image verify` hashes each of them.
+    #[serde(default)]
+    pub esp_files: Vec<EspFile>,
+    /// The published files (the raw image) with their sha256, for `sha256sum -c`-style checks.
+    /// Only in the manifest published next to the image: the copy embedded in the ESP cannot
+    /// carry the hash of the image file that holds it, so there it is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<EspFile>,
+}
+
+/// A file (on the ESP, or a published output) with its size and sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EspFile {
+    /// Path on the ESP (`/`-separated, no leading `/`), or an output's file name.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One unified kernel image (Boot Loader Specification type #2 entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Uki {
+    /// Path on the ESP.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The `.cmdline` section as the kernel receives it.
+    pub cmdline: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,4 +155,26 @@ pub struct Check {
     pub result: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest written before `ukis`, `espFiles` and `outputs` existed still reads.
+    #[test]
+    fn older_manifest_without_esp_records_reads() {
+        let old = r#"{"schema":"rke2-image.io/manifest/v1","tool":{"name":"rke2-image","version":"0.1.0"},
+            "image":{"name":"n","version":"1","epoch":0,"file":"n-1.raw","size":1},"inputs":[],
+            "disk":{"diskGuid":"x","sectorSize":512,"size":1,"partitions":[]},
+            "verity":{"rootHash":"a","salt":"b","uuid":"c","hashAlgorithm":"sha256","dataBlockSize":4096,"hashBlockSize":4096,"dataBlocks":1},
+            "boot":{"kernelVersion":"k","cmdline":"c","entry":"e","initrdSize":1,"initrdSha256":"d"}}"#;
+        let m: Manifest = serde_json::from_str(old).expect("older manifest");
+        assert!(m.ukis.is_empty() && m.esp_files.is_empty() && m.outputs.is_empty());
+        // An empty `outputs` is not written (the embedded copy); the others always are.
+        let text = serde_json::to_string(&m).expect("serialize");
+        assert!(!text.contains("outputs") && text.contains("espFiles"));
+        let unknown = old.replace(r#""inputs":[]"#, r#""inputs":[],"bogus":1"#);
+        assert!(serde_json::from_str::<Manifest>(&unknown).is_err());
+    }
 }

@@ -3,6 +3,11 @@
 /// The build manifest, stored on the ESP (it records the root hash, so it cannot live in the
 /// verified root itself).
 pub const ESP_MANIFEST: &str = "rke2-image/manifest.json";
+/// The ed25519 signature of [`ESP_MANIFEST`]'s exact bytes: always [`ESP_SIGNATURE_SIZE`]
+/// bytes, the 64-byte signature then zeros; all zeros = unsigned. Its size is fixed so that
+/// `rke2-image sign` can fill in the clusters of an already built image in place.
+pub const ESP_SIGNATURE: &str = "rke2-image/manifest.json.sig";
+pub const ESP_SIGNATURE_SIZE: usize = 4096;
 /// Loader configuration and entries on the ESP (Boot Loader Specification type #1).
 pub const ESP_LOADER_CONF: &str = "loader/loader.conf";
 pub const ESP_ENTRIES_DIR: &str = "loader/entries";

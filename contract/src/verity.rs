@@ -227,6 +227,26 @@ fn level_sizes(data_blocks: u64, hash_block_size: u32) -> Vec<u64> {
     sizes
 }
 
+/// Where each tree level lies in the hash device, lowest level first: `(byte offset from the
+/// start of the hash device, number of hash blocks)`. The top level is stored first, right
+/// after the superblock block.
+pub fn level_offsets(data_blocks: u64, hash_block_size: u32) -> Vec<(u64, u64)> {
+    let sizes = level_sizes(data_blocks, hash_block_size);
+    let hbs = u64::from(hash_block_size);
+    let mut out = vec![(0u64, 0u64); sizes.len()];
+    let mut pos = HASH_START_BLOCK * hbs;
+    for i in (0..sizes.len()).rev() {
+        out[i] = (pos, sizes[i]);
+        pos += sizes[i] * hbs;
+    }
+    out
+}
+
+/// The salted block digest the tree is made of.
+pub fn block_digest(salt: &[u8], block: &[u8]) -> [u8; 32] {
+    digest(salt, block)
+}
+
 /// Size in bytes of the hash device: superblock block plus all tree levels.
 pub fn hash_device_size(data_blocks: u64, hash_block_size: u32) -> u64 {
     let tree: u64 = level_sizes(data_blocks, hash_block_size).iter().sum();
@@ -327,13 +347,10 @@ pub fn format<D: FileExt, H: FileExt>(
             source,
         })?;
 
-    // Byte offset of each level, top level stored first.
-    let mut level_offset = vec![0u64; sizes.len()];
-    let mut pos = hash_offset + HASH_START_BLOCK * hbs as u64;
-    for i in (0..sizes.len()).rev() {
-        level_offset[i] = pos;
-        pos += sizes[i] * hbs as u64;
-    }
+    let level_offset: Vec<u64> = level_offsets(params.data_blocks, params.hash_block_size)
+        .iter()
+        .map(|(o, _)| hash_offset + o)
+        .collect();
 
     let salt = &params.salt;
     if sizes.is_empty() {
