@@ -11,11 +11,12 @@
 //! because it is an explicit option of the signer (no LD_PRELOAD that silently stops applying
 //! if the tool is linked differently, no frozen-clock mode to get right) and over writing the
 //! SignedData ourselves because the signer stays an outside, widely used tool. osslsigncode
-//! hashes the file linearly; the firmware (EDK2) and `sbverify` hash per section: they agree
-//! because our UKIs have no gaps between sections (uki.rs), and the tests check every signed
-//! file with `sbverify --cert` (sbsigntool, EDK2's algorithm) and boot it under OVMF.
-//! Different osslsigncode versions may order attributes differently: reproducibility is per
-//! host toolchain, like every other tool the build runs.
+//! hashes the file from the headers to the certificate table in one run; Authenticode as EDK2
+//! and `sbverify` compute it hashes each section's raw data, then any tail: the same bytes when
+//! the sections lie back to back, as in systemd-boot and our UKIs (uki.rs). The tests check
+//! every signed file with `sbverify --cert` and boot them under OVMF with Secure Boot on.
+//! Bookworm's osslsigncode 2.5 and backports' 2.9 give different (each reproducible) bytes:
+//! reproducibility is per host toolchain, like every other tool the build runs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,7 @@ pub fn sign(keys: &SigningKeys, data: &[u8], what: &str, epoch: u64) -> Result<V
     fs::write(&input, data).map_err(|e| io(e.to_string()))?;
     run(
         Command::new("osslsigncode")
+            // `-time`: the PKCS#7 signingTime, else the wall clock (see the module doc).
             .args(["sign", "-h", "sha256", "-time"])
             .arg(epoch.to_string())
             .arg("-key")
