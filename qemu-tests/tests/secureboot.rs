@@ -299,3 +299,72 @@ fn generated_keys_enrolled_boot_their_image_and_refuse_snakeoil() {
     built::copy_disk(&snakeoil.disk, &disk, None).unwrap();
     refused_by(&disk, "snakeoil-under-generated", &vars);
 }
+
+/// systemd-boot 252's own enrollment: the `.auth` files from `keys generate` in the ESP's
+/// `loader/keys/auto/` and `secure-boot-enroll force` in loader.conf, booted with the empty
+/// variable store (Setup Mode). systemd-boot enrolls db, KEK and PK and resets; the next boot
+/// runs with Secure Boot enforced by those keys and the image (signed with that db key) boots.
+#[test]
+fn systemd_boot_auto_enrolls_generated_keys() {
+    let (_, programs) = rke2_qemu_tests::need!(rke2_qemu_tests::test_inputs());
+    let img = rke2_qemu_tests::need!(image(Kind::OtherKey));
+    let keys = other_keys(&programs);
+    let w = work_dir();
+    let disk = w.join("auto-enroll.raw");
+    built::copy_disk(&img.disk, &disk, None).unwrap();
+    let esp = img
+        .manifest
+        .disk
+        .partitions
+        .iter()
+        .find(|p| p.label == "esp")
+        .unwrap();
+    let esp_img = format!("{}@@{}", disk.display(), esp.first_lba * 512);
+    run(Command::new("mmd").args(["-i", &esp_img, "::/loader/keys", "::/loader/keys/auto"]))
+        .unwrap();
+    for n in ["PK", "KEK", "db"] {
+        run(Command::new("mcopy")
+            .args(["-o", "-i", &esp_img])
+            .arg(keys.join(format!("{n}.auth")))
+            .arg(format!("::/loader/keys/auto/{n}.auth")))
+        .unwrap();
+    }
+    let conf = run(Command::new("mtype").args(["-i", &esp_img, "::/loader/loader.conf"])).unwrap();
+    let conf_file = w.join("auto-enroll-loader.conf");
+    let mut text = String::from_utf8(conf).unwrap();
+    text.push_str("secure-boot-enroll force\n");
+    fs::write(&conf_file, text).unwrap();
+    run(Command::new("mcopy")
+        .args(["-o", "-i", &esp_img])
+        .arg(&conf_file)
+        .arg("::/loader/loader.conf"))
+    .unwrap();
+
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let enrolled = w.join("OVMF_VARS_auto_enrolled.fd");
+    {
+        let mut vm = start(
+            &disk,
+            "auto-enroll-setup",
+            Boot::SecureUefi {
+                vars: OVMF_VARS.into(),
+            },
+        );
+        vm.wait_for(
+            "Enrolling secure boot keys from directory",
+            &["Linux version"],
+            REFUSE_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("no enrollment: {e}\n{}", vm.tail()));
+        // systemd-boot resets after enrolling; QEMU runs with -no-reboot and exits.
+        vm.wait_exit(REFUSE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no reset after enrollment: {e}\n{}", vm.tail()));
+        assert!(
+            !vm.console().contains("Linux version"),
+            "a kernel started in Setup Mode"
+        );
+        fs::copy(vm.vars().unwrap(), &enrolled).unwrap();
+    }
+    drop(_one);
+    boots_secured(img, "auto-enrolled", Boot::SecureUefi { vars: enrolled });
+}
