@@ -6,7 +6,8 @@
 //! `rke2-image keys generate`, enrolled into a copy of `OVMF_VARS_4M.fd` with `virt-fw-vars`,
 //! boot an image signed with that db key and refuse one signed with the snakeoil key; the same
 //! image booted with Secure Boot off gives the on/off boot-time comparison (printed as
-//! `bench-secureboot:` lines for scripts/bench-secureboot).
+//! `bench-secureboot:` lines for scripts/bench-secureboot). systemd-boot 252 enrolls the same
+//! keys itself from the ESP's `loader/keys/auto/*.auth` (`secure-boot-enroll force`).
 //!
 //! Images are built once per suite and shared; one VM at a time.
 
