@@ -741,9 +741,9 @@ pub fn build(
             })
             .map_err(stage("esp"))?;
             (
-                secureboot::sign(keys, &uki_bytes, &entry_name).map_err(stage("esp"))?,
+                secureboot::sign(keys, &uki_bytes, &entry_name, epoch).map_err(stage("esp"))?,
                 Blob::bytes(
-                    secureboot::sign(keys, &sdboot, paths::ESP_FALLBACK_BOOT)
+                    secureboot::sign(keys, &sdboot, paths::ESP_FALLBACK_BOOT, epoch)
                         .map_err(stage("esp"))?,
                 ),
             )

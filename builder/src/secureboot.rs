@@ -1,12 +1,22 @@
 //! Secure Boot with the operator's own keys: the definition's `security.secureBoot` key and
-//! certificate sign systemd-boot and every UKI with `sbsign` (sbsigntool), and
-//! `rke2-image keys generate` makes a PK/KEK/db set with the files firmware needs to enroll it.
+//! certificate sign systemd-boot and every UKI with `osslsigncode`, and
+//! `rke2-image keys generate` makes a PK/KEK/db set with the files firmware (or systemd-boot's
+//! `secure-boot-enroll`) needs to enroll it.
 //!
-//! NOT yet reproducible: sbsign 0.9.4 puts a PKCS#7 `signingTime` attribute (wall clock) into
-//! the Authenticode signature, so two signed builds differ in the signatures of BOOTX64.EFI
-//! and the UKIs (checked: `sbattach --detach` + `openssl pkcs7 -print`). Everything under the
-//! signature is identical. Ways out: run sbsign at the build epoch (libfaketime) or write the
-//! SignedData ourselves without that attribute (RSA PKCS#1 v1.5 itself is deterministic).
+//! Signed images are reproducible for the same key. An Authenticode signature is a PKCS#7
+//! SignedData whose only varying part is the `signingTime` attribute: RSA PKCS#1 v1.5 itself is
+//! deterministic. sbsign 0.9.4 takes the wall clock for it and has no option to set it, so the
+//! build signs with `osslsigncode sign -time EPOCH` (the image's build epoch, already in
+//! bookworm's 2.5), which writes that time instead. Chosen over running sbsign under libfaketime
+//! because it is an explicit option of the signer (no LD_PRELOAD that silently stops applying
+//! if the tool is linked differently, no frozen-clock mode to get right) and over writing the
+//! SignedData ourselves because the signer stays an outside, widely used tool. osslsigncode
+//! hashes the file from the headers to the certificate table in one run; Authenticode as EDK2
+//! and `sbverify` compute it hashes each section's raw data, then any tail: the same bytes when
+//! the sections lie back to back, as in systemd-boot and our UKIs (uki.rs). The tests check
+//! every signed file with `sbverify --cert` and boot them under OVMF with Secure Boot on.
+//! Bookworm's osslsigncode 2.5 and backports' 2.9 give different (each reproducible) bytes:
+//! reproducibility is per host toolchain, like every other tool the build runs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -93,8 +103,10 @@ pub fn check(keys: &SigningKeys) -> Result<(), SignError> {
     Ok(())
 }
 
-/// Returns `data` (a PE file) with an Authenticode signature by `keys` appended.
-pub fn sign(keys: &SigningKeys, data: &[u8], what: &str) -> Result<Vec<u8>, SignError> {
+/// Returns `data` (a PE file) with an Authenticode signature by `keys` appended. The
+/// signature's `signingTime` is `epoch` (seconds since 1970), so the same inputs and key give
+/// the same bytes.
+pub fn sign(keys: &SigningKeys, data: &[u8], what: &str, epoch: u64) -> Result<Vec<u8>, SignError> {
     let io = |message: String| SignError::Io {
         what: what.to_string(),
         message,
@@ -104,17 +116,21 @@ pub fn sign(keys: &SigningKeys, data: &[u8], what: &str) -> Result<Vec<u8>, Sign
     let output = dir.path().join("signed.efi");
     fs::write(&input, data).map_err(|e| io(e.to_string()))?;
     run(
-        Command::new("sbsign")
-            .arg("--key")
+        Command::new("osslsigncode")
+            // `-time`: the PKCS#7 signingTime, else the wall clock (see the module doc).
+            .args(["sign", "-h", "sha256", "-time"])
+            .arg(epoch.to_string())
+            .arg("-key")
             .arg(&keys.key)
-            .arg("--cert")
+            .arg("-certs")
             .arg(&keys.cert)
-            .arg("--output")
-            .arg(&output)
-            .arg(&input),
-        "sbsign",
+            .arg("-in")
+            .arg(&input)
+            .arg("-out")
+            .arg(&output),
+        "osslsigncode",
     )?
-    .map_err(|e| io(format!("sbsign failed: {e}")))?;
+    .map_err(|e| io(format!("osslsigncode failed: {e}")))?;
     fs::read(&output).map_err(|e| io(e.to_string()))
 }
 
@@ -128,7 +144,7 @@ pub struct Generated {
 pub const OWNER_GUID: &str = "8b3f0f3e-6a51-4d7c-9d55-2b8c1e4f6a10";
 
 /// Creates `dir/{PK,KEK,db}.{key,crt,cer,esl,auth}`: RSA-2048 keys with self-signed
-/// certificates (`.crt` PEM for sbsign and the definition, `.cer` DER for firmware menus),
+/// certificates (`.crt` PEM for the signer and the definition, `.cer` DER for firmware menus),
 /// EFI signature lists, and `.auth` updates signed for enrollment (PK by itself, KEK by PK,
 /// db by KEK). `db.key`/`db.crt` are what `security.secureBoot` takes. The `.auth` files carry
 /// the current time (authenticated variables need one); they are not image outputs.

@@ -133,18 +133,6 @@ fn kernel_params(cmdline: &str) -> Vec<Param<'_>> {
     v
 }
 
-/// Whether `line` survives the kernel's `COMMAND_LINE_SIZE` once systemd-boot has appended
-/// ` initrd=<path>` for the entry's initrd (path as systemd-boot passes it, `\` separated).
-pub fn fits(line: &str, initrd_path: &str) -> bool {
-    with_initrd_len(line, initrd_path) < KERNEL_MAX
-}
-
-/// Length of `line` plus what systemd-boot appends for `initrd_path` (a `/`-separated path
-/// on the ESP, which it passes with `\`).
-pub fn with_initrd_len(line: &str, initrd_path: &str) -> usize {
-    line.len() + " initrd=\\".len() + initrd_path.trim_start_matches('/').len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,12 +188,5 @@ mod tests {
         assert_eq!(get(c, "a"), Some("1"));
         assert!(!has(c, "rke2.debug"));
         assert_eq!(parse(c).len(), 4);
-    }
-
-    #[test]
-    fn length_cap_counts_initrd() {
-        let line = "x".repeat(KERNEL_MAX - 1 - " initrd=\\rke2/a/initrd.zst".len());
-        assert!(fits(&line, "/rke2/a/initrd.zst"));
-        assert!(!fits(&format!("{line}y"), "/rke2/a/initrd.zst"));
     }
 }

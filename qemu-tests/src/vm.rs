@@ -359,6 +359,12 @@ impl Vm {
     }
 
     /// Everything the console printed so far.
+    /// The VM's own copy of the UEFI variable store (what the firmware wrote survives the VM
+    /// until it is dropped).
+    pub fn vars(&self) -> Option<PathBuf> {
+        self._vars.as_ref().map(|d| d.path().join("OVMF_VARS.fd"))
+    }
+
     pub fn console(&self) -> String {
         let c = self
             .console
