@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rke2_image::publish;
 use tar::{EntryType, Header};
 
-const KVER: &str = "6.1.0-99-amd64";
+mod common;
 const EPOCH: u64 = 1_700_000_000;
 
 /// One tar entry written by hand, so names the `tar` crate would normalise (`./`) and
@@ -95,40 +95,8 @@ fn append_pax(out: &mut Vec<u8>, records: &[(&str, &str)]) {
 /// entries, or another archive's, can follow).
 fn base_entries() -> Vec<u8> {
     let mut out = Vec::new();
-    let mut config = String::new();
-    for f in rke2_image::kernel_check::builtin_fragments().unwrap() {
-        for r in f.requirements {
-            config.push_str(&format!("{}=y\n", r.option));
-        }
-    }
-    let builtin: String = rke2_image::initrd::BOOT_MODULES
-        .iter()
-        .map(|m| format!("kernel/drivers/{m}.ko\n"))
-        .collect();
-    let md = format!("usr/lib/modules/{KVER}");
-    let files: Vec<(String, Vec<u8>)> = vec![
-        (
-            "etc/os-release".into(),
-            b"ID=debian\nVERSION_ID=12\n".to_vec(),
-        ),
-        (
-            "etc/passwd".into(),
-            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
-        ),
-        (format!("boot/vmlinuz-{KVER}"), vec![0x4d; 8192]),
-        (format!("boot/config-{KVER}"), config.into_bytes()),
-        (format!("{md}/modules.dep"), Vec::new()),
-        (format!("{md}/modules.builtin"), builtin.into_bytes()),
-        (
-            "usr/lib/systemd/boot/efi/systemd-bootx64.efi".into(),
-            vec![0x5a; 4096],
-        ),
-        (
-            rke2_image::uki::STUB.into(),
-            rke2_testsupport::pe::stub_like_252(),
-        ),
-    ];
-    for dir in ["etc", "boot", "usr", "usr/lib", "opt"] {
+    let files = common::base_files();
+    for dir in common::BASE_DIRS {
         append_raw(
             &mut out,
             &Raw {

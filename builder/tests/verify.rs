@@ -19,7 +19,7 @@ use rke2_image_contract::manifest::Manifest;
 use rke2_image_contract::{gpt, paths};
 use rke2_testsupport::prereq;
 
-const KVER: &str = "6.1.0-99-amd64";
+mod common;
 const STEM: &str = "signed-1.0";
 
 /// Incompressible bytes (xorshift), so the root keeps them as data blocks.
@@ -36,40 +36,13 @@ fn noise(n: usize) -> Vec<u8> {
 }
 
 fn base_tar() -> Vec<u8> {
-    let mut config = String::new();
-    for f in rke2_image::kernel_check::builtin_fragments().unwrap() {
-        for r in f.requirements {
-            config.push_str(&format!("{}=y\n", r.option));
-        }
-    }
-    let builtin: String = rke2_image::initrd::BOOT_MODULES
-        .iter()
-        .map(|m| format!("kernel/drivers/{m}.ko\n"))
-        .collect();
-    let md = format!("usr/lib/modules/{KVER}");
-    let files: Vec<(String, Vec<u8>)> = vec![
-        (
-            "etc/os-release".into(),
-            b"ID=debian\nVERSION_ID=12\n".to_vec(),
-        ),
-        (
-            "etc/passwd".into(),
-            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
-        ),
-        (format!("boot/vmlinuz-{KVER}"), vec![0x4d; 8192]),
-        (format!("boot/config-{KVER}"), config.into_bytes()),
-        (format!("{md}/modules.dep"), Vec::new()),
-        (format!("{md}/modules.builtin"), builtin.into_bytes()),
-        (paths::SYSTEMD_BOOT_EFI.into(), vec![0x5a; 4096]),
-        (
-            rke2_image::uki::STUB.into(),
-            rke2_testsupport::pe::stub_like_252(),
-        ),
+    let mut files = common::base_files();
+    files.push(
         // Enough data for a two-level tree (and for the second hashing thread).
         ("opt/data.bin".into(), noise(4_600_000)),
-    ];
+    );
     let mut b = tar::Builder::new(Vec::new());
-    for dir in ["etc", "boot", "usr", "usr/lib", "opt"] {
+    for dir in common::BASE_DIRS {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
@@ -260,8 +233,16 @@ fn signed_image_verifies_and_each_tampering_is_named() {
     // manifest's outputs; openssl accepts the detached signature of the published manifest.
     let sum = ok(Command::new("sha256sum").arg(&image)).stdout;
     let sum = String::from_utf8_lossy(&sum);
-    assert_eq!(m.outputs.len(), 1);
+    // The image, then the files published beside it (the SBOM).
+    assert_eq!(m.outputs.len(), 2, "{:?}", m.outputs);
     assert_eq!(m.outputs[0].path, format!("{STEM}.raw"));
+    assert_eq!(m.outputs[1].path, format!("{STEM}.spdx.json"));
+    let sbom = ok(Command::new("sha256sum").arg(image.with_file_name(&m.outputs[1].path))).stdout;
+    assert!(
+        String::from_utf8_lossy(&sbom).starts_with(&m.outputs[1].sha256),
+        "SBOM record {:?}",
+        m.outputs[1]
+    );
     assert!(
         sum.starts_with(&m.outputs[0].sha256),
         "{sum} vs {:?}",

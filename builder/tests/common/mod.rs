@@ -1,0 +1,45 @@
+//! Shared by the builder's integration tests that build images from a synthetic base.
+
+use rke2_image_contract::paths;
+
+/// The kernel version of the synthetic base.
+pub const KVER: &str = "6.1.0-99-amd64";
+
+/// Directories the synthetic base's files live in, parents first.
+pub const BASE_DIRS: &[&str] = &["etc", "boot", "usr", "usr/lib", "opt"];
+
+/// The smallest root the builder accepts: os-release, passwd, a kernel whose configuration has
+/// every option the images need, modules metadata naming the boot modules as built in,
+/// systemd-boot and the 252-shaped EFI stub the UKI is built from.
+pub fn base_files() -> Vec<(String, Vec<u8>)> {
+    let mut config = String::new();
+    for f in rke2_image::kernel_check::builtin_fragments().expect("builtin fragments") {
+        for r in f.requirements {
+            config.push_str(&format!("{}=y\n", r.option));
+        }
+    }
+    let builtin: String = rke2_image::initrd::BOOT_MODULES
+        .iter()
+        .map(|m| format!("kernel/drivers/{m}.ko\n"))
+        .collect();
+    let md = format!("usr/lib/modules/{KVER}");
+    vec![
+        (
+            "etc/os-release".into(),
+            b"ID=debian\nVERSION_ID=12\n".to_vec(),
+        ),
+        (
+            "etc/passwd".into(),
+            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        ),
+        (format!("boot/vmlinuz-{KVER}"), vec![0x4d; 8192]),
+        (format!("boot/config-{KVER}"), config.into_bytes()),
+        (format!("{md}/modules.dep"), Vec::new()),
+        (format!("{md}/modules.builtin"), builtin.into_bytes()),
+        (paths::SYSTEMD_BOOT_EFI.into(), vec![0x5a; 4096]),
+        (
+            rke2_image::uki::STUB.into(),
+            rke2_testsupport::pe::stub_like_252(),
+        ),
+    ]
+}
