@@ -1,0 +1,364 @@
+//! The build: named stages run in a fixed order over one [`BuildContext`]; each stage is a
+//! function in its own file that reads the context and returns its piece. The pieces (root +
+//! verity, kernel and boot files, initrd, UKI, ESP contents, manifest, SBOM) are then handed to
+//! the emitters in [`crate::outputs`].
+//!
+//! | stage     | file          | does                                                        |
+//! |-----------|---------------|-------------------------------------------------------------|
+//! | `fetch`   | `fetch.rs`    | makes sure the base exists (mmdebstrap cache), reads it as a stream; the epoch |
+//! | `compose` | `compose.rs`  | overlays, RKE2 payload, generated files, node programs; clamps timestamps |
+//! | `label`   | `label.rs`    | SELinux labels from the base's own `file_contexts`          |
+//! | `kernel`  | `kernel.rs`   | picks the kernel, checks its configuration, finds the boot files |
+//! | `layout`  | `layout.rs`   | plans the root filesystem, sizes every partition; refuses a tree that does not fit |
+//! | `sbom`    | `sbom.rs`     | SPDX 2.3 SBOM of the root (Debian packages, RKE2, images, programs) |
+//! | `rootfs`  | `rootfs.rs`   | EROFS straight into the root-a region of the output file    |
+//! | `verity`  | `rootfs.rs`   | hash tree + superblock into root-a-verity; root hash        |
+//! | `initrd`  | `boot.rs`     | cpio (zstd) with the init and the kernel-module closure (beside rootfs) |
+//! | `esp`     | `boot.rs`, `manifest.rs` | UKI, ESP contents, manifest; FAT32 into the ESP region |
+//! | `disk`    | `outputs/raw.rs` | GPT + protective MBR                                     |
+//! | `outputs` | `outputs/raw.rs` | fsync, rename into place, published manifest            |
+//!
+//! Everything is written into a temporary file in the output directory that is renamed to
+//! `<name>-<version>.raw` only when complete; a failed build removes it, so no half image ever
+//! carries the final name. Every GUID and the verity salt derive from a seed over all inputs,
+//! and every timestamp is clamped to the build epoch: the same inputs give the same bytes.
+
+mod boot;
+mod compose;
+mod fetch;
+mod kernel;
+mod label;
+mod layout;
+mod manifest;
+mod rootfs;
+mod sbom;
+
+pub(crate) use layout::Partitions;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rke2_image_contract::manifest::{Check, Input, Manifest};
+use rke2_image_contract::partitions;
+use sha2::{Digest, Sha256};
+
+use crate::definition::Definition;
+use crate::tree::Tree;
+use crate::{esp, outputs, publish, secureboot, sign};
+
+const MIB: u64 = 1024 * 1024;
+const SECTOR: u64 = partitions::SECTOR;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("stage {stage}")]
+    Stage {
+        stage: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("stage {stage}: {message}")]
+    Invalid {
+        stage: &'static str,
+        message: String,
+    },
+}
+
+pub(crate) fn stage<E: Into<BoxError>>(stage: &'static str) -> impl FnOnce(E) -> BuildError {
+    move |e| BuildError::Stage {
+        stage,
+        source: e.into(),
+    }
+}
+
+pub(crate) fn invalid(stage: &'static str, message: impl Into<String>) -> BuildError {
+    BuildError::Invalid {
+        stage,
+        message: message.into(),
+    }
+}
+
+/// The root filesystem does not fit `disk.rootSize`: names the size it needs and the fix.
+fn root_too_small(stage: &'static str, def: &Definition, needed: u64) -> BuildError {
+    invalid(
+        stage,
+        format!(
+            "the root filesystem needs {} MiB but disk.rootSize is {} MiB; raise disk.rootSize in {} to at least {}MiB",
+            needed.div_ceil(MIB),
+            def.root_size / MIB,
+            def.file.display(),
+            align_up(needed + needed / 10, MIB) / MIB
+        ),
+    )
+}
+
+/// Settings that come from the command line and environment rather than the definition.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Where built bases are cached.
+    pub cache_dir: PathBuf,
+    /// Overrides the definition's `output.directory`.
+    pub output_dir: Option<PathBuf>,
+    /// `SOURCE_DATE_EPOCH`, when set; wins over the definition's `epoch`.
+    pub source_date_epoch: Option<u64>,
+    /// Where `rke2-init` and `rke2-firstboot` are looked for when the definition names none
+    /// (normally the directory of the running `rke2-image`).
+    pub programs_dir: PathBuf,
+    /// Downgrades the FIPS supervisor gate (rke2 not built with BoringCrypto) to a warning.
+    pub allow_non_fips_supervisor: bool,
+}
+
+#[derive(Debug)]
+pub struct BuildResult {
+    pub image: PathBuf,
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// What every stage reads and what the early stages accumulate: the definition and options,
+/// the epoch and tree (set by `fetch`, changed by `compose` and `label` only), the manifest's
+/// inputs and checks, and the build log.
+pub struct BuildContext<'a> {
+    pub def: &'a Definition,
+    pub opts: &'a BuildOptions,
+    /// Every timestamp is clamped to this; set by `fetch` (it may come from the base).
+    pub epoch: u64,
+    pub tree: Tree,
+    /// The manifest's inputs, in the order they were read (the seed hashes them).
+    pub inputs: Vec<Input>,
+    /// The manifest's checks (RKE2 payload gates, kernel configuration).
+    pub checks: Vec<Check>,
+    log: &'a mut dyn FnMut(&str),
+}
+
+impl BuildContext<'_> {
+    pub fn log(&mut self, line: &str) {
+        (self.log)(line)
+    }
+
+    /// Records a manifest input (see [`input`]).
+    fn add_input(&mut self, kind: &str, host: &Path, sha256: String, size: u64) {
+        let i = input(kind, host, sha256, size, &mut *self.log);
+        self.inputs.push(i);
+    }
+
+    /// The definition's file, for messages about it.
+    fn file(&self) -> std::path::Display<'_> {
+        self.def.file.display()
+    }
+
+    /// The build seed: every GUID and the salt derive from the content of all inputs (not
+    /// where they were on the build host) and the epoch, so the same inputs give the same disk.
+    fn seed(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for i in &self.inputs {
+            h.update(format!("{}\0{}\n", i.kind, i.sha256).as_bytes());
+        }
+        h.update(self.epoch.to_le_bytes());
+        h.finalize().into()
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h)?;
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Derives 16 deterministic bytes for `purpose` from the build seed.
+fn derive16(seed: &[u8; 32], purpose: &str) -> [u8; 16] {
+    let d = Sha256::new()
+        .chain_update(seed)
+        .chain_update(purpose.as_bytes())
+        .finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
+fn align_up(n: u64, a: u64) -> u64 {
+    n.div_ceil(a) * a
+}
+
+/// A manifest input named by its file (or overlay directory) name, never its host path: the
+/// manifest goes into the image, which must not depend on where the inputs were. The host path
+/// goes to the build log only.
+fn input(kind: &str, host: &Path, sha256: String, size: u64, log: &mut dyn FnMut(&str)) -> Input {
+    log(&format!("input: {kind} {}", host.display()));
+    Input {
+        kind: kind.into(),
+        // `dir/..`-style paths have no file name of their own: use the resolved one.
+        name: host
+            .file_name()
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::fs::canonicalize(host)
+                    .ok()?
+                    .file_name()
+                    .map(PathBuf::from)
+            })
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        size,
+        sha256,
+    }
+}
+
+/// Runs every stage. `log` receives one line per stage.
+pub fn build(
+    def: &Definition,
+    opts: &BuildOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<BuildResult, BuildError> {
+    let mut timings = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, Duration)>| {
+        let now = Instant::now();
+        timings.push((name, now - clock));
+        clock = now;
+    };
+
+    // Checked at load already; again here for a `Definition` built in code.
+    for (i, c) in def.cmdline.iter().enumerate() {
+        esp::check_item(c).map_err(|m| {
+            invalid(
+                "load",
+                format!("{}: kernel.cmdline[{i}]: {m}", def.file.display()),
+            )
+        })?;
+    }
+    // Signing keys are checked before anything is written.
+    if let Some(keys) = &def.secure_boot {
+        secureboot::check(keys)
+            .map_err(|e| invalid("load", format!("{}: {e}", def.file.display())))?;
+    }
+    let manifest_key = def
+        .signing
+        .as_deref()
+        .map(|k| sign::load_private(k, "signing.key"))
+        .transpose()
+        .map_err(|e| invalid("load", format!("{}: {e}", def.file.display())))?;
+    let mut ctx = BuildContext {
+        def,
+        opts,
+        epoch: 0,
+        tree: Tree::new(0),
+        inputs: Vec::new(),
+        checks: Vec::new(),
+        log,
+    };
+    ctx.add_input(
+        "definition",
+        &def.file,
+        def.source_sha256.clone(),
+        def.source_len,
+    );
+    // The output lock is taken before any work, so a concurrent build of the same output is
+    // refused at once; the image temporary exists from here on and is removed on failure.
+    // It stays out of the context: the stages below borrow its file while others read the
+    // context.
+    let out_dir = opts
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| def.output_dir.clone());
+    let mut staged = publish::Outputs::begin(&out_dir, &format!("{}-{}", def.name, def.version))
+        .map_err(stage("outputs"))?;
+
+    fetch::run(&mut ctx)?;
+    lap("fetch", &mut timings);
+    let composed = compose::run(&mut ctx)?;
+    lap("compose", &mut timings);
+    label::run(&mut ctx)?;
+    lap("label", &mut timings);
+    let kernel = kernel::run(&mut ctx)?;
+    lap("kernel", &mut timings);
+    let seed = ctx.seed();
+    let layout = layout::run(&ctx, &seed)?;
+    lap("layout", &mut timings);
+    let sbom_json = sbom::run(&mut ctx, &mut staged)?;
+    lap("sbom", &mut timings);
+
+    // The output file is sized here, once the layout is known; from here on the stages write
+    // into its regions.
+    let out = staged.file();
+    out.set_len(layout.disk_size).map_err(|e| {
+        invalid(
+            "outputs",
+            format!(
+                "{}: cannot size the image to {} bytes: {}",
+                staged.temp_path().display(),
+                layout.disk_size,
+                crate::limits::io_reason(&e)
+            ),
+        )
+    })?;
+
+    // The initrd (and the boot files the ESP needs from the base) depend only on the tree, so
+    // they are prepared on the second core while the root filesystem and its hash tree are
+    // written.
+    let (root, boot_files) = std::thread::scope(|scope| {
+        let side = scope.spawn(|| boot::initrd(&ctx.tree, ctx.def, ctx.epoch, &composed, &kernel));
+        let main = rootfs::run(&ctx.tree, ctx.def, &layout, &seed, out);
+        let side = side
+            .join()
+            .map_err(|_| invalid("initrd", "the initrd thread panicked"))?;
+        Ok::<_, BuildError>((main?, side?))
+    })?;
+    ctx.log(&format!(
+        "rootfs: EROFS {} MiB, {} inodes",
+        root.written.size.div_ceil(MIB),
+        root.written.inodes
+    ));
+    ctx.log(&format!("verity: root hash {}", root.root_hash_hex()));
+    lap("rootfs+verity", &mut timings);
+    ctx.log(&format!(
+        "initrd: {} modules, {} KiB (zstd), built alongside in {:.1}s",
+        boot_files.initrd.modules.len(),
+        boot_files.initrd.bytes.len() / 1024,
+        boot_files.time.as_secs_f64()
+    ));
+
+    let mut esp = boot::esp_content(&mut ctx, &root, boot_files, sbom_json)?;
+    let partitions = layout.partitions(&seed, &root, esp.used);
+    let pieces = manifest::Pieces {
+        layout: &layout,
+        partitions: &partitions,
+        root: &root,
+        kernel: &kernel,
+        composed: &composed,
+    };
+    let manifest = manifest::run(&ctx, &pieces, &mut esp, manifest_key.as_ref())?;
+    boot::write_esp(&ctx, esp.content, &seed, out, layout.esp)?;
+    lap("esp", &mut timings);
+
+    outputs::raw::write_table(out, &partitions, layout.disk_size)?;
+    lap("disk", &mut timings);
+    let (image, manifest_path) =
+        outputs::raw::publish(staged, &manifest, manifest_key.as_ref(), &mut |l| {
+            ctx.log(l)
+        })?;
+    lap("outputs", &mut timings);
+    ctx.log(&format!(
+        "outputs: {} ({} MiB), {}",
+        image.display(),
+        layout.disk_size / MIB,
+        manifest_path.display()
+    ));
+    Ok(BuildResult {
+        image,
+        manifest_path,
+        manifest,
+        timings,
+    })
+}
+
+pub use crate::publish::write_atomic;
