@@ -3,20 +3,20 @@
 //! verity, kernel and boot files, initrd, UKI, ESP contents, manifest, SBOM) are then handed to
 //! the emitters in [`crate::outputs`].
 //!
-//! | stage     | file          | does                                                        |
-//! |-----------|---------------|-------------------------------------------------------------|
-//! | `fetch`   | `fetch.rs`    | makes sure the base exists (mmdebstrap cache), reads it as a stream; the epoch |
-//! | `compose` | `compose.rs`  | overlays, RKE2 payload, generated files, node programs; clamps timestamps |
-//! | `label`   | `label.rs`    | SELinux labels from the base's own `file_contexts`          |
-//! | `kernel`  | `kernel.rs`   | picks the kernel, checks its configuration, finds the boot files |
-//! | `layout`  | `layout.rs`   | plans the root filesystem, sizes every partition; refuses a tree that does not fit |
-//! | `sbom`    | `sbom.rs`     | SPDX 2.3 SBOM of the root (Debian packages, RKE2, images, programs) |
-//! | `rootfs`  | `rootfs.rs`   | EROFS straight into the root-a region of the output file    |
-//! | `verity`  | `rootfs.rs`   | hash tree + superblock into root-a-verity; root hash        |
-//! | `initrd`  | `boot.rs`     | cpio (zstd) with the init and the kernel-module closure (beside rootfs) |
-//! | `esp`     | `boot.rs`, `manifest.rs` | UKI, ESP contents, manifest; FAT32 into the ESP region |
-//! | `disk`    | `outputs/raw.rs` | GPT + protective MBR                                     |
-//! | `outputs` | `outputs/raw.rs` | fsync, rename into place, published manifest            |
+//! | stage     | file                     | does                                                                               |
+//! |-----------|--------------------------|------------------------------------------------------------------------------------|
+//! | `fetch`   | `fetch.rs`               | makes sure the base exists (mmdebstrap cache), reads it as a stream; the epoch     |
+//! | `compose` | `compose.rs`             | overlays, RKE2 payload, generated files, node programs; clamps timestamps          |
+//! | `label`   | `label.rs`               | SELinux labels from the base's own `file_contexts`                                 |
+//! | `kernel`  | `kernel.rs`              | picks the kernel, checks its configuration, finds the boot files                   |
+//! | `layout`  | `layout.rs`              | plans the root filesystem, sizes every partition; refuses a tree that does not fit |
+//! | `sbom`    | `sbom.rs`                | SPDX 2.3 SBOM of the root (Debian packages, RKE2, images, programs)                |
+//! | `rootfs`  | `rootfs.rs`              | EROFS straight into the root-a region of the output file                           |
+//! | `verity`  | `rootfs.rs`              | hash tree + superblock into root-a-verity; root hash                               |
+//! | `initrd`  | `boot.rs`                | cpio (zstd) with the init and the kernel-module closure (beside rootfs)            |
+//! | `esp`     | `boot.rs`, `manifest.rs` | UKI, ESP contents, manifest; FAT32 into the ESP region                             |
+//! | `disk`    | `outputs/raw.rs`         | GPT + protective MBR                                                               |
+//! | `outputs` | `outputs/raw.rs`         | fsync, rename into place, published manifest                                       |
 //!
 //! Everything is written into a temporary file in the output directory that is renamed to
 //! `<name>-<version>.raw` only when complete; a failed build removes it, so no half image ever
