@@ -10,6 +10,7 @@
 //!   `build` (`release`, `sign`, `verify`, `inspect`, `secureboot`).
 
 pub mod base;
+pub mod civil;
 pub mod compose;
 pub mod definition;
 pub mod esp;

@@ -248,10 +248,9 @@ fn lookup(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
     table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
-/// `LicenseRef-<name>` with the characters SPDX allows (`A-Za-z0-9.-`).
-fn license_ref(name: &str) -> String {
-    let id: String = name
-        .chars()
+/// `name` with every character SPDX ids do not allow (outside `A-Za-z0-9.-`) as `-`.
+fn idstring(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
                 c
@@ -259,8 +258,12 @@ fn license_ref(name: &str) -> String {
                 '-'
             }
         })
-        .collect();
-    format!("LicenseRef-{id}")
+        .collect()
+}
+
+/// `LicenseRef-<name>` with the characters SPDX allows.
+fn license_ref(name: &str) -> String {
+    format!("LicenseRef-{}", idstring(name))
 }
 
 /// One DEP-5 license expression as an SPDX expression: `or`/`and` become `OR`/`AND`, known
@@ -349,17 +352,7 @@ struct Ids(BTreeSet<String>);
 
 impl Ids {
     fn make(&mut self, kind: &str, name: &str) -> String {
-        let clean: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let base = format!("SPDXRef-{kind}-{clean}");
+        let base = format!("SPDXRef-{kind}-{}", idstring(name));
         let mut id = base.clone();
         let mut n = 2;
         while self.0.contains(&id) {
@@ -371,24 +364,12 @@ impl Ids {
     }
 }
 
-/// ISO 8601 UTC of seconds since the epoch (Howard Hinnant's civil-from-days).
+/// ISO 8601 UTC of seconds since the epoch.
 pub fn iso8601(t: u64) -> String {
-    let days = (t / 86400) as i64;
-    let secs = t % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let c = crate::civil::from_epoch(t);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     )
 }
 

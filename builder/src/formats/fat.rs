@@ -543,22 +543,16 @@ fn dos_time(t: u64) -> (u16, u16) {
     const MIN: u64 = 315_532_800; // 1980-01-01
     const MAX: u64 = 4_354_819_198; // 2107-12-31 23:59:58
     let t = t.clamp(MIN, MAX);
-    let days = (t / 86400) as i64;
-    let secs = t % 86400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let crate::civil::Civil {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+    } = crate::civil::from_epoch(t);
     let date = (((year - 1980) as u16) << 9) | ((month as u16) << 5) | day as u16;
-    let time = (((secs / 3600) as u16) << 11)
-        | ((((secs / 60) % 60) as u16) << 5)
-        | ((secs % 60) / 2) as u16;
+    let time = ((hour as u16) << 11) | ((minute as u16) << 5) | (second / 2) as u16;
     (time, date)
 }
 
