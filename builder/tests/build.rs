@@ -126,6 +126,8 @@ fn built() -> Option<&'static Built> {
     B.get_or_init(|| {
         let fx = fixture()?;
         let (dir, def) = workspace(&fx, "");
+        // Held by a static, never dropped: removed when the test process exits.
+        rke2_testsupport::scratch::remove_at_exit(dir.path());
         let out = run_ok(&mut rke2_image_in(&def, &["build", def.to_str().unwrap()]));
         let image = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         let manifest: Manifest = serde_json::from_slice(

@@ -32,6 +32,8 @@ fn base() -> Option<&'static Base> {
         let kver = kvers[0].clone();
 
         let modroot = tempfile::tempdir().unwrap();
+        // Held by a static, never dropped: removed when the test process exits.
+        rke2_testsupport::scratch::remove_at_exit(modroot.path());
         let st = Command::new("tar")
             .arg("-xf")
             .arg(&tarball)

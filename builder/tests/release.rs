@@ -28,6 +28,7 @@ fn fixture_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = tempfile::tempdir().unwrap().keep();
+        rke2_testsupport::scratch::remove_at_exit(&d);
         let bin = rke2_testsupport::stand_in_binary().unwrap();
         fixture::write_release(&d, &bin, &FixtureOptions::new(VERSION)).unwrap();
         d

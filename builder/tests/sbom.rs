@@ -113,6 +113,8 @@ struct Built {
 
 fn build(base: &Path, progs: &Path) -> Built {
     let (dir, def) = workspace(base, progs);
+    // Held by a static, never dropped: removed when the test process exits.
+    rke2_testsupport::scratch::remove_at_exit(dir.path());
     let out = run_ok(
         Command::new(dir.path().join("bin/rke2-image"))
             .arg("build")
@@ -189,8 +191,10 @@ fn sbom_validates_and_lists_the_roots_packages() {
     );
 
     // dpkg's own reading of the image's root.
-    let root = partition(b, "root-a");
-    let x = b.dir.path().join("root");
+    // The partition copy and the extracted root are this test's own (gigabytes on a real base).
+    let mut scratch = rke2_testsupport::scratch::Scratch::new();
+    let root = scratch.add(partition(b, "root-a"));
+    let x = scratch.add(b.dir.path().join("root"));
     let out = run_ok(
         Command::new("fsck.erofs")
             .arg("-d2")

@@ -94,6 +94,11 @@ pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<I
         .arg(format!("--dump-section=.initrd={}", initrd.display()))
         .arg(&uki)
         .arg(work.join("uki.scratch")))?;
+    // The image and what was copied off it live as long as this test process (every run
+    // builds afresh); the definition and logs stay for a look after a failure.
+    for p in [work.join("out"), uki, kernel.clone(), initrd.clone(), work.join("uki.scratch")] {
+        rke2_testsupport::scratch::remove_at_exit(p);
+    }
     Ok(Image {
         disk,
         kernel,
@@ -104,7 +109,25 @@ pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<I
     })
 }
 
-/// A sparse copy of `src` at `dst`, optionally grown to `size` bytes (a larger disk).
+/// A copy-on-write disk for one VM: a qcow2 overlay at `dst` (name it `*.qcow2`) over the
+/// built image `src`, which stays untouched, optionally grown to `size` bytes (a larger disk).
+/// Only what the guest writes takes space — a copy of the image per VM filled CI's disk.
+pub fn overlay_disk(src: &Path, dst: &Path, size: Option<u64>) -> Result<()> {
+    let src = fs::canonicalize(src).with_context(|| format!("{}", src.display()))?;
+    let _ = fs::remove_file(dst);
+    let mut c = Command::new("qemu-img");
+    c.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&src)
+        .arg(dst);
+    if let Some(s) = size {
+        c.arg(s.to_string());
+    }
+    run(&mut c)?;
+    Ok(())
+}
+
+/// A sparse copy of `src` at `dst`, optionally grown to `size` bytes (a larger disk): for the
+/// tests that change the image's bytes or read the disk back with sgdisk/e2fsprogs.
 pub fn copy_disk(src: &Path, dst: &Path, size: Option<u64>) -> Result<()> {
     run(Command::new("cp")
         .args(["--sparse=always"])

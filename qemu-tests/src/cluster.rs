@@ -196,10 +196,11 @@ impl Report {
 }
 
 impl Node {
-    /// Copies the image to `<work>/<name>.raw` and boots it.
+    /// Boots the image through a copy-on-write overlay `<work>/<name>.qcow2` (the image stays
+    /// untouched; only what the node writes takes space).
     pub fn boot(img: &Image, work: &Path, spec: &NodeSpec) -> Result<Node> {
-        let disk = work.join(format!("{}.raw", spec.name));
-        built::copy_disk(&img.disk, &disk, None)?;
+        let disk = work.join(format!("{}.qcow2", spec.name));
+        built::overlay_disk(&img.disk, &disk, None)?;
         Node::boot_disk(&disk, work, spec)
     }
 

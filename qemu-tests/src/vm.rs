@@ -255,8 +255,9 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             .arg(format!("name={name},file={}", file.display()));
     }
     c.arg("-drive").arg(format!(
-        "file={},format=raw,if=virtio,cache=unsafe",
-        cfg.disk.display()
+        "file={},format={},if=virtio,cache=unsafe",
+        cfg.disk.display(),
+        disk_format(&cfg.disk)
     ));
     for d in &cfg.drives {
         c.arg("-drive").arg(format!(
@@ -499,6 +500,17 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The image format QEMU is told for `disk`: a `.qcow2` file is an overlay or a qcow2 output,
+/// anything else raw (never left to probing, which QEMU warns about and which would let a
+/// guest-written header change how the file is read).
+pub fn disk_format(disk: &std::path::Path) -> &'static str {
+    if disk.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    }
 }
 
 #[cfg(test)]

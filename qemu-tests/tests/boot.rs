@@ -10,6 +10,7 @@
 use rke2_qemu_tests::built::{self, Image};
 use rke2_qemu_tests::probe;
 use rke2_qemu_tests::vm::{accel, Boot, Config, Vm};
+use rke2_testsupport::scratch::Scratch;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -139,9 +140,10 @@ fn check_default_boot(b: &Booted) {
 #[test]
 fn default_image_boots_uefi_to_multi_user_verified_fips_selinux() {
     let img = rke2_qemu_tests::need!(image());
-    let disk = work_dir().join("default.raw");
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("default.qcow2"));
     // The image file as built (it leaves disk.stateSize free for the state partition).
-    built::copy_disk(&img.disk, &disk, None).unwrap();
+    built::overlay_disk(&img.disk, &disk, None).unwrap();
     let b = boot_to_probe(&disk, Boot::Uefi, "default-uefi");
     check_default_boot(&b);
     eprintln!(
@@ -154,7 +156,8 @@ fn default_image_boots_uefi_to_multi_user_verified_fips_selinux() {
 #[test]
 fn state_persists_across_boots_and_is_created_once() {
     let img = rke2_qemu_tests::need!(image());
-    let disk = work_dir().join("persist.raw");
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("persist.raw"));
     built::copy_disk(&img.disk, &disk, None).unwrap();
     let first = boot_to_probe(&disk, Boot::Uefi, "persist-1");
     check_default_boot(&first);
@@ -281,7 +284,8 @@ fn state_fs_check(fs: &Path) -> Ext4State {
 #[test]
 fn clean_power_off_leaves_state_filesystem_clean() {
     let img = rke2_qemu_tests::need!(image());
-    let disk = work_dir().join("shutdown.raw");
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("shutdown.raw"));
     built::copy_disk(&img.disk, &disk, None).unwrap();
     // The probe ends with `systemctl poweroff`; boot_to_probe waits for QEMU to exit.
     let b = boot_to_probe(&disk, direct(img), "shutdown-clean");
@@ -301,7 +305,7 @@ fn clean_power_off_leaves_state_filesystem_clean() {
         failed.is_empty(),
         "failed unmounts at power-off: {failed:#?}"
     );
-    let st = state_fs_check(&state_fs_copy(&disk, "shutdown-clean"));
+    let st = state_fs_check(&scratch.add(state_fs_copy(&disk, "shutdown-clean")));
     assert!(
         st.clean(),
         "after power-off: state {}, needs_recovery {}; e2fsck -fn:\n{}",
@@ -324,7 +328,7 @@ fn clean_power_off_leaves_state_filesystem_clean() {
         .unwrap_or_else(|e| panic!("shutdown-cut ({}): {e}", accel()));
     assert!(vm.console().contains("rke2-init: state: mounted existing"));
     vm.power_cut();
-    let st = state_fs_check(&state_fs_copy(&disk, "shutdown-cut"));
+    let st = state_fs_check(&scratch.add(state_fs_copy(&disk, "shutdown-cut")));
     assert!(
         !st.clean(),
         "a power cut with the state mounted must leave it not clean (journal to recover): state {}, needs_recovery {}",
@@ -340,7 +344,8 @@ fn img_size(img: &Image) -> u64 {
 #[test]
 fn image_on_larger_disk_boots_and_state_fills_it() {
     let img = rke2_qemu_tests::need!(image());
-    let disk = work_dir().join("large.raw");
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("large.raw"));
     let size = img_size(img) + (3 << 30);
     built::copy_disk(&img.disk, &disk, Some(size)).unwrap();
     let b = boot_to_probe(&disk, Boot::Uefi, "large");
@@ -378,7 +383,8 @@ fn image_on_larger_disk_boots_and_state_fills_it() {
 #[test]
 fn tampered_root_is_refused() {
     let img = rke2_qemu_tests::need!(image());
-    let disk = work_dir().join("tampered.raw");
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("tampered.raw"));
     built::copy_disk(&img.disk, &disk, None).unwrap();
     {
         use std::os::unix::fs::FileExt;
@@ -444,8 +450,9 @@ fn stamp(console: &str, needle: &str) -> Option<f64> {
 #[ignore]
 fn measure_initrd_handoff() {
     let img = rke2_qemu_tests::need!(image());
-    let disk = work_dir().join("measure.raw");
-    built::copy_disk(&img.disk, &disk, None).unwrap();
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("measure.qcow2"));
+    built::overlay_disk(&img.disk, &disk, None).unwrap();
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // First boot creates state (run to completion so it is on disk); the second is the
     // steady state we time.
@@ -674,10 +681,12 @@ impl ErofsRoot {
 #[test]
 fn lz4hc_root_boots_verified_and_reads_every_file() {
     let img = rke2_qemu_tests::need!(lz4hc_image());
-    let disk = lz4hc_dir().join("boot.raw");
-    built::copy_disk(&img.disk, &disk, None).unwrap();
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(lz4hc_dir().join("boot.qcow2"));
+    built::overlay_disk(&img.disk, &disk, None).unwrap();
+    // Read from the built image itself (the overlay below it is the VM's).
     let root = ErofsRoot {
-        f: std::fs::File::open(&disk).unwrap(),
+        f: std::fs::File::open(&img.disk).unwrap(),
         base: img.root_part.0,
     };
     // The root really is compressed: LZ4_0PADDING set, PID 1's binary stored compressed.
@@ -716,7 +725,8 @@ fn lz4hc_root_boots_verified_and_reads_every_file() {
 #[test]
 fn lz4hc_root_with_flipped_compressed_byte_is_refused() {
     let img = rke2_qemu_tests::need!(lz4hc_image());
-    let disk = lz4hc_dir().join("flipped.raw");
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(lz4hc_dir().join("flipped.raw"));
     built::copy_disk(&img.disk, &disk, None).unwrap();
     let f = std::fs::OpenOptions::new()
         .read(true)

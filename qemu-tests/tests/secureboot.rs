@@ -16,6 +16,7 @@
 use rke2_qemu_tests::built::{self, run, Image};
 use rke2_qemu_tests::probe;
 use rke2_qemu_tests::vm::{Boot, Config, Vm, OVMF_VARS, OVMF_VARS_SNAKEOIL};
+use rke2_testsupport::scratch::Scratch;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -137,8 +138,9 @@ fn signed_image_boots_with_secure_boot_enforced() {
 fn boots_secured(img: &Image, name: &str, boot: Boot) -> Duration {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let enforced = matches!(boot, Boot::SecureUefi { .. });
-    let disk = work_dir().join(format!("{name}.raw"));
-    built::copy_disk(&img.disk, &disk, None).unwrap();
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join(format!("{name}.qcow2")));
+    built::overlay_disk(&img.disk, &disk, None).unwrap();
     let mut vm = start(&disk, name, boot);
     let t = vm
         .wait_for("RKE2-PROBE done=1", &FATAL, BOOT_TIMEOUT)
@@ -211,17 +213,19 @@ fn firmware_refuses_unsigned_other_key_and_tampered_images() {
     let other_img = rke2_qemu_tests::need!(image(Kind::OtherKey));
     let snakeoil = rke2_qemu_tests::need!(image(Kind::Snakeoil));
     let w = work_dir();
-    let unsigned = w.join("unsigned.raw");
-    built::copy_disk(&unsigned_img.disk, &unsigned, None).unwrap();
+    let mut scratch = Scratch::new();
+    let unsigned = scratch.add(w.join("unsigned.qcow2"));
+    built::overlay_disk(&unsigned_img.disk, &unsigned, None).unwrap();
     refused(&unsigned, "unsigned");
 
-    let other = w.join("other.raw");
-    built::copy_disk(&other_img.disk, &other, None).unwrap();
+    let other = scratch.add(w.join("other.qcow2"));
+    built::overlay_disk(&other_img.disk, &other, None).unwrap();
     refused(&other, "other-key");
 
     // One byte of the signed UKI's .cmdline changed (the root hash's first digit): systemd-boot
     // is still validly signed, the UKI's Authenticode hash no longer matches.
-    let tampered = w.join("tampered.raw");
+    // A real copy: its ESP is edited in place.
+    let tampered = scratch.add(w.join("tampered.raw"));
     built::copy_disk(&snakeoil.disk, &tampered, None).unwrap();
     let esp = snakeoil
         .manifest
@@ -231,7 +235,7 @@ fn firmware_refuses_unsigned_other_key_and_tampered_images() {
         .find(|p| p.label == "esp")
         .unwrap();
     let esp_img = format!("{}@@{}", tampered.display(), esp.first_lba * 512);
-    let uki = w.join("tampered.efi");
+    let uki = scratch.add(w.join("tampered.efi"));
     let entry = format!("::/{}", snakeoil.manifest.boot.entry);
     run(Command::new("mcopy")
         .args(["-o", "-n", "-i", &esp_img, &entry])
@@ -296,8 +300,9 @@ fn generated_keys_enrolled_boot_their_image_and_refuse_snakeoil() {
         fs::metadata(&uki).unwrap().len()
     );
     let snakeoil = rke2_qemu_tests::need!(image(Kind::Snakeoil));
-    let disk = work_dir().join("snakeoil-under-generated.raw");
-    built::copy_disk(&snakeoil.disk, &disk, None).unwrap();
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("snakeoil-under-generated.qcow2"));
+    built::overlay_disk(&snakeoil.disk, &disk, None).unwrap();
     refused_by(&disk, "snakeoil-under-generated", &vars);
 }
 
@@ -311,7 +316,9 @@ fn systemd_boot_auto_enrolls_generated_keys() {
     let img = rke2_qemu_tests::need!(image(Kind::OtherKey));
     let keys = other_keys(&programs);
     let w = work_dir();
-    let disk = w.join("auto-enroll.raw");
+    let mut scratch = Scratch::new();
+    // A real copy: its ESP is edited in place.
+    let disk = scratch.add(w.join("auto-enroll.raw"));
     built::copy_disk(&img.disk, &disk, None).unwrap();
     let esp = img
         .manifest

@@ -4,6 +4,8 @@
 //!   reads), so the stand-in binary can carry the build settings a real rke2 release carries.
 //! - [`fixture`]: writes a directory shaped like an official RKE2 release (bundle tarball,
 //!   `docker save` image tarballs, image lists, `sha256sum-amd64.txt`) around the stand-in.
+//! - [`scratch`]: removes shared fixtures at exit and a test's disks when it ends (disk
+//!   space on CI is finite).
 //! - [`prereq`]: the one place for missing test prerequisites (fail under CI or
 //!   `RKE2_TEST_STRICT`, otherwise skip with one summary line per test binary).
 //! - The `rke2` binary of this crate is a TEST DOUBLE for the real `rke2`: it answers
@@ -14,6 +16,7 @@ pub mod buildinfo;
 pub mod fixture;
 pub mod pe;
 pub mod prereq;
+pub mod scratch;
 pub mod standin;
 
 use std::path::PathBuf;
