@@ -588,7 +588,10 @@ fn command_word(words: &[String], funcs: &BTreeSet<String>, rel: &str, found: &m
     }
     if w == "trap" {
         if let Some(script) = words.get(k + 1) {
-            shell_commands(script, rel, found);
+            // The handler runs in this script, where its functions are defined.
+            for cmd in split_commands(script) {
+                command_word(&cmd, funcs, rel, found);
+            }
         }
         return;
     }
