@@ -84,6 +84,8 @@ pub struct Nic {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub disk: PathBuf,
+    /// QEMU block format of `disk`: `raw` (default) or `qcow2` (an overlay on a built image).
+    pub disk_format: &'static str,
     pub boot: Boot,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -101,6 +103,7 @@ impl Config {
     pub fn new(disk: impl Into<PathBuf>, boot: Boot) -> Config {
         Config {
             disk: disk.into(),
+            disk_format: "raw",
             boot,
             memory_mib: 2048,
             cpus: 2,
@@ -255,8 +258,9 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             .arg(format!("name={name},file={}", file.display()));
     }
     c.arg("-drive").arg(format!(
-        "file={},format=raw,if=virtio,cache=unsafe",
-        cfg.disk.display()
+        "file={},format={},if=virtio,cache=unsafe",
+        cfg.disk.display(),
+        cfg.disk_format
     ));
     for d in &cfg.drives {
         c.arg("-drive").arg(format!(
