@@ -49,7 +49,7 @@ fn file_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
 }
 
 /// Creates `path` exclusively, never through a symlink.
-fn create_exclusive(path: &Path, read: bool) -> io::Result<File> {
+pub(crate) fn create_exclusive(path: &Path, read: bool) -> io::Result<File> {
     File::options()
         .read(read)
         .write(true)
@@ -346,8 +346,9 @@ fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Exclusive temporary beside `path`, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+/// The directory of `path` and a hidden name in it for this process's `.<name>.<tag>-<pid>`
+/// temporary.
+pub(crate) fn beside<'a>(path: &'a Path, tag: &str) -> (&'a Path, PathBuf) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -356,7 +357,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    (
+        dir,
+        dir.join(format!(".{name}.{tag}-{}", std::process::id())),
+    )
+}
+
+/// Exclusive temporary beside `path`, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let (dir, tmp) = beside(path, "tmp");
     let res = (|| -> io::Result<()> {
         let mut f = create_exclusive(&tmp, false)?;
         f.write_all(data)?;

@@ -21,28 +21,6 @@ use rke2_testsupport::prereq;
 mod common;
 const STEM: &str = "fmt-1.0";
 
-fn base_tar() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for dir in common::BASE_DIRS {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_mtime(1_700_000_000);
-        h.set_size(0);
-        h.set_cksum();
-        b.append_data(&mut h, dir, &[][..]).unwrap();
-    }
-    for (name, data) in &common::base_files() {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup-host installs it)"))
@@ -71,7 +49,7 @@ fn workspace(extra: &str) -> Option<tempfile::TempDir> {
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let p = dir.path();
-    fs::write(p.join("base.tar"), base_tar()).unwrap();
+    fs::write(p.join("base.tar"), common::base_tar(Vec::new())).unwrap();
     fs::write(p.join("init"), b"#!/bin/sh\n").unwrap();
     ok(Command::new("openssl")
         .args(["genpkey", "-algorithm", "ed25519", "-out"])

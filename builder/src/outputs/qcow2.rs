@@ -8,7 +8,7 @@
 //! in-order writes (no `-W`). qcow2 itself stores no timestamps or host paths.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -95,30 +95,16 @@ impl Disk {
             ))
         })?;
         let size = u64::from_be_bytes(header[24..32].try_into().unwrap_or_default());
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = dir.join(format!(".{name}.expanded-{}", std::process::id()));
-        let t = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temp)
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{}: cannot create a temporary to expand it into: {e}",
-                        temp.display()
-                    ),
-                )
-            })?;
+        let (_, temp) = publish::beside(path, "expanded");
+        let t = publish::create_exclusive(&temp, true).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: cannot create a temporary to expand it into: {e}",
+                    temp.display()
+                ),
+            )
+        })?;
         // From here the guard removes the temporary whatever happens.
         let disk = Disk {
             file: t,
