@@ -285,6 +285,18 @@ fn qcow2_output_matches_the_raw_and_verifies() {
         "{}",
         text(&out)
     );
+    // An overlay on the good qcow2 is refused: it would make qemu-img read another file.
+    let overlay = p.join("overlay.qcow2");
+    ok(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&qcow2_b)
+        .arg(&overlay));
+    let (passed, t) = verify(p, &overlay);
+    assert!(!passed, "{t}");
+    assert!(
+        t.contains("overlay.qcow2: the qcow2 refers to another file"),
+        "{t}"
+    );
     // No expanded temporary is left beside them.
     assert!(
         !names(p).iter().any(|n| n.contains("expanded")),

@@ -94,7 +94,24 @@ impl Disk {
                 path.display()
             ))
         })?;
-        let size = u64::from_be_bytes(header[24..32].try_into().unwrap_or_default());
+        let be64 =
+            |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().unwrap_or_default());
+        // A backing file or an external data file would make `qemu-img` read other files
+        // (or, through `json:` names, other places): only a self-contained qcow2 is read, as
+        // the build writes it.
+        let version = u32::from_be_bytes(header[4..8].try_into().unwrap_or_default());
+        let external_data = version >= 3 && {
+            let mut f = [0u8; 8];
+            file.read_exact_at(&mut f, 72).is_ok() && u64::from_be_bytes(f) & 0b100 != 0
+        };
+        if be64(8) != 0 || external_data {
+            return Err(std::io::Error::other(format!(
+                "{}: the qcow2 refers to another file (backing or external data file); verify \
+                 and inspect read a self-contained image: `qemu-img convert -O qcow2` it first",
+                path.display()
+            )));
+        }
+        let size = be64(24);
         let (_, temp) = publish::beside(path, "expanded");
         let t = publish::create_exclusive(&temp, true).map_err(|e| {
             std::io::Error::new(
