@@ -258,7 +258,7 @@ fn run() -> Result<()> {
         Command::Verify { image, key, json } => {
             let k = rke2_image::sign::load_public(&key, "--key")?;
             let report = rke2_image::verify::verify_path(&image, Some(&k))
-                .with_context(|| format!("{}: cannot read", image.display()))?;
+                .context("cannot read the image")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -97,9 +97,12 @@ impl Ctx {
 /// (`None`: everything but the signature, as `sign` checks before signing).
 /// A qcow2 image is checked on the disk it carries (see [`crate::outputs::qcow2::Disk`]).
 pub fn verify_path(path: &Path, key: Option<&VerifyingKey>) -> std::io::Result<Report> {
+    // Errors name the file (the caller adds no path of its own).
     let disk = crate::outputs::qcow2::Disk::open(path)?;
     let f = disk.file();
-    let size = f.disk_size()?;
+    let size = f
+        .disk_size()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     Ok(verify(f, size, key))
 }
 
