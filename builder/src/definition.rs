@@ -328,6 +328,9 @@ struct RawInitrd {
 struct RawOutput {
     #[serde(default = "default_output")]
     directory: String,
+    /// `output.formats`: which deliverables the build publishes (default `[raw]`).
+    #[serde(default)]
+    formats: Option<Vec<Spanned<String>>>,
 }
 
 fn default_output() -> String {
@@ -338,8 +341,98 @@ impl Default for RawOutput {
     fn default() -> Self {
         RawOutput {
             directory: default_output(),
+            formats: None,
         }
     }
+}
+
+/// One deliverable of a build (`output.formats`, `build --format`). The raw disk is always
+/// built (the other outputs derive from it); it is published only when `raw` is selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OutputFormat {
+    /// `<name>-<version>.raw`: the GPT disk image.
+    Raw,
+    /// `<name>-<version>.qcow2`: the raw disk, compressed qcow2.
+    Qcow2,
+    /// `<name>-<version>.iso`: the hybrid ISO (not built yet).
+    Iso,
+    /// `<name>-<version>.pxe/`: network boot artifacts.
+    Pxe,
+}
+
+impl OutputFormat {
+    pub const ALL: [OutputFormat; 4] = [
+        OutputFormat::Raw,
+        OutputFormat::Qcow2,
+        OutputFormat::Iso,
+        OutputFormat::Pxe,
+    ];
+    /// The accepted values, for messages.
+    pub const ACCEPTED: &'static str = "raw, qcow2, iso, pxe";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Raw => "raw",
+            OutputFormat::Qcow2 => "qcow2",
+            OutputFormat::Iso => "iso",
+            OutputFormat::Pxe => "pxe",
+        }
+    }
+
+    pub fn parse(v: &str) -> Option<OutputFormat> {
+        Self::ALL.into_iter().find(|f| f.name() == v)
+    }
+
+    /// Why this build cannot produce the format yet, when it cannot: selecting it is an error
+    /// (never a silent skip).
+    pub fn not_built(self) -> Option<&'static str> {
+        match self {
+            OutputFormat::Raw | OutputFormat::Qcow2 => None,
+            OutputFormat::Iso => Some("the iso output is not built by this version of rke2-image yet (issue 11 §3); remove it or choose from raw, qcow2"),
+            OutputFormat::Pxe => Some("the pxe output is not built by this version of rke2-image yet (issue 11 §4); remove it or choose from raw, qcow2"),
+        }
+    }
+}
+
+/// Checks a selection of output format names (`output.formats` or `--format`): sorted and
+/// deduplicated. The error is the index of the offending value and why.
+pub fn parse_formats<S: AsRef<str>>(values: &[S]) -> Result<Vec<OutputFormat>, (usize, String)> {
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let v = v.as_ref();
+        let f = OutputFormat::parse(v).ok_or_else(|| {
+            (
+                i,
+                format!(
+                    "{v:?} is not an output format: use one or more of {}",
+                    OutputFormat::ACCEPTED
+                ),
+            )
+        })?;
+        if let Some(why) = f.not_built() {
+            return Err((i, why.to_string()));
+        }
+        out.push(f);
+    }
+    if out.is_empty() {
+        return Err((
+            0,
+            format!(
+                "is empty: list at least one of {} (default: [raw])",
+                OutputFormat::ACCEPTED
+            ),
+        ));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The `output` section, beyond its directory ([`Definition::output_dir`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Sorted and deduplicated; never empty. `build --format` replaces it.
+    pub formats: Vec<OutputFormat>,
 }
 
 /// Where the base root filesystem comes from.
@@ -391,6 +484,7 @@ pub struct Definition {
     pub init: Option<PathBuf>,
     pub extra_modules: Vec<String>,
     pub output_dir: PathBuf,
+    pub output: Output,
     /// sha256 and length of the definition bytes that were parsed (for the manifest; the file
     /// is not read a second time).
     pub source_sha256: String,
@@ -770,6 +864,21 @@ impl Definition {
             ));
         }
 
+        let formats = match &raw.output.formats {
+            None => vec![OutputFormat::Raw],
+            Some(list) => {
+                let names: Vec<&str> = list.iter().map(|v| v.value.as_str()).collect();
+                parse_formats(&names).map_err(|(i, m)| {
+                    let line = list.get(i).and_then(|v| line_of(&v.referenced));
+                    let key = if list.is_empty() {
+                        "output.formats".to_string()
+                    } else {
+                        format!("output.formats[{i}]")
+                    };
+                    err(line, &key, m)
+                })?
+            }
+        };
         let compression = match &raw.rootfs.compression {
             None => DEFAULT_COMPRESSION,
             Some(c) => parse_compression(&c.value).ok_or_else(|| {
@@ -813,6 +922,7 @@ impl Definition {
             init,
             extra_modules: raw.initrd.modules,
             output_dir: resolve(&raw.output.directory),
+            output: Output { formats },
             source_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
             source_len: text.len() as u64,
         })
@@ -991,6 +1101,38 @@ mod tests {
                 "{e}"
             );
             assert!(e.message.contains("lz4hc:LEVEL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn output_formats() {
+        use OutputFormat::*;
+        assert_eq!(parse(GOOD).unwrap().output.formats, vec![Raw]);
+        let d = parse(&format!("{GOOD}output:\n  formats: [qcow2, raw, qcow2]\n")).unwrap();
+        assert_eq!(d.output.formats, vec![Raw, Qcow2]);
+        let d = parse(&format!("{GOOD}output:\n  formats:\n    - qcow2\n")).unwrap();
+        assert_eq!(d.output.formats, vec![Qcow2]);
+        for (list, key, line, says) in [
+            (
+                "[raw, vmdk]",
+                "output.formats[1]",
+                19,
+                "raw, qcow2, iso, pxe",
+            ),
+            ("[iso]", "output.formats[0]", 19, "iso output is not built"),
+            (
+                "[raw, pxe]",
+                "output.formats[1]",
+                19,
+                "pxe output is not built",
+            ),
+            ("[]", "output.formats", 19, "is empty"),
+        ] {
+            let e = parse(&format!("{GOOD}output:\n  formats: {list}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.line.is_none() || e.line == Some(line), "{e}");
+            assert!(e.message.contains(says), "{e}");
+            assert!(e.to_string().starts_with("images/t.yaml"), "{e}");
         }
     }
 

@@ -1,7 +1,6 @@
 //! `rke2-image inspect`: reads an image file back — partition table, verity superblock,
 //! loader entries and command line, the embedded manifest — and cross-checks them.
 
-use std::fs::File;
 use std::path::Path;
 
 use rke2_image_contract::gpt::Table;
@@ -16,6 +15,9 @@ use crate::{fat, uki};
 pub enum InspectError {
     #[error("{path}: {message}")]
     Image { path: String, message: String },
+    /// The file could not be opened or expanded (the message names it).
+    #[error("{0}")]
+    Open(String),
 }
 
 #[derive(Debug, Serialize)]
@@ -64,9 +66,12 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
         path: path.display().to_string(),
         message,
     };
-    let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    // A qcow2 is read as the disk it carries.
+    let disk =
+        crate::outputs::qcow2::Disk::open(path).map_err(|e| InspectError::Open(e.to_string()))?;
+    let file = disk.file();
     let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
-    let table = Table::read(&file, size, partitions::SECTOR)
+    let table = Table::read(file, size, partitions::SECTOR)
         .map_err(|e| err(format!("partition table: {e}")))?;
     let mut problems: Vec<String> = table
         .damaged
@@ -95,7 +100,7 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
     };
     let (esp_off, esp_size) =
         region(partitions::ESP.label).ok_or_else(|| err("no partition labelled `esp`".into()))?;
-    let files = fat::read_all(&file, esp_off, esp_size).map_err(|e| err(format!("ESP: {e}")))?;
+    let files = fat::read_all(file, esp_off, esp_size).map_err(|e| err(format!("ESP: {e}")))?;
     let text = |p: &str| {
         files
             .get(p)
@@ -170,7 +175,7 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
             continue;
         };
         let mut sb = vec![0u8; verity::SUPERBLOCK_SIZE as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut sb, off)
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut sb, off)
             .map_err(|e| err(format!("{label}: {e}")))?;
         if sb.iter().all(|&b| b == 0) {
             continue; // empty slot

@@ -29,6 +29,10 @@ enum Command {
         /// Overrides the definition's output.directory.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Outputs to publish, comma-separated (raw, qcow2; iso and pxe are not built yet);
+        /// replaces the definition's output.formats.
+        #[arg(long, value_name = "FORMATS")]
+        format: Option<String>,
         /// Where built bases are cached (default: $RKE2_IMAGE_CACHE, $XDG_CACHE_HOME/rke2-image or ~/.cache/rke2-image).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
@@ -148,6 +152,7 @@ fn run() -> Result<()> {
         Command::Build {
             definition,
             output,
+            format,
             cache_dir: cd,
             allow_non_fips_supervisor,
             offline,
@@ -155,6 +160,11 @@ fn run() -> Result<()> {
             release_dir,
         } => {
             let mut def = Definition::load(&definition)?;
+            if let Some(list) = format {
+                let names: Vec<&str> = list.split(',').map(str::trim).collect();
+                def.output.formats = rke2_image::definition::parse_formats(&names)
+                    .map_err(|(i, m)| anyhow::anyhow!("--format {list}: value {}: {m}", i + 1))?;
+            }
             release_cli::resolve(
                 &mut def,
                 &cache_dir(cd.clone())?,
@@ -178,7 +188,9 @@ fn run() -> Result<()> {
                 .map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64()))
                 .collect();
             eprintln!("built in {total:.1}s ({})", stages.join(", "));
-            println!("{}", r.image.display());
+            for p in &r.published {
+                println!("{}", p.display());
+            }
         }
         Command::Base {
             suite,
@@ -246,7 +258,7 @@ fn run() -> Result<()> {
         Command::Verify { image, key, json } => {
             let k = rke2_image::sign::load_public(&key, "--key")?;
             let report = rke2_image::verify::verify_path(&image, Some(&k))
-                .with_context(|| format!("{}: cannot read", image.display()))?;
+                .context("cannot read the image")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

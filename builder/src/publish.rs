@@ -13,6 +13,11 @@
 //!   never a manifest with another build's image.
 //! - Companions (the SBOM, `<stem>.spdx.json`) follow the manifest's rule: removed before the
 //!   image is renamed, written atomically after it, so one never describes another image.
+//! - Staged files (other outputs written by a program, like `<stem>.qcow2`) are created under
+//!   `.<stem>.<suffix>.partial-<pid>`, renamed right after the image and removed on failure.
+//! - When the raw image is not a selected output ([`Outputs::keep_image`] false) it is still
+//!   the build's working file, but it is removed at publish instead of renamed, and an old
+//!   `<stem>.raw` goes with the old manifest (it would not match the new one).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -44,7 +49,7 @@ fn file_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
 }
 
 /// Creates `path` exclusively, never through a symlink.
-fn create_exclusive(path: &Path, read: bool) -> io::Result<File> {
+pub(crate) fn create_exclusive(path: &Path, read: bool) -> io::Result<File> {
     File::options()
         .read(read)
         .write(true)
@@ -66,6 +71,10 @@ pub struct Outputs {
     temp: PathBuf,
     /// Files published beside the image (final path, bytes), after it and before the manifest.
     companions: Vec<(PathBuf, Vec<u8>)>,
+    /// Files written in place under a temporary name (temporary, final path).
+    staged: Vec<(PathBuf, PathBuf)>,
+    /// Whether the image itself is published (`raw` selected).
+    keep_image: bool,
     file: Option<File>,
     published: bool,
     /// Held (and the `flock` with it) until the outputs are dropped.
@@ -92,15 +101,7 @@ impl Outputs {
         let manifest = dir.join(format!("{stem}.manifest.json"));
         let signature = dir.join(format!("{stem}.manifest.json.sig"));
         for p in [&image, &manifest, &signature] {
-            match fs::symlink_metadata(p) {
-                Ok(m) if !m.is_file() => {
-                    return Err(PublishError::File {
-                        path: p.clone(),
-                        reason: "exists and is not a regular file; move it away (the build replaces only files)".into(),
-                    })
-                }
-                _ => {}
-            }
+            refuse_non_file(p)?;
         }
         let lock_path = dir.join(format!(".{stem}.lock"));
         let lock = File::options()
@@ -135,6 +136,8 @@ impl Outputs {
             signature,
             temp,
             companions: Vec::new(),
+            staged: Vec::new(),
+            keep_image: true,
             file: Some(file),
             published: false,
             _lock: lock,
@@ -166,32 +169,68 @@ impl Outputs {
     /// path. Refused when that name exists and is not a regular file.
     pub fn add_companion(&mut self, suffix: &str, data: Vec<u8>) -> Result<PathBuf, PublishError> {
         let path = self.dir.join(format!("{}.{suffix}", self.stem));
-        if let Ok(m) = fs::symlink_metadata(&path) {
-            if !m.is_file() {
-                return Err(PublishError::File {
-                    path,
-                    reason: "exists and is not a regular file; move it away (the build replaces only files)".into(),
-                });
-            }
-        }
+        refuse_non_file(&path)?;
         self.companions.push((path.clone(), data));
         Ok(path)
     }
 
-    /// Name, size and sha256 of each staged companion, for the published manifest.
-    pub fn companion_records(&self) -> Vec<rke2_image_contract::manifest::EspFile> {
+    /// Publish the image under its final name (`true`, the default), or only use it as the
+    /// build's working file and remove it at publish (`raw` not among the selected outputs).
+    pub fn keep_image(&mut self, keep: bool) {
+        self.keep_image = keep;
+    }
+
+    /// Whether the image is published.
+    pub fn image_kept(&self) -> bool {
+        self.keep_image
+    }
+
+    /// Creates the temporary for an output published as `<stem>.<suffix>` that a program
+    /// writes in place; returns (temporary, final path). The temporary exists (empty,
+    /// created exclusively) and is renamed at publish, removed on failure.
+    pub fn stage_file(&mut self, suffix: &str) -> Result<(PathBuf, PathBuf), PublishError> {
+        let path = self.dir.join(format!("{}.{suffix}", self.stem));
+        refuse_non_file(&path)?;
+        let temp = self.dir.join(format!(
+            ".{}.{suffix}.partial-{}",
+            self.stem,
+            std::process::id()
+        ));
+        create_exclusive(&temp, false).map_err(file_err(&temp))?;
+        self.staged.push((temp.clone(), path.clone()));
+        Ok((temp, path))
+    }
+
+    /// Name, size and sha256 of each companion and staged file, for the published manifest.
+    pub fn companion_records(
+        &self,
+    ) -> Result<Vec<rke2_image_contract::manifest::EspFile>, PublishError> {
         use sha2::{Digest, Sha256};
-        self.companions
-            .iter()
-            .map(|(p, data)| rke2_image_contract::manifest::EspFile {
-                path: p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+        let name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for (temp, path) in &self.staged {
+            let mut h = Sha256::new();
+            let size = File::open(temp)
+                .and_then(|mut f| io::copy(&mut f, &mut h))
+                .map_err(file_err(temp))?;
+            out.push(rke2_image_contract::manifest::EspFile {
+                path: name(path),
+                size,
+                sha256: hex::encode(h.finalize()),
+            });
+        }
+        out.extend(self.companions.iter().map(|(p, data)| {
+            rke2_image_contract::manifest::EspFile {
+                path: name(p),
                 size: data.len() as u64,
                 sha256: hex::encode(Sha256::digest(data)),
-            })
-            .collect()
+            }
+        }));
+        Ok(out)
     }
 
     /// Publishes the image, its companions and then `manifest` (see the module docs for the
@@ -214,7 +253,9 @@ impl Outputs {
         let mut removed = false;
         let old = [&self.signature, &self.manifest]
             .into_iter()
-            .chain(self.companions.iter().map(|c| &c.0));
+            .chain(self.companions.iter().map(|c| &c.0))
+            .chain(self.staged.iter().map(|s| &s.1))
+            .chain((!self.keep_image).then_some(&self.image));
         for p in old {
             match fs::remove_file(p) {
                 Ok(()) => removed = true,
@@ -225,8 +266,15 @@ impl Outputs {
         if removed {
             sync_dir(&self.dir);
         }
-        fs::rename(&self.temp, &self.image).map_err(file_err(&self.image))?;
+        if self.keep_image {
+            fs::rename(&self.temp, &self.image).map_err(file_err(&self.image))?;
+        } else {
+            fs::remove_file(&self.temp).map_err(file_err(&self.temp))?;
+        }
         self.published = true;
+        for (temp, path) in &self.staged {
+            fs::rename(temp, path).map_err(file_err(path))?;
+        }
         sync_dir(&self.dir);
         for (p, data) in &self.companions {
             write_atomic(p, data).map_err(file_err(p))?;
@@ -244,6 +292,24 @@ impl Drop for Outputs {
         if !self.published {
             let _ = fs::remove_file(&self.temp);
         }
+        // Not yet renamed (a failure before or during publish).
+        for (temp, _) in &self.staged {
+            let _ = fs::remove_file(temp);
+        }
+    }
+}
+
+/// Refuses a final name that exists and is not a regular file (a directory there would fail
+/// the rename only after the whole build).
+fn refuse_non_file(path: &Path) -> Result<(), PublishError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => Err(PublishError::File {
+            path: path.to_path_buf(),
+            reason:
+                "exists and is not a regular file; move it away (the build replaces only files)"
+                    .into(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -254,13 +320,14 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes `.<stem>.raw.partial-*`, `.<stem>.manifest.json.tmp-*` and `.<stem>.spdx.json.tmp-*`
-/// left by killed builds.
+/// Removes `.<stem>.raw.partial-*`, `.<stem>.qcow2.partial-*`, `.<stem>.manifest.json.tmp-*`
+/// and `.<stem>.spdx.json.tmp-*` left by killed builds.
 /// Runs with the output lock held, so none of them belongs to a live build. Only regular files
 /// and symlinks are removed (never followed).
 fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
     let prefixes = [
         format!(".{stem}.raw.partial-"),
+        format!(".{stem}.qcow2.partial-"),
         format!(".{stem}.manifest.json.tmp-"),
         format!(".{stem}.spdx.json.tmp-"),
         format!(".{stem}.manifest.json.sig.tmp-"),
@@ -279,8 +346,9 @@ fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Exclusive temporary beside `path`, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+/// The directory of `path` and a hidden name in it for this process's `.<name>.<tag>-<pid>`
+/// temporary.
+pub(crate) fn beside<'a>(path: &'a Path, tag: &str) -> (&'a Path, PathBuf) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -289,7 +357,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    (
+        dir,
+        dir.join(format!(".{name}.{tag}-{}", std::process::id())),
+    )
+}
+
+/// Exclusive temporary beside `path`, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let (dir, tmp) = beside(path, "tmp");
     let res = (|| -> io::Result<()> {
         let mut f = create_exclusive(&tmp, false)?;
         f.write_all(data)?;
@@ -355,6 +431,33 @@ mod tests {
         assert!(t.exists());
         drop(o);
         assert!(!t.exists());
+    }
+
+    #[test]
+    fn staged_files_and_an_unpublished_image() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("x-1.raw"), b"old image").unwrap();
+        // A failed build removes its staged file too.
+        let mut o = Outputs::begin(d.path(), "x-1").unwrap();
+        let (t, _) = o.stage_file("qcow2").unwrap();
+        assert!(t.exists());
+        drop(o);
+        assert!(!t.exists());
+        // Published without the image: the staged file is renamed, the old image goes with the
+        // old manifest, the records list only what was published.
+        let mut o = Outputs::begin(d.path(), "x-1").unwrap();
+        o.keep_image(false);
+        o.file().write_all_at(b"image", 0).unwrap();
+        let (t, q) = o.stage_file("qcow2").unwrap();
+        fs::write(&t, b"qcow2 bytes").unwrap();
+        let temp = o.temp_path().to_path_buf();
+        let r = o.companion_records().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].path.as_str(), r[0].size), ("x-1.qcow2", 11));
+        o.publish(b"{}").unwrap();
+        assert_eq!(fs::read(&q).unwrap(), b"qcow2 bytes");
+        assert!(!t.exists() && !temp.exists());
+        assert!(!d.path().join("x-1.raw").exists());
     }
 
     use std::os::unix::fs::FileExt;

@@ -122,13 +122,27 @@ pub fn check(key: &VerifyingKey, data: &[u8], sig: &[u8; SIGNATURE_LEN]) -> bool
     key.verify(data, &Signature::from_bytes(sig)).is_ok()
 }
 
-/// The published manifest: the embedded one plus the image's own size and sha256 (which the
-/// embedded copy cannot carry), then the files published beside it (`companions`, e.g. the SBOM).
+/// The published manifest: the embedded one plus the image's own size and sha256 when it is
+/// published (`image`; the embedded copy cannot carry it), then the other files published
+/// beside it (`companions`: the SBOM, the qcow2).
 pub fn published_manifest(
     embedded: &Manifest,
-    image: &File,
+    image: Option<&File>,
     companions: Vec<EspFile>,
 ) -> std::io::Result<Vec<u8>> {
+    let mut m = embedded.clone();
+    m.outputs = match image {
+        Some(f) => vec![image_record(embedded, f)?],
+        None => Vec::new(),
+    };
+    m.outputs.extend(companions);
+    let mut out = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// The image's own `outputs` record: its size and sha256.
+fn image_record(embedded: &Manifest, image: &File) -> std::io::Result<EspFile> {
     let size = image.metadata()?.len();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -139,16 +153,11 @@ pub fn published_manifest(
         h.update(&buf[..n]);
         at += n as u64;
     }
-    let mut m = embedded.clone();
-    m.outputs = vec![EspFile {
+    Ok(EspFile {
         path: embedded.image.file.clone(),
         size,
         sha256: hex::encode(h.finalize()),
-    }];
-    m.outputs.extend(companions);
-    let mut out = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?;
-    out.push(b'\n');
-    Ok(out)
+    })
 }
 
 /// Paths of the published manifest and signature next to `image` (`x.raw` -> `x.manifest.json`).
@@ -270,7 +279,7 @@ pub fn sign_image(image: &Path, key: &SigningKey) -> Result<Signed, SignError> {
         })
         .unwrap_or_default();
     let published = File::open(image)
-        .and_then(|f| published_manifest(&embedded, &f, companions))
+        .and_then(|f| published_manifest(&embedded, Some(&f), companions))
         .map_err(|e| err(format!("hashing the image: {}", io_reason(&e))))?;
     let psig = sign(key, &published);
     // Signature first: a crash in between leaves the old manifest with a signature that does

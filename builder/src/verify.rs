@@ -10,7 +10,7 @@
 //! one, the byte offset in the image.
 //!
 //! The image is read through a [`Medium`]: positioned reads over the raw disk bytes. The raw
-//! file is one; a qcow2 or ISO reader would provide the same view of the disk it carries.
+//! file is one; a qcow2 is expanded to one first ([`crate::outputs::qcow2::Disk`]).
 
 use std::fmt;
 use std::fs::File;
@@ -95,10 +95,15 @@ impl Ctx {
 
 /// Verifies the image at `path`. `key`: the public key the signature must verify with
 /// (`None`: everything but the signature, as `sign` checks before signing).
+/// A qcow2 image is checked on the disk it carries (see [`crate::outputs::qcow2::Disk`]).
 pub fn verify_path(path: &Path, key: Option<&VerifyingKey>) -> std::io::Result<Report> {
-    let f = File::open(path)?;
-    let size = f.disk_size()?;
-    Ok(verify(&f, size, key))
+    // Errors name the file (the caller adds no path of its own).
+    let disk = crate::outputs::qcow2::Disk::open(path)?;
+    let f = disk.file();
+    let size = f
+        .disk_size()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    Ok(verify(f, size, key))
 }
 
 /// Verifies the disk in `m` of `size` bytes.

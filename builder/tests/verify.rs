@@ -36,30 +36,10 @@ fn noise(n: usize) -> Vec<u8> {
 }
 
 fn base_tar() -> Vec<u8> {
-    let mut files = common::base_files();
-    files.push(
+    common::base_tar(vec![
         // Enough data for a two-level tree (and for the second hashing thread).
         ("opt/data.bin".into(), noise(4_600_000)),
-    );
-    let mut b = tar::Builder::new(Vec::new());
-    for dir in common::BASE_DIRS {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_mtime(1_700_000_000);
-        h.set_size(0);
-        h.set_cksum();
-        b.append_data(&mut h, dir, &[][..]).unwrap();
-    }
-    for (name, data) in &files {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap()
+    ])
 }
 
 fn run(cmd: &mut Command) -> Output {

@@ -12,6 +12,8 @@ use std::process::Command;
 #[derive(Debug, Clone)]
 pub struct Image {
     pub disk: PathBuf,
+    /// The qcow2 output of the same build, when it was asked for ([`build_formats`]).
+    pub qcow2: Option<PathBuf>,
     pub manifest: Manifest,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -44,6 +46,18 @@ pub fn run(cmd: &mut Command) -> Result<Vec<u8>> {
 /// Builds the test image with `<programs>/rke2-image` (and its `rke2-init`, `rke2-firstboot`)
 /// from `base` into `work`; `extra` is appended to the definition (e.g. an `rke2:` section).
 pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<Image> {
+    build_formats(base, programs, work, extra, "raw")
+}
+
+/// [`build`] publishing `formats` (`build --format`, which must include `raw`): one build
+/// gives every output a suite boots.
+pub fn build_formats(
+    base: &Path,
+    programs: &Path,
+    work: &Path,
+    extra: &str,
+    formats: &str,
+) -> Result<Image> {
     fs::create_dir_all(work)?;
     let ws = workspace();
     let def = work.join("test-image.yaml");
@@ -62,8 +76,21 @@ pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<I
     let out = run(Command::new(programs.join("rke2-image"))
         .arg("build")
         .arg(&def)
+        .args(["--format", formats])
         .env_remove("SOURCE_DATE_EPOCH"))?;
-    let disk = PathBuf::from(String::from_utf8_lossy(&out).trim());
+    // One published output per line.
+    let published: Vec<PathBuf> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    let with_ext = |e: &str| {
+        published
+            .iter()
+            .find(|p| p.extension().is_some_and(|x| x == e))
+            .cloned()
+    };
+    let disk = with_ext("raw").context("the build published no .raw (--format must list raw)")?;
+    let qcow2 = with_ext("qcow2");
     let manifest: Manifest =
         serde_json::from_slice(&fs::read(work.join("out/qemu-test-1.manifest.json"))?)?;
     let part = |label: &str| -> Result<(u64, u64)> {
@@ -101,6 +128,7 @@ pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<I
     }
     Ok(Image {
         disk,
+        qcow2,
         kernel,
         initrd,
         cmdline: manifest.boot.cmdline.clone(),
@@ -110,13 +138,13 @@ pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<I
 }
 
 /// A copy-on-write disk for one VM: a qcow2 overlay at `dst` (name it `*.qcow2`) over the
-/// built image `src`, which stays untouched, optionally grown to `size` bytes (a larger disk).
+/// built image `src` (raw, or the qcow2 output), which stays untouched, optionally grown to `size` bytes (a larger disk).
 /// Only what the guest writes takes space — a copy of the image per VM filled CI's disk.
 pub fn overlay_disk(src: &Path, dst: &Path, size: Option<u64>) -> Result<()> {
     let src = fs::canonicalize(src).with_context(|| format!("{}", src.display()))?;
     let _ = fs::remove_file(dst);
     let mut c = Command::new("qemu-img");
-    c.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+    c.args(["create", "-q", "-f", "qcow2", "-F", crate::vm::disk_format(&src), "-b"])
         .arg(&src)
         .arg(dst);
     if let Some(s) = size {

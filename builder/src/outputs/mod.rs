@@ -19,5 +19,9 @@
 //!
 //! `raw` is the one emitter the build always runs: its temporary file is where the stages
 //! write the root, verity and ESP regions, and it adds the partition table and publishes.
+//! The others derive from the finished raw disk. Which are published is `output.formats`
+//! (or `build --format`); without `raw` there the raw disk is still built, as a temporary
+//! only, and the manifest's `outputs` lists just what was published.
 
+pub mod qcow2;
 pub mod raw;

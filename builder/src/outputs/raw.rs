@@ -40,9 +40,9 @@ pub(crate) fn write_table(
     table.write(out).map_err(stage("disk"))
 }
 
-/// Publishes the image with its companions and the published manifest (the embedded one plus
-/// the image's own hash and the companions' records), signed when a key is given. Returns the
-/// image's and the manifest's final paths.
+/// Publishes the image (when `raw` is selected) with its companions and the published manifest
+/// (the embedded one plus the published files' records), signed when a key is given. Returns
+/// the image's and the manifest's final paths.
 pub(crate) fn publish(
     outputs: publish::Outputs,
     manifest: &Manifest,
@@ -52,10 +52,12 @@ pub(crate) fn publish(
     let image = outputs.image_path().to_path_buf();
     let manifest_path = outputs.manifest_path().to_path_buf();
     let hash_start = Instant::now();
-    let published = sign::published_manifest(manifest, outputs.file(), outputs.companion_records())
-        .map_err(stage("outputs"))?;
+    let image_file = outputs.image_kept().then(|| outputs.file());
+    let records = outputs.companion_records().map_err(stage("outputs"))?;
+    let published =
+        sign::published_manifest(manifest, image_file, records).map_err(stage("outputs"))?;
     log(&format!(
-        "outputs: image sha256 for the published manifest in {:.1}s",
+        "outputs: sha256 of the outputs for the published manifest in {:.1}s",
         hash_start.elapsed().as_secs_f64()
     ));
     let sig = key.map(|k| sign::sign(k, &published));

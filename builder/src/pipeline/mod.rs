@@ -16,6 +16,7 @@
 //! | `initrd`  | `boot.rs`                | cpio (zstd) with the init and the kernel-module closure (beside rootfs)            |
 //! | `esp`     | `boot.rs`, `manifest.rs` | UKI, ESP contents, manifest; FAT32 into the ESP region                             |
 //! | `disk`    | `outputs/raw.rs`         | GPT + protective MBR                                                               |
+//! | `qcow2`   | `outputs/qcow2.rs`       | compressed qcow2 of the finished disk (`output.formats` has `qcow2`)              |
 //! | `outputs` | `outputs/raw.rs`         | fsync, rename into place, published manifest                                       |
 //!
 //! Everything is written into a temporary file in the output directory that is renamed to
@@ -43,7 +44,7 @@ use rke2_image_contract::manifest::{Check, Input, Manifest};
 use rke2_image_contract::partitions;
 use sha2::{Digest, Sha256};
 
-use crate::definition::Definition;
+use crate::definition::{Definition, OutputFormat};
 use crate::tree::Tree;
 use crate::{esp, outputs, publish, secureboot, sign};
 
@@ -113,7 +114,10 @@ pub struct BuildOptions {
 
 #[derive(Debug)]
 pub struct BuildResult {
+    /// Final path of the raw image (published only when `raw` is selected).
     pub image: PathBuf,
+    /// Every output published, in `output.formats` order (the manifest and SBOM aside).
+    pub published: Vec<PathBuf>,
     pub manifest_path: PathBuf,
     pub manifest: Manifest,
     pub timings: Vec<(&'static str, Duration)>,
@@ -236,6 +240,25 @@ pub fn build(
             )
         })?;
     }
+    // Likewise the output selection (`build --format` replaces it after the load).
+    if def.output.formats.is_empty() {
+        return Err(invalid(
+            "load",
+            format!(
+                "{}: output.formats: is empty; list at least one of {}",
+                def.file.display(),
+                OutputFormat::ACCEPTED
+            ),
+        ));
+    }
+    for f in &def.output.formats {
+        if let Some(why) = f.not_built() {
+            return Err(invalid(
+                "load",
+                format!("{}: output.formats: {why}", def.file.display()),
+            ));
+        }
+    }
     // Signing keys are checked before anything is written.
     if let Some(keys) = &def.secure_boot {
         secureboot::check(keys)
@@ -272,6 +295,7 @@ pub fn build(
         .unwrap_or_else(|| def.output_dir.clone());
     let mut staged = publish::Outputs::begin(&out_dir, &format!("{}-{}", def.name, def.version))
         .map_err(stage("outputs"))?;
+    staged.keep_image(def.output.formats.contains(&OutputFormat::Raw));
 
     fetch::run(&mut ctx)?;
     lap("fetch", &mut timings);
@@ -342,19 +366,36 @@ pub fn build(
 
     outputs::raw::write_table(out, &partitions, layout.disk_size)?;
     lap("disk", &mut timings);
+    let mut published = Vec::new();
+    if staged.image_kept() {
+        published.push(staged.image_path().to_path_buf());
+    }
+    if def.output.formats.contains(&OutputFormat::Qcow2) {
+        let q = outputs::qcow2::emit(&mut staged)?;
+        lap("qcow2", &mut timings);
+        published.push(q);
+    }
     let (image, manifest_path) =
         outputs::raw::publish(staged, &manifest, manifest_key.as_ref(), &mut |l| {
             ctx.log(l)
         })?;
     lap("outputs", &mut timings);
+    for p in &published {
+        let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        ctx.log(&format!(
+            "outputs: {} ({} MiB)",
+            p.display(),
+            size.div_ceil(MIB)
+        ));
+    }
     ctx.log(&format!(
-        "outputs: {} ({} MiB), {}",
-        image.display(),
-        layout.disk_size / MIB,
-        manifest_path.display()
+        "outputs: {} (disk {} MiB)",
+        manifest_path.display(),
+        layout.disk_size / MIB
     ));
     Ok(BuildResult {
         image,
+        published,
         manifest_path,
         manifest,
         timings,

@@ -43,3 +43,32 @@ pub fn base_files() -> Vec<(String, Vec<u8>)> {
         ),
     ]
 }
+
+/// The synthetic base as a tar archive, with `extra` files added (their directories must be
+/// among [`BASE_DIRS`]).
+// Not every test binary that includes this module builds from a tar.
+#[allow(dead_code)]
+pub fn base_tar(extra: Vec<(String, Vec<u8>)>) -> Vec<u8> {
+    let mut files = base_files();
+    files.extend(extra);
+    let mut b = tar::Builder::new(Vec::new());
+    for dir in BASE_DIRS {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_mtime(1_700_000_000);
+        h.set_size(0);
+        h.set_cksum();
+        b.append_data(&mut h, dir, &[][..]).expect("tar in memory");
+    }
+    for (name, data) in &files {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data[..])
+            .expect("tar in memory");
+    }
+    b.into_inner().expect("tar in memory")
+}
