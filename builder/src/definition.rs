@@ -328,6 +328,30 @@ struct RawInitrd {
 struct RawOutput {
     #[serde(default = "default_output")]
     directory: String,
+    /// `output.formats`: which deliverables to emit besides the raw image.
+    #[serde(default = "default_formats")]
+    formats: Vec<OutputFormat>,
+}
+
+/// One deliverable of a build (`output.formats`). The raw image is always built (the other
+/// emitters read its regions); listing it only documents that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Raw,
+    Qcow2,
+    Iso,
+    Pxe,
+}
+
+fn default_formats() -> Vec<OutputFormat> {
+    vec![OutputFormat::Raw]
+}
+
+/// The `output` section, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub formats: Vec<OutputFormat>,
 }
 
 fn default_output() -> String {
@@ -338,6 +362,7 @@ impl Default for RawOutput {
     fn default() -> Self {
         RawOutput {
             directory: default_output(),
+            formats: default_formats(),
         }
     }
 }
@@ -391,6 +416,7 @@ pub struct Definition {
     pub init: Option<PathBuf>,
     pub extra_modules: Vec<String>,
     pub output_dir: PathBuf,
+    pub output: Output,
     /// sha256 and length of the definition bytes that were parsed (for the manifest; the file
     /// is not read a second time).
     pub source_sha256: String,
@@ -813,6 +839,14 @@ impl Definition {
             init,
             extra_modules: raw.initrd.modules,
             output_dir: resolve(&raw.output.directory),
+            output: Output {
+                formats: {
+                    let mut f = raw.output.formats;
+                    f.sort();
+                    f.dedup();
+                    f
+                },
+            },
             source_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
             source_len: text.len() as u64,
         })

@@ -20,4 +20,5 @@
 //! `raw` is the one emitter the build always runs: its temporary file is where the stages
 //! write the root, verity and ESP regions, and it adds the partition table and publishes.
 
+pub mod pxe;
 pub mod raw;

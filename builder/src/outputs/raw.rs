@@ -52,8 +52,10 @@ pub(crate) fn publish(
     let image = outputs.image_path().to_path_buf();
     let manifest_path = outputs.manifest_path().to_path_buf();
     let hash_start = Instant::now();
-    let published = sign::published_manifest(manifest, outputs.file(), outputs.companion_records())
-        .map_err(stage("outputs"))?;
+    let mut records = outputs.companion_records();
+    records.extend(outputs.dir_records().map_err(stage("outputs"))?);
+    let published =
+        sign::published_manifest(manifest, outputs.file(), records).map_err(stage("outputs"))?;
     log(&format!(
         "outputs: image sha256 for the published manifest in {:.1}s",
         hash_start.elapsed().as_secs_f64()

@@ -16,6 +16,7 @@
 //! | `initrd`  | `boot.rs`                | cpio (zstd) with the init and the kernel-module closure (beside rootfs)            |
 //! | `esp`     | `boot.rs`, `manifest.rs` | UKI, ESP contents, manifest; FAT32 into the ESP region                             |
 //! | `disk`    | `outputs/raw.rs`         | GPT + protective MBR                                                               |
+//! | `pxe`     | `outputs/pxe.rs`         | `output.formats: [pxe]`: kernel, initrd, root as a second initrd, `boot.ipxe`      |
 //! | `outputs` | `outputs/raw.rs`         | fsync, rename into place, published manifest                                       |
 //!
 //! Everything is written into a temporary file in the output directory that is renamed to
@@ -43,7 +44,7 @@ use rke2_image_contract::manifest::{Check, Input, Manifest};
 use rke2_image_contract::partitions;
 use sha2::{Digest, Sha256};
 
-use crate::definition::Definition;
+use crate::definition::{Definition, OutputFormat};
 use crate::tree::Tree;
 use crate::{esp, outputs, publish, secureboot, sign};
 
@@ -327,6 +328,9 @@ pub fn build(
         boot_files.time.as_secs_f64()
     ));
 
+    // The PXE output needs the kernel and initrd the UKI swallows.
+    let pxe_wanted = def.output.formats.contains(&OutputFormat::Pxe);
+    let pxe_boot = pxe_wanted.then(|| (boot_files.kernel.clone(), boot_files.initrd.bytes.clone()));
     let mut esp = boot::esp_content(&mut ctx, &root, boot_files, sbom_json)?;
     let partitions = layout.partitions(&seed, &root, esp.used);
     let pieces = manifest::Pieces {
@@ -342,6 +346,25 @@ pub fn build(
 
     outputs::raw::write_table(out, &partitions, layout.disk_size)?;
     lap("disk", &mut timings);
+    if let Some((kernel, initrd)) = &pxe_boot {
+        let dir = staged.add_dir(outputs::pxe::SUFFIX).map_err(stage("pxe"))?;
+        outputs::pxe::emit(
+            &dir,
+            &outputs::pxe::Pieces {
+                kernel,
+                initrd,
+                cmdline: &esp.cmdline,
+                image: staged.file(),
+                root: (layout.root_a.offset, root.written.size),
+                verity: (
+                    layout.verity_a.offset,
+                    outputs::pxe::verity_len(&root.params),
+                ),
+                mtime: ctx.epoch,
+            },
+        )?;
+        lap("pxe", &mut timings);
+    }
     let (image, manifest_path) =
         outputs::raw::publish(staged, &manifest, manifest_key.as_ref(), &mut |l| {
             ctx.log(l)
