@@ -44,13 +44,25 @@ pub fn run(cmd: &mut Command) -> Result<Vec<u8>> {
 /// Builds the test image with `<programs>/rke2-image` (and its `rke2-init`, `rke2-firstboot`)
 /// from `base` into `work`; `extra` is appended to the definition (e.g. an `rke2:` section).
 pub fn build(base: &Path, programs: &Path, work: &Path, extra: &str) -> Result<Image> {
+    build_formats(base, programs, work, extra, "[raw]")
+}
+
+/// [`build`] with `output.formats` set to `formats` (a YAML list, e.g. `[raw, pxe]`); the
+/// extra outputs land beside the disk in `<work>/out`.
+pub fn build_formats(
+    base: &Path,
+    programs: &Path,
+    work: &Path,
+    extra: &str,
+    formats: &str,
+) -> Result<Image> {
     fs::create_dir_all(work)?;
     let ws = workspace();
     let def = work.join("test-image.yaml");
     fs::write(
         &def,
         format!(
-            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: qemu-test\nversion: \"1\"\nepoch: 1767225600\nbase:\n  archive: {}\noverlays:\n  - source: {}\n  - source: {}\n  - source: {}\nkernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: {}\n{extra}",
+            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: qemu-test\nversion: \"1\"\nepoch: 1767225600\nbase:\n  archive: {}\noverlays:\n  - source: {}\n  - source: {}\n  - source: {}\nkernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: {}\n  formats: {formats}\n{extra}",
             base.display(),
             ws.join("overlays/base").display(),
             ws.join("overlays/firstboot").display(),

@@ -52,6 +52,9 @@ pub enum Boot {
     /// OVMF with Secure Boot enforced (SMM firmware, secure pflash) and the variable store
     /// copied from `vars` (e.g. [`OVMF_VARS_SNAKEOIL`]: PK/KEK/db hold Debian's test key).
     SecureUefi { vars: PathBuf },
+    /// OVMF network boot, diskless (the config's `disk` is not attached): the first
+    /// [`Net::User`] NIC is the boot device and QEMU's DHCP/TFTP serves `bootfile` from `tftp`.
+    Pxe { tftp: PathBuf, bootfile: String },
     /// QEMU loads kernel and initrd itself (no firmware, faster; for hand-made disks).
     Direct {
         kernel: PathBuf,
@@ -229,6 +232,7 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
     if cfg.nics.is_empty() {
         c.args(["-nic", "none"]);
     }
+    let mut boot_nic = None;
     for (i, nic) in cfg.nics.iter().enumerate() {
         let netdev = match &nic.net {
             Net::Hub { hub, local } => {
@@ -236,6 +240,10 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             }
             Net::User { forwards } => {
                 let mut n = format!("user,id=net{i},restrict=on,net=10.0.2.0/24");
+                if let (Boot::Pxe { tftp, bootfile }, None) = (&cfg.boot, boot_nic) {
+                    n.push_str(&format!(",tftp={},bootfile={bootfile}", tftp.display()));
+                    boot_nic = Some(i);
+                }
                 for (guest, host) in forwards {
                     n.push_str(&format!(
                         ",guestfwd=tcp:{guest}-cmd:nc -N {} {}",
@@ -247,17 +255,32 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             }
         };
         c.arg("-netdev").arg(netdev);
-        c.arg("-device")
-            .arg(format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac));
+        let bootindex = if boot_nic == Some(i) {
+            ",bootindex=0"
+        } else {
+            ""
+        };
+        c.arg("-device").arg(format!(
+            "virtio-net-pci,netdev=net{i},mac={}{bootindex}",
+            nic.mac
+        ));
     }
     for (name, file) in &cfg.fw_cfg {
         c.arg("-fw_cfg")
             .arg(format!("name={name},file={}", file.display()));
     }
-    c.arg("-drive").arg(format!(
-        "file={},format=raw,if=virtio,cache=unsafe",
-        cfg.disk.display()
-    ));
+    if !matches!(cfg.boot, Boot::Pxe { .. }) {
+        // A qcow2 overlay over a shared built image saves copying it.
+        let format = if cfg.disk.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        c.arg("-drive").arg(format!(
+            "file={},format={format},if=virtio,cache=unsafe",
+            cfg.disk.display()
+        ));
+    }
     for d in &cfg.drives {
         c.arg("-drive").arg(format!(
             "file={},format=raw,if=virtio,readonly=on",
@@ -265,8 +288,8 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
         ));
     }
     match &cfg.boot {
-        Boot::Uefi | Boot::SecureUefi { .. } => {
-            let code = if matches!(cfg.boot, Boot::Uefi) {
+        Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } => {
+            let code = if !matches!(cfg.boot, Boot::SecureUefi { .. }) {
                 OVMF_CODE
             } else {
                 c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
@@ -295,7 +318,7 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
 impl Vm {
     pub fn start(cfg: &Config) -> Result<Vm, VmError> {
         let (vars_dir, vars) = match &cfg.boot {
-            Boot::Uefi | Boot::SecureUefi { .. } => {
+            Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } => {
                 let src = match &cfg.boot {
                     Boot::SecureUefi { vars } => vars.as_path(),
                     _ => Path::new(OVMF_VARS),
@@ -580,5 +603,36 @@ mod tests {
         ));
         assert!(joined.contains("virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02"));
         assert!(joined.contains("-fw_cfg name=opt/x,file=/c.yaml"));
+    }
+
+    #[test]
+    fn pxe_is_diskless_and_boots_from_the_user_nic() {
+        let mut cfg = Config::new(
+            "/unused.img",
+            Boot::Pxe {
+                tftp: "/srv/tftp".into(),
+                bootfile: "ipxe.efi".into(),
+            },
+        );
+        cfg.nics = vec![Nic {
+            mac: "52:54:00:00:00:03".into(),
+            net: Net::User {
+                forwards: vec![(
+                    "10.0.2.100:80".parse().unwrap(),
+                    "127.0.0.1:5001".parse().unwrap(),
+                )],
+            },
+        }];
+        let joined = command(&cfg, Some(Path::new("/v.fd")))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(!joined.contains("/unused.img"), "{joined}");
+        assert!(joined.contains(
+            "restrict=on,net=10.0.2.0/24,tftp=/srv/tftp,bootfile=ipxe.efi,guestfwd=tcp:10.0.2.100:80-cmd:nc -N 127.0.0.1 5001"
+        ), "{joined}");
+        assert!(joined.contains("mac=52:54:00:00:00:03,bootindex=0"));
+        assert!(joined.contains(&format!("readonly=on,file={OVMF_CODE}")));
     }
 }

@@ -1,0 +1,289 @@
+//! Network boot of the `pxe` output through real firmware: OVMF's PXE client fetches Debian's
+//! `ipxe.efi` over QEMU's TFTP, iPXE fetches `boot.ipxe` and the files beside it over HTTP from
+//! a server on 127.0.0.1 (reached through a `guestfwd`), and the diskless node must reach the
+//! probe with the dm-verity root opened from the initramfs and its state on tmpfs. The same
+//! image is then booted from its raw disk (a qcow2 overlay) for the timing comparison.
+//!
+//! How iPXE gets to `boot.ipxe`: QEMU's DHCP hands every client the same boot file, so iPXE,
+//! loaded as `ipxe.efi`, would fetch and start `ipxe.efi` again forever, and Debian's 2019
+//! build neither embeds a script nor looks for `autoexec.ipxe`. Real deployments answer iPXE's
+//! DHCP request (user class `iPXE`) with the script's URL instead; here the TFTP file is
+//! replaced by a two-line iPXE script once OVMF reports the download finished, so iPXE's own
+//! fetch of the boot file gets the script (iPXE recognises `#!ipxe` whatever the name).
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rke2_qemu_tests::built;
+use rke2_qemu_tests::probe;
+use rke2_qemu_tests::vm::{accel, Boot, Config, Net, Nic, Vm};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1500);
+const FATAL: [&str; 3] = ["Kernel panic", "rke2-init: FAILED", "emergency mode"];
+/// Debian package `ipxe`.
+const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+/// OVMF (NetworkPkg PxeBcDxe) prints this once the boot file is in memory.
+const NBP_DONE: &str = "NBP file downloaded successfully";
+const HTTP_GUEST: &str = "10.0.2.100:80";
+/// The root lives in RAM twice while the kernel unpacks it (the loaded initrd and the
+/// unpacked file), on top of the running system.
+const PXE_MEMORY_MIB: u32 = 3072;
+
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pxe")
+}
+
+/// A static file server for one directory: GET of a plain file name, `Connection: close`.
+/// Records every request line.
+struct Http {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Http {
+    fn start(dir: PathBuf) -> Http {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let dir = dir.clone();
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || serve(conn, &dir, &log));
+            }
+        });
+        Http { addr, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve(conn: TcpStream, dir: &Path, log: &Mutex<Vec<String>>) {
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    // Skip the headers.
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+    }
+    log.lock().unwrap().push(line.trim().to_string());
+    let mut out = conn;
+    let name = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .trim_start_matches('/');
+    let file = (!name.is_empty() && !name.contains('/') && !name.starts_with('.'))
+        .then(|| std::fs::File::open(dir.join(name)).ok())
+        .flatten();
+    match file {
+        Some(mut f) => {
+            let len = f.metadata().unwrap().len();
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            );
+            let _ = std::io::copy(&mut f, &mut out);
+        }
+        None => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    }
+    let _ = out.flush();
+}
+
+fn fact<'a>(facts: &'a std::collections::BTreeMap<String, String>, k: &str) -> &'a str {
+    facts
+        .get(k)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("probe fact {k} missing; facts: {facts:?}"))
+}
+
+/// Seconds from QEMU start to rke2-init's hand-off and to the probe.
+struct Times {
+    handoff: f64,
+    probe: f64,
+}
+
+fn times(vm: &Vm, probe_at: Duration) -> Times {
+    Times {
+        handoff: vm
+            .seen_at("rke2-init: handing off to /sbin/init")
+            .unwrap()
+            .as_secs_f64(),
+        probe: probe_at.as_secs_f64(),
+    }
+}
+
+#[test]
+fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_tmpfs_state() {
+    let (base, programs) = rke2_qemu_tests::need!(rke2_qemu_tests::test_inputs());
+    if !Path::new(IPXE_EFI).is_file() {
+        rke2_testsupport::prereq::missing(format!(
+            "{IPXE_EFI} (Debian package ipxe; scripts/setup-host installs it)"
+        ));
+        return;
+    }
+    if !rke2_testsupport::prereq::program("qemu-img", "qemu-utils") {
+        return;
+    }
+    let work = work_dir();
+    let _ = std::fs::remove_dir_all(&work);
+    let img = built::build_formats(&base, &programs, &work, "", "[raw, pxe]")
+        .expect("building the test image with the pxe output");
+    let pxe = work.join("out/qemu-test-1.pxe");
+    let pxe_bytes: u64 = std::fs::read_dir(&pxe)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    eprintln!(
+        "pxe directory: {} MiB ({})",
+        pxe_bytes >> 20,
+        std::fs::read_dir(&pxe)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                format!(
+                    "{} {} KiB",
+                    e.file_name().to_string_lossy(),
+                    e.metadata().unwrap().len() >> 10
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let tftp = work.join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    std::fs::copy(IPXE_EFI, tftp.join("ipxe.efi")).unwrap();
+    let http = Http::start(pxe.clone());
+    let mut cfg = Config::new(
+        work.join("no-disk"),
+        Boot::Pxe {
+            tftp: tftp.clone(),
+            bootfile: "ipxe.efi".into(),
+        },
+    );
+    cfg.memory_mib = PXE_MEMORY_MIB;
+    cfg.log = Some(work.join("pxe.console.log"));
+    cfg.nics = vec![Nic {
+        mac: "52:54:00:12:34:56".into(),
+        net: Net::User {
+            forwards: vec![(HTTP_GUEST.parse().unwrap(), http.addr)],
+        },
+    }];
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for(NBP_DONE, &FATAL, Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("OVMF PXE ({}): {e}", accel()));
+    // From now on the boot file is the script that chains boot.ipxe (see the module docs).
+    let next = tftp.join("ipxe.efi.next");
+    std::fs::write(
+        &next,
+        format!(
+            "#!ipxe\necho rke2 test: chaining boot.ipxe\nchain http://{HTTP_GUEST}/boot.ipxe\n"
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&next, tftp.join("ipxe.efi")).unwrap();
+    let probe_at = vm
+        .wait_for("RKE2-PROBE done=1", &FATAL, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| {
+            panic!(
+                "PXE boot ({}): {e}\nHTTP requests: {:?}",
+                accel(),
+                http.requests()
+            )
+        });
+    vm.wait_exit(Duration::from_secs(120)).unwrap();
+    let console = vm.console();
+    let t_pxe = times(&vm, probe_at);
+    drop(vm);
+
+    // It really went through the network: every file fetched over HTTP by relative name.
+    let reqs = http.requests();
+    for f in ["boot.ipxe", "vmlinuz", "initrd", "rootfs.img"] {
+        assert!(
+            reqs.iter().any(|r| r.starts_with(&format!("GET /{f} "))),
+            "{f} not fetched: {reqs:?}"
+        );
+    }
+    assert!(
+        console.contains("rke2 test: chaining boot.ipxe"),
+        "iPXE ran no script"
+    );
+    assert!(console.contains("/rke2-root/root.img attached read-only to /dev/loop"));
+    assert!(console.contains("state: tmpfs"));
+    let facts = probe::facts(&console);
+    assert_eq!(fact(&facts, "root_fstype"), "erofs");
+    assert!(fact(&facts, "root_dm_name").starts_with("rke2-root-a"));
+    assert!(fact(&facts, "root_dm_uuid").starts_with("RKE2-VERITY-"));
+    assert!(fact(&facts, "root_dm_slaves").contains("loop"), "{facts:?}");
+    assert_eq!(fact(&facts, "root_writable"), "0");
+    assert_eq!(fact(&facts, "fips"), "1");
+    assert_eq!(fact(&facts, "selinux_enforce"), "1");
+    assert!(console.contains("fips mode: enabled"));
+    assert_eq!(fact(&facts, "writable:/etc"), "1");
+    assert_eq!(fact(&facts, "writable:/var"), "1");
+    assert_eq!(fact(&facts, "fstype:/etc"), "overlay");
+    assert_eq!(fact(&facts, "fstype:/var"), "tmpfs");
+    assert_eq!(fact(&facts, "state_source"), "tmpfs");
+    // The command line is the UKI's (root hash included) plus the root source.
+    assert!(console.contains(&format!("rke2.roothash={}", img.manifest.verity.root_hash)));
+
+    // The same image from its disk, through a qcow2 overlay (no copy of the image).
+    let overlay = work.join("raw-boot.qcow2");
+    built::run(
+        std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&img.disk)
+            .arg(&overlay),
+    )
+    .unwrap();
+    let mut cfg = Config::new(&overlay, Boot::Uefi);
+    cfg.log = Some(work.join("raw.console.log"));
+    let mut vm = Vm::start(&cfg).unwrap();
+    let probe_at = vm
+        .wait_for("RKE2-PROBE done=1", &FATAL, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("raw boot ({}): {e}", accel()));
+    vm.wait_exit(Duration::from_secs(120)).unwrap();
+    let t_raw = times(&vm, probe_at);
+    drop(vm);
+    eprintln!(
+        "PXE: rke2-init hand-off {:.1} s, probe {:.1} s after QEMU start; raw disk: {:.1} s, {:.1} s ({}, pxe dir {} MiB)",
+        t_pxe.handoff,
+        t_pxe.probe,
+        t_raw.handoff,
+        t_raw.probe,
+        accel(),
+        pxe_bytes >> 20
+    );
+
+    // Passed: keep the console logs only.
+    for e in std::fs::read_dir(&work).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "log") {
+            continue;
+        }
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
