@@ -24,7 +24,7 @@ pub const ROOT_INITRAMFS: &str = "initramfs";
 /// With [`ROOT_INITRAMFS`]: the whole block device that holds the state filesystem (e.g.
 /// `/dev/disk/by-id/virtio-state` or `/dev/vdb`). A blank device (its first MiB all zeros) is
 /// formatted on first boot; one that already carries the state filesystem label is reused;
-/// anything else stops the boot. Absent: state lives on tmpfs and is lost at power-off.
+/// anything else stops the boot. Absent: state lives in RAM and is lost at power-off.
 pub const STATE_DISK: &str = "rke2.state_disk";
 /// Files of the initramfs that carry the root for [`ROOT_INITRAMFS`].
 pub const INITRAMFS_ROOT_FILE: &str = "/rke2-root/root.img";

@@ -1,14 +1,14 @@
 //! Network boot of the `pxe` output through real firmware: OVMF's PXE client fetches Debian's
 //! `ipxe.efi` over QEMU's TFTP, iPXE fetches `boot.ipxe` and the files beside it over HTTP from
 //! a server on 127.0.0.1 (reached through a `guestfwd`), and the diskless node must reach the
-//! probe with the dm-verity root opened from the initramfs and its state on tmpfs. The same
+//! probe with the dm-verity root opened from the initramfs and its state in RAM. The same
 //! image is then booted from its raw disk (a qcow2 overlay) for the timing comparison.
 //!
 //! How iPXE gets to `boot.ipxe`: QEMU's DHCP hands every client the same boot file, so iPXE,
 //! loaded as `ipxe.efi`, would fetch and start `ipxe.efi` again forever, and Debian's 2019
 //! build neither embeds a script nor looks for `autoexec.ipxe`. Real deployments answer iPXE's
 //! DHCP request (user class `iPXE`) with the script's URL instead; here the TFTP file is
-//! replaced by a two-line iPXE script once OVMF reports the download finished, so iPXE's own
+//! replaced by a short iPXE script once iPXE prints its banner, so iPXE's own
 //! fetch of the boot file gets the script (iPXE recognises `#!ipxe` whatever the name).
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
@@ -27,8 +27,9 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(1500);
 const FATAL: [&str; 3] = ["Kernel panic", "rke2-init: FAILED", "emergency mode"];
 /// Debian package `ipxe`.
 const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
-/// OVMF (NetworkPkg PxeBcDxe) prints this once the boot file is in memory.
-const NBP_DONE: &str = "NBP file downloaded successfully";
+/// The banner of the iPXE that OVMF's PXE client loaded: OVMF's download is over, iPXE's
+/// own DHCP and fetch of the boot file have not started (its Ctrl-B prompt comes first).
+const IPXE_STARTED: &str = "Open Source Network Boot Firmware";
 const HTTP_GUEST: &str = "10.0.2.100:80";
 /// The root lives in RAM twice while the kernel unpacks it (the loaded initrd and the
 /// unpacked file), on top of the running system.
@@ -132,7 +133,7 @@ fn times(vm: &Vm, probe_at: Duration) -> Times {
 }
 
 #[test]
-fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_tmpfs_state() {
+fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state() {
     let (base, programs) = rke2_qemu_tests::need!(rke2_qemu_tests::test_inputs());
     if !Path::new(IPXE_EFI).is_file() {
         rke2_testsupport::prereq::missing(format!(
@@ -189,7 +190,7 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_tmpfs_sta
         },
     }];
     let mut vm = Vm::start(&cfg).unwrap();
-    vm.wait_for(NBP_DONE, &FATAL, Duration::from_secs(600))
+    vm.wait_for(IPXE_STARTED, &FATAL, Duration::from_secs(600))
         .unwrap_or_else(|e| panic!("OVMF PXE ({}): {e}", accel()));
     // From now on the boot file is the script that chains boot.ipxe (see the module docs).
     let next = tftp.join("ipxe.efi.next");
@@ -228,7 +229,8 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_tmpfs_sta
         "iPXE ran no script"
     );
     assert!(console.contains("/rke2-root/root.img attached read-only to /dev/loop"));
-    assert!(console.contains("state: tmpfs"));
+    assert!(console.contains("/rke2-state.img attached read-write to /dev/loop"));
+    assert!(console.contains("rke2-init: state: RAM (/dev/loop"));
     let facts = probe::facts(&console);
     assert_eq!(fact(&facts, "root_fstype"), "erofs");
     assert!(fact(&facts, "root_dm_name").starts_with("rke2-root-a"));
@@ -241,8 +243,17 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_tmpfs_sta
     assert_eq!(fact(&facts, "writable:/etc"), "1");
     assert_eq!(fact(&facts, "writable:/var"), "1");
     assert_eq!(fact(&facts, "fstype:/etc"), "overlay");
-    assert_eq!(fact(&facts, "fstype:/var"), "tmpfs");
-    assert_eq!(fact(&facts, "state_source"), "tmpfs");
+    // State in RAM: ext4 on a loop device over a sparse initramfs file, so SELinux labels
+    // behave as on the state partition.
+    assert_eq!(fact(&facts, "fstype:/var"), "ext4");
+    assert!(
+        fact(&facts, "state_source").starts_with("/dev/loop"),
+        "{facts:?}"
+    );
+    assert!(fact(&facts, "label:/etc").contains(":etc_t:"), "{facts:?}");
+    assert!(fact(&facts, "label:/var").contains(":var_t:"), "{facts:?}");
+    let ours = probe::our_denials(&console);
+    assert!(ours.is_empty(), "AVC denials for our components: {ours:#?}");
     // The command line is the UKI's (root hash included) plus the root source.
     assert!(console.contains(&format!("rke2.roothash={}", img.manifest.verity.root_hash)));
 

@@ -32,7 +32,8 @@ pub enum RootSource {
 /// Where a diskless (initramfs-root) node keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisklessState {
-    /// tmpfs: the same layout as the state partition, lost at power-off.
+    /// In RAM (ext4 on a loop device over a sparse initramfs file): the same layout and
+    /// labels as the state partition, lost at power-off.
     Tmpfs,
     /// A whole block device, by kernel name (`/dev/vdb`).
     Disk(String),
@@ -114,6 +115,18 @@ fn state_device(v: &str) -> Result<String, String> {
     }
 }
 
+/// `MemTotal` of `/proc/meminfo`, in KiB.
+pub fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// What to do with the device `rke2.state_disk` names, from its first MiB.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateDiskAction {
@@ -174,6 +187,14 @@ mod tests {
             (p.slot, p.debug, p.device_timeout),
             ('a', false, DEFAULT_DEVICE_TIMEOUT)
         );
+    }
+
+    #[test]
+    fn meminfo_total() {
+        let m = "MemTotal:        3006572 kB\nMemFree:         2700000 kB\n";
+        assert_eq!(mem_total_kib(m), Some(3_006_572));
+        assert_eq!(mem_total_kib("MemFree: 1 kB\n"), None);
+        assert_eq!(mem_total_kib("MemTotal: x kB\n"), None);
     }
 
     #[test]

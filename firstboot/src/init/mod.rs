@@ -338,7 +338,7 @@ fn open_initramfs_root(p: &cmdline::BootParams) -> Result<(), Failure> {
                 ),
             ));
         }
-        devs.push(attach_loop(path)?);
+        devs.push(attach_loop(path, false)?);
     }
     open_verity(
         p,
@@ -348,8 +348,9 @@ fn open_initramfs_root(p: &cmdline::BootParams) -> Result<(), Failure> {
     )
 }
 
-/// Attaches `path` read-only to a free loop device; returns its node and `major:minor`.
-fn attach_loop(path: &str) -> Result<(String, String), Failure> {
+/// Attaches `path` to a free loop device (read-only unless `writable`); returns its node and
+/// `major:minor`.
+fn attach_loop(path: &str, writable: bool) -> Result<(String, String), Failure> {
     let ctl = OpenOptions::new()
         .read(true)
         .write(true)
@@ -381,8 +382,9 @@ fn attach_loop(path: &str) -> Result<(String, String), Failure> {
     .map_err(|e| fail("waiting for loop device", &node, e))?;
     // Read-only on both sides: the kernel marks the loop device read-only when its backing
     // file is not open for writing.
-    let file = File::open(path).map_err(|e| fail("opening", path, e))?;
-    let lo = File::open(&node).map_err(|e| fail("opening", &node, e))?;
+    let open = |p: &str| OpenOptions::new().read(true).write(writable).open(p);
+    let file = open(path).map_err(|e| fail("opening", path, e))?;
+    let lo = open(&node).map_err(|e| fail("opening", &node, e))?;
     // SAFETY: LOOP_SET_FD takes the backing file's descriptor by value.
     let r = unsafe {
         libc::ioctl(
@@ -405,7 +407,8 @@ fn attach_loop(path: &str) -> Result<(String, String), Failure> {
         nix::sys::stat::major(st.st_rdev),
         nix::sys::stat::minor(st.st_rdev)
     );
-    say(&format!("{path} attached read-only to {node} ({dev})"));
+    let how = if writable { "read-write" } else { "read-only" };
+    say(&format!("{path} attached {how} to {node} ({dev})"));
     Ok((node, dev))
 }
 
@@ -520,24 +523,71 @@ fn state_labels() -> Result<std::collections::BTreeMap<String, String>, Failure>
     }
 }
 
-/// State for a node whose root came from the initramfs: tmpfs, or the whole device
+/// The RAM-backed state device of a diskless node: a sparse file in the initramfs (itself a
+/// tmpfs, so only written blocks take memory) attached to a loop device, formatted ext4 after
+/// the switch to the verified root. Not a plain tmpfs: SELinux labels tmpfs by type
+/// transition and drops labels set before the policy loads, while ext4 keeps them in xattrs
+/// exactly as the state partition does. Size: half the RAM (the initramfs's own limit).
+pub const RAM_STATE_FILE: &str = "/rke2-state.img";
+
+fn prepare_ram_state() -> Result<(String, String), Failure> {
+    let mem =
+        fs::read_to_string("/proc/meminfo").map_err(|e| fail("reading", "/proc/meminfo", e))?;
+    let kib = cmdline::mem_total_kib(&mem)
+        .ok_or_else(|| fail("reading", "/proc/meminfo", "no MemTotal line"))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(RAM_STATE_FILE)
+        .map_err(|e| fail("creating RAM state file", RAM_STATE_FILE, e))?;
+    f.set_len(kib * 1024 / 2)
+        .map_err(|e| fail("sizing RAM state file", RAM_STATE_FILE, e))?;
+    drop(f);
+    attach_loop(RAM_STATE_FILE, true)
+}
+
+/// State for a node whose root came from the initramfs: RAM (`ram`: the loop device of
+/// [`prepare_ram_state`]), or the whole device
 /// `rke2.state_disk` names (formatted only when blank). Same layout as the state partition.
-fn setup_state_diskless(state: &cmdline::DisklessState, timeout: Duration) -> Result<(), Failure> {
+fn setup_state_diskless(
+    state: &cmdline::DisklessState,
+    ram: Option<(String, String)>,
+    timeout: Duration,
+) -> Result<(), Failure> {
     let labels = state_labels()?;
     let state_root = PathBuf::from(SYSROOT).join(paths::STATE_MOUNT);
     let state_s = state_root.to_string_lossy().into_owned();
     match state {
         cmdline::DisklessState::Tmpfs => {
-            use nix::mount::MsFlags as F;
-            mount(
-                "tmpfs",
-                &state_s,
-                Some("tmpfs"),
-                F::MS_NOSUID | F::MS_NODEV,
-                Some("mode=0755"),
-            )?;
-            say("state: tmpfs (diskless; lost at power-off)");
-            populate_state(&labels, true, "tmpfs")
+            let (node, majmin) = ram.ok_or_else(|| {
+                fail(
+                    "setting up RAM state",
+                    RAM_STATE_FILE,
+                    "no loop device prepared",
+                )
+            })?;
+            run_in_root(&[
+                "/sbin/mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                partitions::STATE_FS_LABEL,
+                "-E",
+                "root_owner=0:0",
+                &node,
+            ])?;
+            let name = node.trim_start_matches("/dev/").to_string();
+            let part = disk::PartDev {
+                name: name.clone(),
+                disk: name,
+                number: 0,
+                label: String::new(),
+                dev: majmin,
+            };
+            mount_ext4_as_dev(&part, &node, &state_s)?;
+            say(&format!("state: RAM ({node}; diskless, lost at power-off)"));
+            populate_state(&labels, true, &node)
         }
         cmdline::DisklessState::Disk(dev) => {
             let name = dev.trim_start_matches("/dev/").to_string();
@@ -888,8 +938,13 @@ pub fn run() -> Failure {
             }
             cmdline::RootSource::Initramfs { state } => {
                 open_initramfs_root(&params)?;
+                // The loop device is set up while /dev is still the initrd's.
+                let ram = match state {
+                    cmdline::DisklessState::Tmpfs => Some(prepare_ram_state()?),
+                    cmdline::DisklessState::Disk(_) => None,
+                };
                 move_api()?;
-                setup_state_diskless(state, params.device_timeout)?;
+                setup_state_diskless(state, ram, params.device_timeout)?;
             }
         }
         Ok(())
