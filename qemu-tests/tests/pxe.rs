@@ -46,8 +46,15 @@ struct Http {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// Serve `file` with the byte at `offset` flipped (a corrupted download).
+#[derive(Clone)]
+struct Corrupt {
+    file: String,
+    offset: u64,
+}
+
 impl Http {
-    fn start(dir: PathBuf) -> Http {
+    fn start(dir: PathBuf, corrupt: Option<Corrupt>) -> Http {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -56,7 +63,8 @@ impl Http {
             for conn in listener.incoming().flatten() {
                 let dir = dir.clone();
                 let log = Arc::clone(&log);
-                std::thread::spawn(move || serve(conn, &dir, &log));
+                let corrupt = corrupt.clone();
+                std::thread::spawn(move || serve(conn, &dir, &log, corrupt.as_ref()));
             }
         });
         Http { addr, requests }
@@ -67,7 +75,7 @@ impl Http {
     }
 }
 
-fn serve(conn: TcpStream, dir: &Path, log: &Mutex<Vec<String>>) {
+fn serve(conn: TcpStream, dir: &Path, log: &Mutex<Vec<String>>, corrupt: Option<&Corrupt>) {
     let mut r = BufReader::new(conn.try_clone().unwrap());
     let mut line = String::new();
     if r.read_line(&mut line).is_err() {
@@ -97,7 +105,20 @@ fn serve(conn: TcpStream, dir: &Path, log: &Mutex<Vec<String>>) {
                 out,
                 "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
             );
-            let _ = std::io::copy(&mut f, &mut out);
+            match corrupt.filter(|c| c.file == name) {
+                Some(c) => {
+                    use std::io::Read;
+                    let _ = std::io::copy(&mut (&mut f).take(c.offset), &mut out);
+                    let mut b = [0u8; 1];
+                    if f.read_exact(&mut b).is_ok() {
+                        let _ = out.write_all(&[b[0] ^ 0x01]);
+                    }
+                    let _ = std::io::copy(&mut f, &mut out);
+                }
+                None => {
+                    let _ = std::io::copy(&mut f, &mut out);
+                }
+            }
         }
         None => {
             let _ = write!(
@@ -130,6 +151,44 @@ fn times(vm: &Vm, probe_at: Duration) -> Times {
             .as_secs_f64(),
         probe: probe_at.as_secs_f64(),
     }
+}
+
+/// Starts a diskless VM that network-boots `pxe` (served over HTTP, optionally corrupted)
+/// through OVMF's PXE and Debian's iPXE; returns once iPXE has the script as its boot file.
+fn pxe_vm(work: &Path, pxe: &Path, name: &str, corrupt: Option<Corrupt>) -> (Vm, Http) {
+    let tftp = work.join(format!("{name}-tftp"));
+    std::fs::create_dir_all(&tftp).unwrap();
+    std::fs::copy(IPXE_EFI, tftp.join("ipxe.efi")).unwrap();
+    let http = Http::start(pxe.to_path_buf(), corrupt);
+    let mut cfg = Config::new(
+        work.join("no-disk"),
+        Boot::Pxe {
+            tftp: tftp.clone(),
+            bootfile: "ipxe.efi".into(),
+        },
+    );
+    cfg.memory_mib = PXE_MEMORY_MIB;
+    cfg.log = Some(work.join(format!("{name}.console.log")));
+    cfg.nics = vec![Nic {
+        mac: "52:54:00:12:34:56".into(),
+        net: Net::User {
+            forwards: vec![(HTTP_GUEST.parse().unwrap(), http.addr)],
+        },
+    }];
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for(IPXE_STARTED, &FATAL, Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("OVMF PXE ({}): {e}", accel()));
+    // From now on the boot file is the script that chains boot.ipxe (see the module docs).
+    let next = tftp.join("ipxe.efi.next");
+    std::fs::write(
+        &next,
+        format!(
+            "#!ipxe\necho rke2 test: chaining boot.ipxe\nchain http://{HTTP_GUEST}/boot.ipxe\n"
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&next, tftp.join("ipxe.efi")).unwrap();
+    (vm, http)
 }
 
 #[test]
@@ -170,38 +229,7 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
             .join(", ")
     );
 
-    let tftp = work.join("tftp");
-    std::fs::create_dir_all(&tftp).unwrap();
-    std::fs::copy(IPXE_EFI, tftp.join("ipxe.efi")).unwrap();
-    let http = Http::start(pxe.clone());
-    let mut cfg = Config::new(
-        work.join("no-disk"),
-        Boot::Pxe {
-            tftp: tftp.clone(),
-            bootfile: "ipxe.efi".into(),
-        },
-    );
-    cfg.memory_mib = PXE_MEMORY_MIB;
-    cfg.log = Some(work.join("pxe.console.log"));
-    cfg.nics = vec![Nic {
-        mac: "52:54:00:12:34:56".into(),
-        net: Net::User {
-            forwards: vec![(HTTP_GUEST.parse().unwrap(), http.addr)],
-        },
-    }];
-    let mut vm = Vm::start(&cfg).unwrap();
-    vm.wait_for(IPXE_STARTED, &FATAL, Duration::from_secs(600))
-        .unwrap_or_else(|e| panic!("OVMF PXE ({}): {e}", accel()));
-    // From now on the boot file is the script that chains boot.ipxe (see the module docs).
-    let next = tftp.join("ipxe.efi.next");
-    std::fs::write(
-        &next,
-        format!(
-            "#!ipxe\necho rke2 test: chaining boot.ipxe\nchain http://{HTTP_GUEST}/boot.ipxe\n"
-        ),
-    )
-    .unwrap();
-    std::fs::rename(&next, tftp.join("ipxe.efi")).unwrap();
+    let (mut vm, http) = pxe_vm(&work, &pxe, "pxe", None);
     let probe_at = vm
         .wait_for("RKE2-PROBE done=1", &FATAL, BOOT_TIMEOUT)
         .unwrap_or_else(|e| {
@@ -284,6 +312,42 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
         accel(),
         pxe_bytes >> 20
     );
+
+    // A corrupted download of rootfs.img (one bit of the EROFS superblock block, which the
+    // mount reads first) stops the boot in rke2-init with the reason on the console.
+    let cpio = std::fs::read(pxe.join("rootfs.img"))
+        .map(|b| b[..4096].to_vec())
+        .unwrap();
+    let name = b"rke2-root/root.img\0";
+    let at = cpio.windows(name.len()).position(|w| w == name).unwrap();
+    let data = (at + name.len()).div_ceil(4) * 4;
+    let (mut vm, _http) = pxe_vm(
+        &work,
+        &pxe,
+        "pxe-corrupt",
+        Some(Corrupt {
+            file: "rootfs.img".into(),
+            offset: (data + 1024 + 16) as u64,
+        }),
+    );
+    vm.wait_for(
+        "rke2-init: FAILED",
+        &["handing off to /sbin/init"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("corrupted PXE root ({}): {e}", accel()));
+    std::thread::sleep(Duration::from_secs(2));
+    let console = vm.console();
+    let failed = console
+        .lines()
+        .find(|l| l.contains("rke2-init: FAILED"))
+        .unwrap();
+    assert!(
+        failed.contains("rootfs.img does not match rke2.roothash"),
+        "{failed}"
+    );
+    eprintln!("corrupted rootfs.img: {failed}");
+    drop(vm);
 
     // Passed: keep the console logs only.
     for e in std::fs::read_dir(&work).unwrap() {
