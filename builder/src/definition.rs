@@ -796,6 +796,24 @@ impl Definition {
             ));
         }
 
+        // Listed so definitions can name them; refused until their emitters exist rather
+        // than silently producing nothing.
+        if let Some(f) = raw
+            .output
+            .formats
+            .iter()
+            .find(|f| matches!(f, OutputFormat::Qcow2 | OutputFormat::Iso))
+        {
+            return Err(err(
+                None,
+                "output.formats",
+                format!(
+                    "{} is not built by this version yet; use raw and pxe",
+                    format!("{f:?}").to_lowercase()
+                ),
+            ));
+        }
+
         let compression = match &raw.rootfs.compression {
             None => DEFAULT_COMPRESSION,
             Some(c) => parse_compression(&c.value).ok_or_else(|| {
@@ -992,6 +1010,22 @@ mod tests {
     }
 
     const GOOD: &str = "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: node\nversion: 1.0.0\nbase:\n  archive: base.tar\noverlays:\n  - source: ov\n    owner: \"0:0\"\n    modes:\n      \"usr/bin/*\": \"0755\"\nsecurity:\n  fips: true\n  selinux: permissive\ndisk:\n  espSize: 128MiB\n  rootSize: 1GiB\n";
+
+    #[test]
+    fn output_formats() {
+        let d = parse(GOOD).unwrap();
+        assert_eq!(d.output.formats, [OutputFormat::Raw]);
+        let d = parse(&format!("{GOOD}output:\n  formats: [pxe, raw, pxe]\n")).unwrap();
+        assert_eq!(d.output.formats, [OutputFormat::Raw, OutputFormat::Pxe]);
+        let e = parse(&format!("{GOOD}output:\n  formats: [raw, iso]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output.formats: iso is not built"), "{e}");
+        let e = parse(&format!("{GOOD}output:\n  formats: [tar]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tar"), "{e}");
+    }
 
     #[test]
     fn good_definition() {
