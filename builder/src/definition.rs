@@ -344,6 +344,18 @@ pub enum OutputFormat {
     Pxe,
 }
 
+impl OutputFormat {
+    /// The name the definition uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Raw => "raw",
+            OutputFormat::Qcow2 => "qcow2",
+            OutputFormat::Iso => "iso",
+            OutputFormat::Pxe => "pxe",
+        }
+    }
+}
+
 fn default_formats() -> Vec<OutputFormat> {
     vec![OutputFormat::Raw]
 }
@@ -809,7 +821,7 @@ impl Definition {
                 "output.formats",
                 format!(
                     "{} is not built by this version yet; use raw and pxe",
-                    format!("{f:?}").to_lowercase()
+                    f.name()
                 ),
             ));
         }
