@@ -98,6 +98,8 @@ pub struct Config {
     pub fw_cfg: Vec<(String, PathBuf)>,
     /// More disks, attached read-only after the boot disk (config drives).
     pub drives: Vec<PathBuf>,
+    /// Writable raw disks attached after those (e.g. a diskless node's state disk).
+    pub rw_drives: Vec<PathBuf>,
 }
 
 impl Config {
@@ -111,6 +113,7 @@ impl Config {
             nics: Vec::new(),
             fw_cfg: Vec::new(),
             drives: Vec::new(),
+            rw_drives: Vec::new(),
         }
     }
 }
@@ -284,6 +287,12 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
     for d in &cfg.drives {
         c.arg("-drive").arg(format!(
             "file={},format=raw,if=virtio,readonly=on",
+            d.display()
+        ));
+    }
+    for d in &cfg.rw_drives {
+        c.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,cache=unsafe",
             d.display()
         ));
     }

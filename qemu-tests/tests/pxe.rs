@@ -155,7 +155,15 @@ fn times(vm: &Vm, probe_at: Duration) -> Times {
 
 /// Starts a diskless VM that network-boots `pxe` (served over HTTP, optionally corrupted)
 /// through OVMF's PXE and Debian's iPXE; returns once iPXE has the script as its boot file.
-fn pxe_vm(work: &Path, pxe: &Path, name: &str, corrupt: Option<Corrupt>) -> (Vm, Http) {
+/// `script` is the iPXE script in `pxe` to chain; `state_disk` a writable disk to attach.
+fn pxe_vm(
+    work: &Path,
+    pxe: &Path,
+    name: &str,
+    corrupt: Option<Corrupt>,
+    script: &str,
+    state_disk: Option<&Path>,
+) -> (Vm, Http) {
     let tftp = work.join(format!("{name}-tftp"));
     std::fs::create_dir_all(&tftp).unwrap();
     std::fs::copy(IPXE_EFI, tftp.join("ipxe.efi")).unwrap();
@@ -168,6 +176,7 @@ fn pxe_vm(work: &Path, pxe: &Path, name: &str, corrupt: Option<Corrupt>) -> (Vm,
         },
     );
     cfg.memory_mib = PXE_MEMORY_MIB;
+    cfg.rw_drives = state_disk.map(Path::to_path_buf).into_iter().collect();
     cfg.log = Some(work.join(format!("{name}.console.log")));
     cfg.nics = vec![Nic {
         mac: "52:54:00:12:34:56".into(),
@@ -182,9 +191,7 @@ fn pxe_vm(work: &Path, pxe: &Path, name: &str, corrupt: Option<Corrupt>) -> (Vm,
     let next = tftp.join("ipxe.efi.next");
     std::fs::write(
         &next,
-        format!(
-            "#!ipxe\necho rke2 test: chaining boot.ipxe\nchain http://{HTTP_GUEST}/boot.ipxe\n"
-        ),
+        format!("#!ipxe\necho rke2 test: chaining {script}\nchain http://{HTTP_GUEST}/{script}\n"),
     )
     .unwrap();
     std::fs::rename(&next, tftp.join("ipxe.efi")).unwrap();
@@ -229,7 +236,7 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
             .join(", ")
     );
 
-    let (mut vm, http) = pxe_vm(&work, &pxe, "pxe", None);
+    let (mut vm, http) = pxe_vm(&work, &pxe, "pxe", None, "boot.ipxe", None);
     let probe_at = vm
         .wait_for("RKE2-PROBE done=1", &FATAL, BOOT_TIMEOUT)
         .unwrap_or_else(|e| {
@@ -329,6 +336,8 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
             file: "rootfs.img".into(),
             offset: (data + 1024 + 16) as u64,
         }),
+        "boot.ipxe",
+        None,
     );
     vm.wait_for(
         "rke2-init: FAILED",
@@ -348,6 +357,47 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
     );
     eprintln!("corrupted rootfs.img: {failed}");
     drop(vm);
+
+    // rke2.state_disk: a blank disk is formatted as the state filesystem and used.
+    let script = std::fs::read_to_string(pxe.join("boot.ipxe"))
+        .unwrap()
+        .replace(
+            "rke2.root=initramfs",
+            "rke2.root=initramfs rke2.state_disk=/dev/vda",
+        );
+    std::fs::write(pxe.join("boot-state-disk.ipxe"), script).unwrap();
+    let state_disk = work.join("state-disk.raw");
+    std::fs::File::create(&state_disk)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let (mut vm, _http) = pxe_vm(
+        &work,
+        &pxe,
+        "pxe-state-disk",
+        None,
+        "boot-state-disk.ipxe",
+        Some(&state_disk),
+    );
+    vm.wait_for("RKE2-PROBE done=1", &FATAL, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("PXE boot with a state disk ({}): {e}", accel()));
+    vm.wait_exit(Duration::from_secs(120)).unwrap();
+    let console = vm.console();
+    drop(vm);
+    assert!(console.contains("rke2-init: state: created and formatted /dev/vda"));
+    let facts = probe::facts(&console);
+    assert_eq!(fact(&facts, "state_source"), "/dev/vda");
+    assert_eq!(fact(&facts, "fstype:/var"), "ext4");
+    // Oracle: the disk now holds ext4 labelled rke2-state (superblock magic and volume name).
+    let mut sb = [0u8; 1024];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&state_disk).unwrap(),
+        &mut sb,
+        1024,
+    )
+    .unwrap();
+    assert_eq!(&sb[56..58], &[0x53, 0xef]);
+    assert_eq!(&sb[120..130], b"rke2-state");
 
     // Passed: keep the console logs only.
     for e in std::fs::read_dir(&work).unwrap() {
