@@ -18,6 +18,9 @@
 //! - When the raw image is not a selected output ([`Outputs::keep_image`] false) it is still
 //!   the build's working file, but it is removed at publish instead of renamed, and an old
 //!   `<stem>.raw` goes with the old manifest (it would not match the new one).
+//! - Companion directories (the PXE files, `<stem>.pxe/`) are filled under a temporary name
+//!   `.<stem>.<suffix>.partial-<pid>`, the old directory is removed with the old manifest, and
+//!   the new one is renamed into place after the image; a failed build removes the temporary.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -75,6 +78,8 @@ pub struct Outputs {
     staged: Vec<(PathBuf, PathBuf)>,
     /// Whether the image itself is published (`raw` selected).
     keep_image: bool,
+    /// Directories published beside the image: (final path, temporary path being filled).
+    dirs: Vec<(PathBuf, PathBuf)>,
     file: Option<File>,
     published: bool,
     /// Held (and the `flock` with it) until the outputs are dropped.
@@ -138,6 +143,7 @@ impl Outputs {
             companions: Vec::new(),
             staged: Vec::new(),
             keep_image: true,
+            dirs: Vec::new(),
             file: Some(file),
             published: false,
             _lock: lock,
@@ -158,6 +164,11 @@ impl Outputs {
     /// Final path of the image.
     pub fn image_path(&self) -> &Path {
         &self.image
+    }
+
+    /// Final path of the output `<stem>.<suffix>` beside the image.
+    pub fn final_path(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{}.{suffix}", self.stem))
     }
 
     /// Final path of the manifest.
@@ -199,6 +210,60 @@ impl Outputs {
         create_exclusive(&temp, false).map_err(file_err(&temp))?;
         self.staged.push((temp.clone(), path.clone()));
         Ok((temp, path))
+    }
+
+    /// Creates the temporary directory that becomes `<stem>.<suffix>/` beside the image and
+    /// returns its path, for the emitter to fill. Refused when that name exists and is not a
+    /// directory (a file or symlink there is not the build's to replace).
+    pub fn add_dir(&mut self, suffix: &str) -> Result<PathBuf, PublishError> {
+        let path = self.dir.join(format!("{}.{suffix}", self.stem));
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            if !m.is_dir() {
+                return Err(PublishError::File {
+                    path,
+                    reason: "exists and is not a directory; move it away (the build replaces only a directory there)".into(),
+                });
+            }
+        }
+        let temp = self.dir.join(format!(
+            ".{}.{suffix}.partial-{}",
+            self.stem,
+            std::process::id()
+        ));
+        fs::create_dir(&temp).map_err(file_err(&temp))?;
+        self.dirs.push((path, temp.clone()));
+        Ok(temp)
+    }
+
+    /// Name (`<stem>.<suffix>/<file>`), size and sha256 of each file in the staged
+    /// directories, sorted by name, for the published manifest.
+    pub fn dir_records(&self) -> Result<Vec<rke2_image_contract::manifest::EspFile>, PublishError> {
+        use sha2::{Digest, Sha256};
+        let mut out = Vec::new();
+        for (path, temp) in &self.dirs {
+            let dir_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut names: Vec<String> = fs::read_dir(temp)
+                .map_err(file_err(temp))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<io::Result<_>>()
+                .map_err(file_err(temp))?;
+            names.sort();
+            for n in names {
+                let p = temp.join(&n);
+                let mut f = File::open(&p).map_err(file_err(&p))?;
+                let mut h = Sha256::new();
+                let size = io::copy(&mut f, &mut h).map_err(file_err(&p))?;
+                out.push(rke2_image_contract::manifest::EspFile {
+                    path: format!("{dir_name}/{n}"),
+                    size,
+                    sha256: hex::encode(h.finalize()),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Name, size and sha256 of each companion and staged file, for the published manifest.
@@ -263,6 +328,15 @@ impl Outputs {
                 Err(e) => return Err(file_err(p)(e)),
             }
         }
+        for (p, _) in &self.dirs {
+            match fs::symlink_metadata(p) {
+                Ok(m) if m.is_dir() => {
+                    fs::remove_dir_all(p).map_err(file_err(p))?;
+                    removed = true;
+                }
+                _ => {}
+            }
+        }
         if removed {
             sync_dir(&self.dir);
         }
@@ -276,6 +350,13 @@ impl Outputs {
             fs::rename(temp, path).map_err(file_err(path))?;
         }
         sync_dir(&self.dir);
+        for (p, temp) in std::mem::take(&mut self.dirs) {
+            sync_dir(&temp);
+            if let Err(e) = fs::rename(&temp, &p) {
+                let _ = fs::remove_dir_all(&temp);
+                return Err(file_err(&p)(e));
+            }
+        }
         for (p, data) in &self.companions {
             write_atomic(p, data).map_err(file_err(p))?;
         }
@@ -295,6 +376,9 @@ impl Drop for Outputs {
         // Not yet renamed (a failure before or during publish).
         for (temp, _) in &self.staged {
             let _ = fs::remove_file(temp);
+        }
+        for (_, temp) in &self.dirs {
+            let _ = fs::remove_dir_all(temp);
         }
     }
 }
@@ -320,8 +404,12 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes `.<stem>.raw.partial-*`, `.<stem>.qcow2.partial-*`, `.<stem>.manifest.json.tmp-*`
-/// and `.<stem>.spdx.json.tmp-*` left by killed builds.
+/// The companion directories' suffixes (named here so stale ones are recognised exactly).
+pub const DIR_SUFFIXES: &[&str] = &["pxe"];
+
+/// Removes `.<stem>.<suffix>.partial-*` directories, `.<stem>.raw.partial-*`,
+/// `.<stem>.qcow2.partial-*`, `.<stem>.manifest.json.tmp-*` and `.<stem>.spdx.json.tmp-*` left
+/// by killed builds.
 /// Runs with the output lock held, so none of them belongs to a live build. Only regular files
 /// and symlinks are removed (never followed).
 fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
@@ -336,11 +424,19 @@ fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
+        let t = entry.file_type()?;
         if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-            let t = entry.file_type()?;
             if t.is_file() || t.is_symlink() {
                 fs::remove_file(entry.path())?;
             }
+        } else if t.is_dir()
+            && DIR_SUFFIXES
+                .iter()
+                .any(|d| name.starts_with(&format!(".{stem}.{d}.partial-")))
+        {
+            // A companion directory a killed build was filling (never followed: remove_dir_all
+            // does not traverse symlinks).
+            fs::remove_dir_all(entry.path())?;
         }
     }
     Ok(())
@@ -458,6 +554,53 @@ mod tests {
         assert_eq!(fs::read(&q).unwrap(), b"qcow2 bytes");
         assert!(!t.exists() && !temp.exists());
         assert!(!d.path().join("x-1.raw").exists());
+    }
+
+    #[test]
+    fn companion_directory_staged_published_and_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let stale = d.path().join(".x-1.pxe.partial-999999");
+        fs::create_dir(&stale).unwrap();
+        fs::write(stale.join("big"), b"old").unwrap();
+        let mut o = Outputs::begin(d.path(), "x-1").unwrap();
+        assert!(!stale.exists());
+        let t = o.add_dir("pxe").unwrap();
+        fs::write(t.join("b"), b"bb").unwrap();
+        fs::write(t.join("a"), b"a").unwrap();
+        let r = o.dir_records().unwrap();
+        assert_eq!(
+            r.iter()
+                .map(|e| (e.path.as_str(), e.size))
+                .collect::<Vec<_>>(),
+            [("x-1.pxe/a", 1), ("x-1.pxe/b", 2)]
+        );
+        // sha256("a")
+        assert!(r[0].sha256.starts_with("ca978112"));
+        o.publish(b"{}").unwrap();
+        assert!(!t.exists());
+        assert_eq!(fs::read(d.path().join("x-1.pxe/b")).unwrap(), b"bb");
+        // The next build replaces the directory; a failed one leaves the old one and no temp.
+        let mut o = Outputs::begin(d.path(), "x-1").unwrap();
+        let t = o.add_dir("pxe").unwrap();
+        fs::write(t.join("c"), b"c").unwrap();
+        drop(o);
+        assert!(!t.exists());
+        assert!(d.path().join("x-1.pxe/b").exists());
+        let mut o = Outputs::begin(d.path(), "x-1").unwrap();
+        let t = o.add_dir("pxe").unwrap();
+        fs::write(t.join("c"), b"c").unwrap();
+        o.publish(b"{}").unwrap();
+        assert!(!d.path().join("x-1.pxe/b").exists());
+        assert!(d.path().join("x-1.pxe/c").exists());
+        // A file under the directory's name is refused, not replaced.
+        fs::remove_dir_all(d.path().join("x-1.pxe")).unwrap();
+        fs::write(d.path().join("x-1.pxe"), b"mine").unwrap();
+        let mut o = Outputs::begin(d.path(), "x-1").unwrap();
+        assert!(o
+            .add_dir("pxe")
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
     }
 
     use std::os::unix::fs::FileExt;

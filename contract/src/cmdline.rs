@@ -13,6 +13,22 @@ pub const DEBUG: &str = "rke2.debug";
 pub const DEVICE_TIMEOUT: &str = "rke2.device_timeout";
 /// URL of the node configuration for `rke2-firstboot`.
 pub const CONFIG_URL: &str = "rke2.config.url";
+/// Where the root comes from: absent or [`ROOT_DISK`] for the `root-<slot>` partitions of the
+/// boot disk; [`ROOT_INITRAMFS`] for a network (PXE) boot, where the root and its hash tree are
+/// the initramfs files `/rke2-root/root.img` and `/rke2-root/root.verity` (the `rootfs.img` of
+/// the `pxe` output). Either way the root is opened through dm-verity with [`ROOT_HASH`]; there
+/// is no unverified mode.
+pub const ROOT_SOURCE: &str = "rke2.root";
+pub const ROOT_DISK: &str = "disk";
+pub const ROOT_INITRAMFS: &str = "initramfs";
+/// With [`ROOT_INITRAMFS`]: the whole block device that holds the state filesystem (e.g.
+/// `/dev/disk/by-id/virtio-state` or `/dev/vdb`). A blank device (its first MiB all zeros) is
+/// formatted on first boot; one that already carries the state filesystem label is reused;
+/// anything else stops the boot. Absent: state lives in RAM and is lost at power-off.
+pub const STATE_DISK: &str = "rke2.state_disk";
+/// Files of the initramfs that carry the root for [`ROOT_INITRAMFS`].
+pub const INITRAMFS_ROOT_FILE: &str = "/rke2-root/root.img";
+pub const INITRAMFS_VERITY_FILE: &str = "/rke2-root/root.verity";
 
 /// x86 `COMMAND_LINE_SIZE`: the kernel keeps at most this many bytes, the terminating NUL
 /// included, and silently cuts the rest (which would drop the security keys written last).

@@ -52,6 +52,9 @@ pub enum Boot {
     /// OVMF with Secure Boot enforced (SMM firmware, secure pflash) and the variable store
     /// copied from `vars` (e.g. [`OVMF_VARS_SNAKEOIL`]: PK/KEK/db hold Debian's test key).
     SecureUefi { vars: PathBuf },
+    /// OVMF network boot, diskless (the config's `disk` is not attached): the first
+    /// [`Net::User`] NIC is the boot device and QEMU's DHCP/TFTP serves `bootfile` from `tftp`.
+    Pxe { tftp: PathBuf, bootfile: String },
     /// QEMU loads kernel and initrd itself (no firmware, faster; for hand-made disks).
     Direct {
         kernel: PathBuf,
@@ -95,6 +98,8 @@ pub struct Config {
     pub fw_cfg: Vec<(String, PathBuf)>,
     /// More disks, attached read-only after the boot disk (config drives).
     pub drives: Vec<PathBuf>,
+    /// Writable raw disks attached after those (e.g. a diskless node's state disk).
+    pub rw_drives: Vec<PathBuf>,
 }
 
 impl Config {
@@ -108,6 +113,7 @@ impl Config {
             nics: Vec::new(),
             fw_cfg: Vec::new(),
             drives: Vec::new(),
+            rw_drives: Vec::new(),
         }
     }
 }
@@ -229,6 +235,7 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
     if cfg.nics.is_empty() {
         c.args(["-nic", "none"]);
     }
+    let mut boot_nic = None;
     for (i, nic) in cfg.nics.iter().enumerate() {
         let netdev = match &nic.net {
             Net::Hub { hub, local } => {
@@ -236,6 +243,10 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             }
             Net::User { forwards } => {
                 let mut n = format!("user,id=net{i},restrict=on,net=10.0.2.0/24");
+                if let (Boot::Pxe { tftp, bootfile }, None) = (&cfg.boot, boot_nic) {
+                    n.push_str(&format!(",tftp={},bootfile={bootfile}", tftp.display()));
+                    boot_nic = Some(i);
+                }
                 for (guest, host) in forwards {
                     n.push_str(&format!(
                         ",guestfwd=tcp:{guest}-cmd:nc -N {} {}",
@@ -247,27 +258,42 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             }
         };
         c.arg("-netdev").arg(netdev);
-        c.arg("-device")
-            .arg(format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac));
+        let bootindex = if boot_nic == Some(i) {
+            ",bootindex=0"
+        } else {
+            ""
+        };
+        c.arg("-device").arg(format!(
+            "virtio-net-pci,netdev=net{i},mac={}{bootindex}",
+            nic.mac
+        ));
     }
     for (name, file) in &cfg.fw_cfg {
         c.arg("-fw_cfg")
             .arg(format!("name={name},file={}", file.display()));
     }
-    c.arg("-drive").arg(format!(
-        "file={},format={},if=virtio,cache=unsafe",
-        cfg.disk.display(),
-        disk_format(&cfg.disk)
-    ));
+    if !matches!(cfg.boot, Boot::Pxe { .. }) {
+        c.arg("-drive").arg(format!(
+            "file={},format={},if=virtio,cache=unsafe",
+            cfg.disk.display(),
+            disk_format(&cfg.disk)
+        ));
+    }
     for d in &cfg.drives {
         c.arg("-drive").arg(format!(
             "file={},format=raw,if=virtio,readonly=on",
             d.display()
         ));
     }
+    for d in &cfg.rw_drives {
+        c.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,cache=unsafe",
+            d.display()
+        ));
+    }
     match &cfg.boot {
-        Boot::Uefi | Boot::SecureUefi { .. } => {
-            let code = if matches!(cfg.boot, Boot::Uefi) {
+        Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } => {
+            let code = if !matches!(cfg.boot, Boot::SecureUefi { .. }) {
                 OVMF_CODE
             } else {
                 c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
@@ -296,7 +322,7 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
 impl Vm {
     pub fn start(cfg: &Config) -> Result<Vm, VmError> {
         let (vars_dir, vars) = match &cfg.boot {
-            Boot::Uefi | Boot::SecureUefi { .. } => {
+            Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } => {
                 let src = match &cfg.boot {
                     Boot::SecureUefi { vars } => vars.as_path(),
                     _ => Path::new(OVMF_VARS),
@@ -592,5 +618,36 @@ mod tests {
         ));
         assert!(joined.contains("virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02"));
         assert!(joined.contains("-fw_cfg name=opt/x,file=/c.yaml"));
+    }
+
+    #[test]
+    fn pxe_is_diskless_and_boots_from_the_user_nic() {
+        let mut cfg = Config::new(
+            "/unused.img",
+            Boot::Pxe {
+                tftp: "/srv/tftp".into(),
+                bootfile: "ipxe.efi".into(),
+            },
+        );
+        cfg.nics = vec![Nic {
+            mac: "52:54:00:00:00:03".into(),
+            net: Net::User {
+                forwards: vec![(
+                    "10.0.2.100:80".parse().unwrap(),
+                    "127.0.0.1:5001".parse().unwrap(),
+                )],
+            },
+        }];
+        let joined = command(&cfg, Some(Path::new("/v.fd")))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(!joined.contains("/unused.img"), "{joined}");
+        assert!(joined.contains(
+            "restrict=on,net=10.0.2.0/24,tftp=/srv/tftp,bootfile=ipxe.efi,guestfwd=tcp:10.0.2.100:80-cmd:nc -N 127.0.0.1 5001"
+        ), "{joined}");
+        assert!(joined.contains("mac=52:54:00:00:00:03,bootindex=0"));
+        assert!(joined.contains(&format!("readonly=on,file={OVMF_CODE}")));
     }
 }

@@ -24,4 +24,5 @@
 //! only, and the manifest's `outputs` lists just what was published.
 
 pub mod qcow2;
+pub mod pxe;
 pub mod raw;

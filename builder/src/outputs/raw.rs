@@ -53,7 +53,8 @@ pub(crate) fn publish(
     let manifest_path = outputs.manifest_path().to_path_buf();
     let hash_start = Instant::now();
     let image_file = outputs.image_kept().then(|| outputs.file());
-    let records = outputs.companion_records().map_err(stage("outputs"))?;
+    let mut records = outputs.companion_records().map_err(stage("outputs"))?;
+    records.extend(outputs.dir_records().map_err(stage("outputs"))?);
     let published =
         sign::published_manifest(manifest, image_file, records).map_err(stage("outputs"))?;
     log(&format!(

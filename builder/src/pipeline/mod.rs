@@ -17,6 +17,7 @@
 //! | `esp`     | `boot.rs`, `manifest.rs` | UKI, ESP contents, manifest; FAT32 into the ESP region                             |
 //! | `disk`    | `outputs/raw.rs`         | GPT + protective MBR                                                               |
 //! | `qcow2`   | `outputs/qcow2.rs`       | compressed qcow2 of the finished disk (`output.formats` has `qcow2`)              |
+//! | `pxe`     | `outputs/pxe.rs`         | `output.formats: [pxe]`: kernel, initrd, root as a second initrd, `boot.ipxe`      |
 //! | `outputs` | `outputs/raw.rs`         | fsync, rename into place, published manifest                                       |
 //!
 //! Everything is written into a temporary file in the output directory that is renamed to
@@ -351,6 +352,9 @@ pub fn build(
         boot_files.time.as_secs_f64()
     ));
 
+    // The PXE output needs the kernel and initrd the UKI swallows.
+    let pxe_wanted = def.output.formats.contains(&OutputFormat::Pxe);
+    let pxe_boot = pxe_wanted.then(|| (boot_files.kernel.clone(), boot_files.initrd.bytes.clone()));
     let mut esp = boot::esp_content(&mut ctx, &root, boot_files, sbom_json)?;
     let partitions = layout.partitions(&seed, &root, esp.used);
     let pieces = manifest::Pieces {
@@ -374,6 +378,26 @@ pub fn build(
         let q = outputs::qcow2::emit(&mut staged)?;
         lap("qcow2", &mut timings);
         published.push(q);
+    }
+    if let Some((kernel, initrd)) = &pxe_boot {
+        let dir = staged.add_dir(outputs::pxe::SUFFIX).map_err(stage("pxe"))?;
+        outputs::pxe::emit(
+            &dir,
+            &outputs::pxe::Pieces {
+                kernel,
+                initrd,
+                cmdline: &esp.cmdline,
+                image: staged.file(),
+                root: (layout.root_a.offset, root.written.size),
+                verity: (
+                    layout.verity_a.offset,
+                    outputs::pxe::verity_len(&root.params),
+                ),
+                mtime: ctx.epoch,
+            },
+        )?;
+        lap("pxe", &mut timings);
+        published.push(staged.final_path(outputs::pxe::SUFFIX));
     }
     let (image, manifest_path) =
         outputs::raw::publish(staged, &manifest, manifest_key.as_ref(), &mut |l| {

@@ -241,7 +241,25 @@ fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Table), Fai
     })
     .map_err(|e| fail("finding boot disk", format!("slot {}", p.slot), e))?;
     let g = check_types(&root.disk, &root, &hash)?;
-    let hash_dev = devnode(&hash.name);
+    open_verity(
+        p,
+        (&devnode(&root.name), &root.dev),
+        (&devnode(&hash.name), &hash.dev),
+        "the root partition does not match rke2.roothash",
+    )?;
+    Ok((root, g))
+}
+
+/// Opens `data` (node, `major:minor`) through dm-verity with the hash device `hash` and the
+/// command line's root hash, and mounts it read-only at [`SYSROOT`]. `mismatch` says what a
+/// verity error means for this source.
+fn open_verity(
+    p: &cmdline::BootParams,
+    data: (&str, &str),
+    hash: (&str, &str),
+    mismatch: &str,
+) -> Result<(), Failure> {
+    let hash_dev = hash.0.to_string();
     let mut sb = vec![0u8; 4096];
     File::open(&hash_dev)
         .and_then(|f| f.read_exact_at(&mut sb, 0))
@@ -251,7 +269,7 @@ fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Table), Fai
     let mut root_hash = [0u8; 32];
     hex::decode_to_slice(&p.root_hash, &mut root_hash)
         .map_err(|e| fail("decoding root hash", "/proc/cmdline", e))?;
-    let line = rke2_image_contract::verity::table(&params, &root.dev, &hash.dev, &root_hash);
+    let line = rke2_image_contract::verity::table(&params, data.1, hash.1, &root_hash);
     let (sectors, target, table) = split_table(&line).ok_or_else(|| {
         fail(
             "building verity table",
@@ -270,7 +288,7 @@ fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Table), Fai
     .map_err(|e| {
         fail(
             "setting up dm-verity",
-            format!("{} + {}", devnode(&root.name), hash_dev),
+            format!("{} + {}", data.0, hash_dev),
             e,
         )
     })?;
@@ -285,10 +303,7 @@ fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Table), Fai
     .map_err(|e| fail("waiting for verity device", &mapped, e))?;
     say(&format!(
         "verity root {} (data {}, hash {}, {} blocks)",
-        mapped,
-        devnode(&root.name),
-        hash_dev,
-        params.data_blocks
+        mapped, data.0, hash_dev, params.data_blocks
     ));
     use nix::mount::MsFlags as F;
     mount(
@@ -299,13 +314,102 @@ fn open_root(p: &cmdline::BootParams) -> Result<(disk::PartDev, gpt::Table), Fai
         None,
     )
     .map_err(|mut e| {
-        e.why = format!(
-            "{} (a verity error means the root partition does not match rke2.roothash)",
-            e.why
-        );
+        e.why = format!("{} (a verity error means {mismatch})", e.why);
         e
     })?;
-    Ok((root, g))
+    Ok(())
+}
+
+/// `rke2.root=initramfs` (PXE): the root and its hash tree are files the kernel unpacked from
+/// the second initrd (`rootfs.img`); each is attached read-only to a loop device and the pair
+/// is opened through dm-verity like the partitions of a disk. A missing file stops the boot.
+fn open_initramfs_root(p: &cmdline::BootParams) -> Result<(), Failure> {
+    use rke2_image_contract::cmdline as keys;
+    let mut devs = Vec::new();
+    for path in [keys::INITRAMFS_ROOT_FILE, keys::INITRAMFS_VERITY_FILE] {
+        if let Err(e) = fs::metadata(path) {
+            return Err(fail(
+                "finding the network-boot root",
+                path,
+                format!(
+                    "{e}; {}={} needs rootfs.img loaded as a second initrd after the initrd (see boot.ipxe of the pxe output)",
+                    keys::ROOT_SOURCE,
+                    keys::ROOT_INITRAMFS
+                ),
+            ));
+        }
+        devs.push(attach_loop(path, false)?);
+    }
+    open_verity(
+        p,
+        (&devs[0].0, &devs[0].1),
+        (&devs[1].0, &devs[1].1),
+        "rootfs.img does not match rke2.roothash (corrupt or from another build)",
+    )
+}
+
+/// Attaches `path` to a free loop device (read-only unless `writable`); returns its node and
+/// `major:minor`.
+fn attach_loop(path: &str, writable: bool) -> Result<(String, String), Failure> {
+    let ctl = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .map_err(|e| {
+            fail(
+                "opening",
+                "/dev/loop-control (is the loop module loaded?)",
+                e,
+            )
+        })?;
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+    let n = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), 0x4C82) };
+    if n < 0 {
+        return Err(fail(
+            "finding a free loop device",
+            "/dev/loop-control",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let node = format!("/dev/loop{n}");
+    wait_for(Duration::from_secs(5), || {
+        if Path::new(&node).exists() {
+            Ok(())
+        } else {
+            Err(format!("{node} did not appear"))
+        }
+    })
+    .map_err(|e| fail("waiting for loop device", &node, e))?;
+    // Read-only on both sides: the kernel marks the loop device read-only when its backing
+    // file is not open for writing.
+    let open = |p: &str| OpenOptions::new().read(true).write(writable).open(p);
+    let file = open(path).map_err(|e| fail("opening", path, e))?;
+    let lo = open(&node).map_err(|e| fail("opening", &node, e))?;
+    // SAFETY: LOOP_SET_FD takes the backing file's descriptor by value.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&lo),
+            0x4C00,
+            std::os::fd::AsRawFd::as_raw_fd(&file) as libc::c_long,
+        )
+    };
+    if r != 0 {
+        return Err(fail(
+            "attaching to loop device",
+            format!("{path} -> {node}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let st = nix::sys::stat::stat(node.as_str())
+        .map_err(|e| fail("reading device number", &node, e.desc()))?;
+    let dev = format!(
+        "{}:{}",
+        nix::sys::stat::major(st.st_rdev),
+        nix::sys::stat::minor(st.st_rdev)
+    );
+    let how = if writable { "read-write" } else { "read-only" };
+    say(&format!("{path} attached {how} to {node} ({dev})"));
+    Ok((node, dev))
 }
 
 /// Splits a one-target table line `<start> <sectors> <type> <params>` (start must be 0).
@@ -402,6 +506,137 @@ fn set_label(path: &Path, ctx: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The state directories' SELinux labels, from the verified root.
+fn state_labels() -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    let labels_path = Path::new(SYSROOT).join(paths::STATE_LABELS);
+    match fs::read_to_string(&labels_path) {
+        Ok(t) => state::parse_labels(&t)
+            .map_err(|e| fail("reading state labels", labels_path.display(), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            say(&format!(
+                "warning: {} missing, state directories stay unlabelled",
+                labels_path.display()
+            ));
+            Ok(Default::default())
+        }
+        Err(e) => Err(fail("reading state labels", labels_path.display(), e)),
+    }
+}
+
+/// The RAM-backed state device of a diskless node: a sparse file in the initramfs (itself a
+/// tmpfs, so only written blocks take memory) attached to a loop device, formatted ext4 after
+/// the switch to the verified root. Not a plain tmpfs: SELinux labels tmpfs by type
+/// transition and drops labels set before the policy loads, while ext4 keeps them in xattrs
+/// exactly as the state partition does. Size: half the RAM (the initramfs's own limit).
+pub const RAM_STATE_FILE: &str = "/rke2-state.img";
+
+fn prepare_ram_state() -> Result<(String, String), Failure> {
+    let mem =
+        fs::read_to_string("/proc/meminfo").map_err(|e| fail("reading", "/proc/meminfo", e))?;
+    let kib = cmdline::mem_total_kib(&mem)
+        .ok_or_else(|| fail("reading", "/proc/meminfo", "no MemTotal line"))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(RAM_STATE_FILE)
+        .map_err(|e| fail("creating RAM state file", RAM_STATE_FILE, e))?;
+    f.set_len(kib * 1024 / 2)
+        .map_err(|e| fail("sizing RAM state file", RAM_STATE_FILE, e))?;
+    drop(f);
+    attach_loop(RAM_STATE_FILE, true)
+}
+
+/// State for a node whose root came from the initramfs: RAM (`ram`: the loop device of
+/// [`prepare_ram_state`]), or the whole device
+/// `rke2.state_disk` names (formatted only when blank). Same layout as the state partition.
+fn setup_state_diskless(
+    state: &cmdline::DisklessState,
+    ram: Option<(String, String)>,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let labels = state_labels()?;
+    let state_root = PathBuf::from(SYSROOT).join(paths::STATE_MOUNT);
+    let state_s = state_root.to_string_lossy().into_owned();
+    match state {
+        cmdline::DisklessState::Tmpfs => {
+            let (node, majmin) = ram.ok_or_else(|| {
+                fail(
+                    "setting up RAM state",
+                    RAM_STATE_FILE,
+                    "no loop device prepared",
+                )
+            })?;
+            run_in_root(&[
+                "/sbin/mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                partitions::STATE_FS_LABEL,
+                "-E",
+                "root_owner=0:0",
+                &node,
+            ])?;
+            let name = node.trim_start_matches("/dev/").to_string();
+            let part = disk::PartDev {
+                name: name.clone(),
+                disk: name,
+                number: 0,
+                label: String::new(),
+                dev: majmin,
+            };
+            mount_ext4_as_dev(&part, &node, &state_s)?;
+            say(&format!("state: RAM ({node}; diskless, lost at power-off)"));
+            populate_state(&labels, true, &node)
+        }
+        cmdline::DisklessState::Disk(dev) => {
+            let name = dev.trim_start_matches("/dev/").to_string();
+            let sys = format!("{SYSROOT}/sys/class/block/{name}/dev");
+            let majmin = wait_for(timeout, || {
+                fs::read_to_string(&sys)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| format!("{sys}: {e}"))
+            })
+            .map_err(|e| fail("finding state disk", dev, e))?;
+            let mut head = vec![0u8; 1 << 20];
+            let f = File::open(format!("{SYSROOT}{dev}"))
+                .map_err(|e| fail("opening state disk", dev, e))?;
+            let n = f
+                .read_at(&mut head, 0)
+                .map_err(|e| fail("reading state disk", dev, e))?;
+            head.truncate(n);
+            let created = match cmdline::state_disk_action(&head, partitions::STATE_FS_LABEL) {
+                cmdline::StateDiskAction::Reuse => false,
+                cmdline::StateDiskAction::Format => {
+                    run_in_root(&[
+                        "/sbin/mkfs.ext4",
+                        "-q",
+                        "-F",
+                        "-L",
+                        partitions::STATE_FS_LABEL,
+                        "-E",
+                        "root_owner=0:0",
+                        dev,
+                    ])?;
+                    true
+                }
+                cmdline::StateDiskAction::Refuse(why) => {
+                    return Err(fail("checking state disk", dev, why))
+                }
+            };
+            let part = disk::PartDev {
+                name: name.clone(),
+                disk: name,
+                number: 0,
+                label: String::new(),
+                dev: majmin,
+            };
+            mount_ext4_as_dev(&part, dev, &state_s)?;
+            populate_state(&labels, created, dev)
+        }
+    }
+}
+
 /// Finds, creates on first boot, and mounts the state partition; then the overlays,
 /// persistent directories and /tmp.
 fn setup_state(root: &disk::PartDev, g: &mut gpt::Table) -> Result<(), Failure> {
@@ -409,19 +644,7 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Table) -> Result<(), Failure> 
     // The API filesystems have moved into the new root by now.
     let class_block = PathBuf::from(format!("{SYSROOT}/sys/class/block"));
     let disk_path = format!("{SYSROOT}{disk_dev}");
-    let labels_path = Path::new(SYSROOT).join(paths::STATE_LABELS);
-    let labels = match fs::read_to_string(&labels_path) {
-        Ok(t) => state::parse_labels(&t)
-            .map_err(|e| fail("reading state labels", labels_path.display(), e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            say(&format!(
-                "warning: {} missing, state directories stay unlabelled",
-                labels_path.display()
-            ));
-            Default::default()
-        }
-        Err(e) => return Err(fail("reading state labels", labels_path.display(), e)),
-    };
+    let labels = state_labels()?;
     let same_disk = |label: &str| {
         disk::list_partitions(&class_block)
             .into_iter()
@@ -492,9 +715,19 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Table) -> Result<(), Failure> 
         created = true;
     }
     let state_root = PathBuf::from(SYSROOT).join(paths::STATE_MOUNT);
-    let state_s = state_root.to_string_lossy().into_owned();
+    mount_ext4_as_dev(&part, &dev, &state_root.to_string_lossy())?;
+    populate_state(&labels, created, &dev)
+}
+
+/// With the state filesystem mounted at [`paths::STATE_MOUNT`]: its directories, the
+/// overlays and bind mounts onto the new root, and /tmp. `dev` names it in messages.
+fn populate_state(
+    labels: &std::collections::BTreeMap<String, String>,
+    created: bool,
+    dev: &str,
+) -> Result<(), Failure> {
+    let state_root = PathBuf::from(SYSROOT).join(paths::STATE_MOUNT);
     use nix::mount::MsFlags as F;
-    mount_ext4_as_dev(&part, &dev, &state_s)?;
     let stamp = state_root.join(paths::STATE_CREATED_STAMP);
     for (rel, _) in paths::STATE_DIRS {
         let p = state_root.join(rel);
@@ -697,9 +930,23 @@ pub fn run() -> Failure {
         DEBUG.store(params.debug, std::sync::atomic::Ordering::Relaxed);
         let n = load_modules(Path::new("/"))?;
         say(&format!("loaded {n} kernel modules"));
-        let (root, mut g) = open_root(&params)?;
-        move_api()?;
-        setup_state(&root, &mut g)?;
+        match &params.root {
+            cmdline::RootSource::Disk => {
+                let (root, mut g) = open_root(&params)?;
+                move_api()?;
+                setup_state(&root, &mut g)?;
+            }
+            cmdline::RootSource::Initramfs { state } => {
+                open_initramfs_root(&params)?;
+                // The loop device is set up while /dev is still the initrd's.
+                let ram = match state {
+                    cmdline::DisklessState::Tmpfs => Some(prepare_ram_state()?),
+                    cmdline::DisklessState::Disk(_) => None,
+                };
+                move_api()?;
+                setup_state_diskless(state, ram, params.device_timeout)?;
+            }
+        }
         Ok(())
     };
     if let Err(f) = steps() {
