@@ -123,7 +123,13 @@ pub fn build_formats(
         .arg(work.join("uki.scratch")))?;
     // The image and what was copied off it live as long as this test process (every run
     // builds afresh); the definition and logs stay for a look after a failure.
-    for p in [work.join("out"), uki, kernel.clone(), initrd.clone(), work.join("uki.scratch")] {
+    for p in [
+        work.join("out"),
+        uki,
+        kernel.clone(),
+        initrd.clone(),
+        work.join("uki.scratch"),
+    ] {
         rke2_testsupport::scratch::remove_at_exit(p);
     }
     Ok(Image {
@@ -144,9 +150,17 @@ pub fn overlay_disk(src: &Path, dst: &Path, size: Option<u64>) -> Result<()> {
     let src = fs::canonicalize(src).with_context(|| format!("{}", src.display()))?;
     let _ = fs::remove_file(dst);
     let mut c = Command::new("qemu-img");
-    c.args(["create", "-q", "-f", "qcow2", "-F", crate::vm::disk_format(&src), "-b"])
-        .arg(&src)
-        .arg(dst);
+    c.args([
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        crate::vm::disk_format(&src),
+        "-b",
+    ])
+    .arg(&src)
+    .arg(dst);
     if let Some(s) = size {
         c.arg(s.to_string());
     }
