@@ -13,6 +13,13 @@ pub const DEBUG: &str = "rke2.debug";
 pub const DEVICE_TIMEOUT: &str = "rke2.device_timeout";
 /// URL of the node configuration for `rke2-firstboot`.
 pub const CONFIG_URL: &str = "rke2.config.url";
+/// Install the image onto a disk: `rke2.install=<target>` (a `/dev` path, `/dev/disk/by-id/...`,
+/// `wwn:<wwn>`, `serial:<serial>` or `auto`). Overrides the node configuration's
+/// `install.target` (see `rke2_firstboot::install`).
+pub const INSTALL: &str = "rke2.install";
+/// `rke2.install.wipe=1` lets the installer overwrite a disk holding partitions or filesystem
+/// signatures (`0` forbids it); overrides the configuration's `install.wipe`.
+pub const INSTALL_WIPE: &str = "rke2.install.wipe";
 
 /// x86 `COMMAND_LINE_SIZE`: the kernel keeps at most this many bytes, the terminating NUL
 /// included, and silently cuts the rest (which would drop the security keys written last).

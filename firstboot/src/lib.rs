@@ -12,6 +12,7 @@ pub mod dialects;
 pub mod http;
 pub mod identity;
 pub mod init;
+pub mod install;
 pub mod network;
 pub mod plan;
 pub mod preflight;
