@@ -356,4 +356,84 @@ mod tests {
         assert!(e.starts_with("install.max-size: \"big\""), "{e}");
         assert!(serde_saphyr::from_str::<InstallSection>("taget: auto\n").is_err());
     }
+
+    fn native(body: &str) -> Result<crate::plan::Plan, String> {
+        let text = format!("apiVersion: rke2-image/v1\nkind: NodeConfig\n{body}");
+        crate::dialects::parse("/run/config/node.yaml", text.as_bytes(), None)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn native_configuration_install_section() {
+        let plan = native(
+            "hostname: n1\ninstall:\n  target: /dev/disk/by-id/virtio-S1\n  wipe: true\n  \
+             min-size: 8GiB\n  max-size: 2TiB\n  then: poweroff\n",
+        )
+        .unwrap();
+        let cfg = plan.rke2.unwrap();
+        let (key, s) = cfg.install_for(Some("n1"));
+        let r = request(&key, s, "").unwrap().unwrap();
+        assert_eq!(key, "install");
+        assert_eq!(
+            r.target,
+            TargetSpec::Path("/dev/disk/by-id/virtio-S1".into())
+        );
+        assert_eq!(
+            (r.wipe, r.min_size, r.max_size, r.then),
+            (true, Some(8 << 30), Some(2 << 40), Then::Poweroff)
+        );
+
+        // Errors name the file, the key and the fix.
+        let e = native("install:\n  target: sdb\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "/run/config/node.yaml: native: install.target: \"sdb\" does not name a disk"
+            ),
+            "{e}"
+        );
+        let e = native("install:\n  target: auto\n  min-size: 8G\n").unwrap_err();
+        assert!(
+            e.contains("install.min-size: \"8G\" is not a size; write"),
+            "{e}"
+        );
+        let e = native("install:\n  target: auto\n  then: halt\n").unwrap_err();
+        assert!(e.starts_with("/run/config/node.yaml: native: "), "{e}");
+        assert!(e.contains("halt"), "{e}");
+        let e = native("install:\n  target: auto\n  minSize: 8GiB\n").unwrap_err();
+        assert!(e.contains("unknown key `minSize`"), "{e}");
+    }
+
+    #[test]
+    fn per_node_install_replaces_the_top_level_one() {
+        let plan = native(
+            "cluster:\n  token: t\ninstall:\n  target: auto\n  min-size: 8GiB\nnodes:\n  \
+             - hostname: cp-1\n    match: { mac: \"52:54:00:00:00:01\" }\n    role: server\n    \
+             initializer: true\n    install:\n      target: serial:CP1\n  \
+             - hostname: w-1\n    match: { mac: \"52:54:00:00:00:02\" }\n    role: agent\n",
+        )
+        .unwrap();
+        let cfg = plan.rke2.unwrap();
+        let (key, s) = cfg.install_for(Some("cp-1"));
+        let r = request(&key, s, "").unwrap().unwrap();
+        assert_eq!(
+            (key.as_str(), &r.target),
+            ("nodes[0].install", &TargetSpec::Serial("CP1".into()))
+        );
+        assert_eq!(r.min_size, None, "replaced whole, not merged");
+        let (key, s) = cfg.install_for(Some("w-1"));
+        let r = request(&key, s, "").unwrap().unwrap();
+        assert_eq!(
+            (key.as_str(), &r.target, r.min_size),
+            ("install", &TargetSpec::Auto, Some(8 << 30))
+        );
+        let e = native(
+            "cluster:\n  token: t\nnodes:\n  - hostname: cp-1\n    match: { mac: \"52:54:00:00:00:01\" }\n    \
+             role: server\n    install:\n      target: auto\n      max-size: 1MiB\n      min-size: 2MiB\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("nodes[0].install: min-size 2 MiB is larger than max-size 1 MiB"),
+            "{e}"
+        );
+    }
 }
