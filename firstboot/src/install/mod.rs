@@ -192,8 +192,8 @@ pub fn request(
     }))
 }
 
-/// Parses `8GiB`, `500GB`, `512MiB`, `1TiB`, `4096` (bytes). Binary (`KiB`..`TiB`) and
-/// decimal (`kB`/`KB`..`TB`) units; a plain number is bytes.
+/// Parses `8GiB`, `512MiB`, `1TiB`, `4096` (bytes): binary units only, as the image
+/// definition's sizes (builder `definition::parse_size`), so one spelling works everywhere.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -204,17 +204,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         "TiB" => 1 << 40,
-        "kB" | "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
         _ => 0,
     };
     let n: Option<u64> = num.parse().ok();
     match n.and_then(|n| n.checked_mul(mult)).filter(|_| mult != 0) {
         Some(v) => Ok(v),
         None => Err(format!(
-            "{s:?} is not a size; write a whole number with a unit, e.g. 8GiB, 500GB, 512MiB"
+            "{s:?} is not a size; write a whole number with a binary unit (B, KiB, MiB, GiB, \
+             TiB), e.g. 8GiB or 512MiB"
         )),
     }
 }
@@ -270,10 +267,9 @@ mod tests {
     fn sizes() {
         assert_eq!(parse_size("8GiB"), Ok(8 << 30));
         assert_eq!(parse_size("2TiB"), Ok(2 << 40));
-        assert_eq!(parse_size("500GB"), Ok(500_000_000_000));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
-        for bad in ["8G", "GiB", "-1GiB", "1.5GiB", "99999999999TiB"] {
+        for bad in ["8G", "500GB", "GiB", "-1GiB", "1.5GiB", "99999999999TiB"] {
             assert!(parse_size(bad).unwrap_err().contains("8GiB"), "{bad}");
         }
         assert_eq!(human(20 << 30), "20 GiB");
