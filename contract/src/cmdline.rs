@@ -15,7 +15,8 @@ pub const DEVICE_TIMEOUT: &str = "rke2.device_timeout";
 pub const CONFIG_URL: &str = "rke2.config.url";
 /// Install the image onto a disk: `rke2.install=<target>` (a `/dev` path, `/dev/disk/by-id/...`,
 /// `wwn:<wwn>`, `serial:<serial>` or `auto`). Overrides the node configuration's
-/// `install.target` (see `rke2_firstboot::install`).
+/// `install.target`; bare `rke2.install` installs onto the configuration's target (see
+/// `rke2_firstboot::install`).
 pub const INSTALL: &str = "rke2.install";
 /// `rke2.install.wipe=1` lets the installer overwrite a disk holding partitions or filesystem
 /// signatures (`0` forbids it); overrides the configuration's `install.wipe`.

@@ -14,9 +14,11 @@
 //!
 //! Precedence: the kernel command line overrides the configuration key by key. A
 //! `rke2.install=<spec>` replaces `install.target`, `rke2.install.wipe=0|1` replaces
-//! `install.wipe`; the size range and `then` come from the configuration only. The command line
-//! is what an operator types at one machine's boot menu (or one machine's PXE entry), so it is
-//! more specific than a cluster-wide configuration file; with neither, nothing is installed.
+//! `install.wipe`; the size range and `then` come from the configuration only. A command line
+//! is set for one machine or one boot entry (a PXE entry, the ISO's install entry), so it is
+//! more specific than a cluster-wide configuration file. A bare `rke2.install` (no value) asks
+//! for an install with the configuration's target: that is the form a generic boot entry uses,
+//! so it never overrides a disk the configuration names. With neither, nothing is installed.
 
 pub mod target;
 
@@ -167,20 +169,23 @@ pub fn request(
     if section.is_some() {
         check_section(key, s)?;
     }
+    // A bare `rke2.install` (the ISO's install entry) asks for an install without naming a
+    // target, so a generic boot entry never overrides a configuration's chosen disk.
+    let cl_target = cl_target.map(str::trim);
     let (spec, target_key) = match (cl_target, &s.target) {
-        (Some(t), _) => (
+        (Some(t), _) if !t.is_empty() => (
             t.to_string(),
             format!("kernel command line {}", cmdline::INSTALL),
         ),
-        (None, Some(t)) => (t.clone(), format!("{key}.target")),
-        (None, None) if section.is_some() => {
+        (_, Some(t)) => (t.clone(), format!("{key}.target")),
+        (None, None) if section.is_none() => return Ok(None),
+        (_, None) => {
             return Err(format!(
                 "{key}: no target; set {key}.target (a /dev path, /dev/disk/by-id/<id>, \
                  wwn:<wwn>, serial:<serial> or auto) or boot with {}=<target>",
                 cmdline::INSTALL
             ))
         }
-        (None, None) => return Ok(None),
     };
     Ok(Some(InstallRequest {
         target: TargetSpec::parse(&target_key, &spec)?,
@@ -322,6 +327,18 @@ mod tests {
             request("install", None, "quiet rke2.install.wipe=1"),
             Ok(None)
         );
+
+        // Bare rke2.install: install, with the configuration's target.
+        let r = request("install", Some(&s), "rke2.install")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.target, r.target_key.as_str()),
+            (TargetSpec::Serial("A".into()), "install.target")
+        );
+        let e = request("install", None, "rke2.install").unwrap_err();
+        assert!(e.contains("install: no target; set install.target"), "{e}");
+        assert!(e.contains("or boot with rke2.install=<target>"), "{e}");
     }
 
     #[test]
