@@ -683,6 +683,20 @@ fn refuses_outside_the_size_range_and_smaller_than_the_image() {
 }
 
 #[test]
+fn auto_ignores_wipe_and_takes_blank_disks_only() {
+    let t = guest();
+    if !one_blank(&t) {
+        return;
+    }
+    t.part("vda", "vda1", 1, "254:1");
+    let e = refused(&t, "auto", true);
+    assert!(e.contains("no disk qualifies among 7"), "{e}");
+    assert!(e.contains("/dev/nvme0n1 128 MiB model \"QEMU NVMe Ctrl\" serial \"NVME0001\" wwn eui.0025385b71b0a8d2: refused: it holds ext2/3/4 filesystem; auto only takes blank disks; name this disk and set install.wipe: true to overwrite it"), "{e}");
+    assert!(e.contains("/dev/vda 64 MiB serial \"VDA-SERIAL-1\": refused: it has partitions (vda1); auto only takes blank disks"), "{e}");
+    assert_eq!(select(&t, "/dev/nvme0n1", true).unwrap().name, "nvme0n1");
+}
+
+#[test]
 fn auto_refuses_removable_and_usb() {
     let t = guest();
     if !one_blank(&t) {

@@ -529,11 +529,17 @@ fn resolve_path(dev: &Path, spec: &str) -> Option<String> {
 }
 
 /// Why `disk` may not be written for `req` (empty: it may). `auto` adds the refusals only
-/// `auto` has (removable, USB, device kinds never guessed).
+/// `auto` has (removable, USB, device kinds never guessed) and ignores `wipe`.
 pub fn refusals(disk: &Disk, req: &InstallRequest, image_size: u64) -> Vec<String> {
     let auto = req.target == TargetSpec::Auto;
     let mut r = Vec::new();
-    let wipe_fix = "set install.wipe: true (or boot with rke2.install.wipe=1) to overwrite it";
+    // `auto` takes blank disks only, whatever `wipe` says: wiping is for a disk someone named.
+    let wipe_fix = if auto {
+        "auto only takes blank disks; name this disk and set install.wipe: true to overwrite it"
+    } else {
+        "set install.wipe: true (or boot with rke2.install.wipe=1) to overwrite it"
+    };
+    let wipe = req.wipe && !auto;
     if disk.boot_medium {
         r.push("it is the medium this system booted from".to_string());
     }
@@ -580,13 +586,13 @@ pub fn refusals(disk: &Disk, req: &InstallRequest, image_size: u64) -> Vec<Strin
             "its first and last sectors cannot be read to check for data ({e})"
         ));
     }
-    if !disk.partitions.is_empty() && !req.wipe {
+    if !disk.partitions.is_empty() && !wipe {
         r.push(format!(
             "it has partitions ({}); {wipe_fix}",
             disk.partitions.join(", ")
         ));
     }
-    if !disk.signatures.is_empty() && !req.wipe {
+    if !disk.signatures.is_empty() && !wipe {
         r.push(format!(
             "it holds {}; {wipe_fix}",
             disk.signatures.join(", ")
