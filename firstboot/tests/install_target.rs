@@ -728,6 +728,15 @@ fn refuses_optical_ram_and_unreadable() {
     t.disk("virtual/block", "zram0", "252:0", SIZE, &[]);
     let e = refused(&t, "/dev/zram0", true);
     assert!(e.contains("it is a RAM disk"), "{e}");
+    t.disk(
+        "platform/mmc0/mmc0:0001/block",
+        "mmcblk0boot0",
+        "179:8",
+        4 * MIB,
+        &[],
+    );
+    let e = refused(&t, "/dev/mmcblk0boot0", true);
+    assert!(e.contains("it is an eMMC boot or RPMB area"), "{e}");
     fs::remove_file(t.node("vda")).unwrap();
     let e = refused(&t, "/dev/vda", true);
     assert!(

@@ -2,7 +2,7 @@
 //! (both passed in), the refusals, and the one-disk-or-stop selection.
 //!
 //! Devices considered: every entry of `<sys>/class/block` that is not a partition. Optical
-//! drives (`sr*`) and RAM disks (`ram*`, `zram*`) are always refused; loop, device-mapper
+//! drives (`sr*`), RAM disks (`ram*`, `zram*`) and eMMC boot/RPMB areas are always refused; loop, device-mapper
 //! (`dm-*`), md RAID (`md*`) and network block devices (`nbd*`) are never picked by `auto` but
 //! may be named explicitly (installing onto a multipath map `/dev/dm-N` or `/dev/mapper/<name>`
 //! is the right way to use a SAN disk). Empty loop/RAM devices (size 0) are not listed at all.
@@ -26,6 +26,8 @@ pub enum Kind {
     DeviceMapper,
     Md,
     Nbd,
+    /// An eMMC's boot or RPMB area (`mmcblk0boot0`, `mmcblk0rpmb`): firmware's, not a disk.
+    EmmcArea,
 }
 
 impl Kind {
@@ -34,7 +36,9 @@ impl Kind {
             name.strip_prefix(pre)
                 .is_some_and(|r| r.bytes().next().is_some_and(|b| b.is_ascii_digit()))
         };
-        if p("sr") {
+        if name.starts_with("mmcblk") && (name.contains("boot") || name.ends_with("rpmb")) {
+            Kind::EmmcArea
+        } else if p("sr") {
             Kind::Optical
         } else if p("ram") || p("zram") {
             Kind::Ram
@@ -546,6 +550,9 @@ pub fn refusals(disk: &Disk, req: &InstallRequest, image_size: u64) -> Vec<Strin
     match disk.kind {
         Kind::Optical => r.push("it is an optical drive".into()),
         Kind::Ram => r.push("it is a RAM disk (its contents vanish at power-off)".into()),
+        Kind::EmmcArea => {
+            r.push("it is an eMMC boot or RPMB area, not the eMMC's user area".into())
+        }
         Kind::Loop | Kind::DeviceMapper | Kind::Md | Kind::Nbd if auto => r.push(format!(
             "{} devices are only used when named explicitly",
             match disk.kind {
