@@ -453,6 +453,25 @@ fn refuses_the_boot_medium() {
         e.contains("it is the medium this system booted from"),
         "{e}"
     );
+    // Booted from an ISO written to a disk: the root is a dm-linear mapping over vda, and the
+    // boot device handed in is that mapping.
+    t.disk(
+        "virtual/block",
+        "dm-5",
+        "253:5",
+        SIZE / 4,
+        &[("dm/name", "rke2-live-root"), ("dm/uuid", "")],
+    );
+    t.holder("vda", "dm-5");
+    inp.boot_device = Some("dm-5");
+    let e = target::select(&req("/dev/vda", true), &inp)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("  - it is the medium this system booted from\n"),
+        "{e}"
+    );
+    assert!(e.contains("  - it is in use by /dev/dm-5"), "{e}");
 }
 
 #[test]

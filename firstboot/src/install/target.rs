@@ -337,6 +337,59 @@ fn norm_wwn(w: &str) -> String {
     w.to_string()
 }
 
+/// What is built on a disk: its holders, transitively (dm-verity over a partition, LVM over
+/// md, ...).
+struct Stack {
+    /// Holders that are not the multipath map of a path.
+    holders: BTreeSet<String>,
+    /// (`dm-N`, `/dev/dm-N (/dev/mapper/<name>)`) when the disk is a path of a multipath map.
+    multipath: Option<(String, String)>,
+    /// `major:minor` of the disk, its partitions and every holder (for mountinfo).
+    devnos: BTreeSet<String>,
+    /// Every holder's kernel name.
+    seen: BTreeSet<String>,
+}
+
+/// Walks the holders of `dirs` (the disk's and its partitions' sysfs directories), bounded.
+/// `is_dm`: the disk is itself a device-mapper device (a multipath map's holders are its
+/// partition mappings, not a map of which it is a path).
+fn stack(class: &Path, is_dm: bool, mut queue: Vec<PathBuf>) -> Stack {
+    let mut st = Stack {
+        holders: BTreeSet::new(),
+        multipath: None,
+        devnos: BTreeSet::new(),
+        seen: BTreeSet::new(),
+    };
+    while let Some(dir) = queue.pop() {
+        if st.seen.len() > 64 {
+            break;
+        }
+        if let Some(dev) = read_trim(&dir.join("dev")) {
+            st.devnos.insert(dev);
+        }
+        for h in fs::read_dir(dir.join("holders"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let hn = h.file_name().to_string_lossy().into_owned();
+            if !st.seen.insert(hn.clone()) {
+                continue;
+            }
+            let hd = class.join(&hn);
+            let uuid = read_trim(&hd.join("dm/uuid")).unwrap_or_default();
+            if uuid.starts_with("mpath-") && !is_dm {
+                let dm = read_trim(&hd.join("dm/name")).unwrap_or_default();
+                st.multipath = Some((hn.clone(), format!("/dev/{hn} (/dev/mapper/{dm})")));
+            } else {
+                st.holders.insert(hn);
+            }
+            queue.push(hd);
+        }
+    }
+    st
+}
+
 /// Every whole block device under `<sys>/class/block`, sorted by name, with its facts.
 pub fn discover(inp: &Inputs<'_>) -> Result<Vec<Disk>, TargetError> {
     let class = inp.sys.join("class/block");
@@ -374,46 +427,16 @@ pub fn discover(inp: &Inputs<'_>) -> Result<Vec<Disk>, TargetError> {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         partitions.sort();
-        let mut holders = BTreeSet::new();
-        let mut multipath = None;
-        let mut multipath_dev = None;
-        let mut devnos = BTreeSet::new();
-        let mut queue: Vec<PathBuf> = std::iter::once(d.clone())
-            .chain(partitions.iter().map(|p| d.join(p)))
-            .collect();
-        // Walk holders transitively (dm-verity over a partition, LVM over md, ...), bounded.
-        let mut seen = BTreeSet::new();
-        while let Some(dir) = queue.pop() {
-            if seen.len() > 64 {
-                break;
-            }
-            if let Some(dev) = read_trim(&dir.join("dev")) {
-                devnos.insert(dev);
-            }
-            for h in fs::read_dir(dir.join("holders"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let hn = h.file_name().to_string_lossy().into_owned();
-                if !seen.insert(hn.clone()) {
-                    continue;
-                }
-                let hd = class.join(&hn);
-                let uuid = read_trim(&hd.join("dm/uuid")).unwrap_or_default();
-                if uuid.starts_with("mpath-") && kind != Kind::DeviceMapper {
-                    let dm = read_trim(&hd.join("dm/name")).unwrap_or_default();
-                    multipath = Some(format!("/dev/{hn} (/dev/mapper/{dm})"));
-                    multipath_dev = Some(hn.clone());
-                } else {
-                    holders.insert(hn);
-                }
-                queue.push(hd);
-            }
-        }
+        let stack = stack(
+            &class,
+            kind == Kind::DeviceMapper,
+            std::iter::once(d.clone())
+                .chain(partitions.iter().map(|p| d.join(p)))
+                .collect(),
+        );
         let mut mounted: Vec<String> = mounts
             .iter()
-            .filter(|(devno, _)| devnos.contains(devno))
+            .filter(|(devno, _)| stack.devnos.contains(devno))
             .map(|(_, p)| p.clone())
             .collect();
         mounted.sort();
@@ -453,9 +476,10 @@ pub fn discover(inp: &Inputs<'_>) -> Result<Vec<Disk>, TargetError> {
                 Err(e) => (Vec::new(), Some(e.to_string())),
             }
         };
-        let boot_medium = inp
-            .boot_device
-            .is_some_and(|b| b == name || partitions.iter().any(|p| p == b));
+        // The boot medium, one of its partitions, or a mapping over it (an ISO's regions).
+        let boot_medium = inp.boot_device.is_some_and(|b| {
+            b == name || partitions.iter().any(|p| p == b) || stack.seen.contains(b)
+        });
         out.push(Disk {
             by_id: by_id
                 .iter()
@@ -472,9 +496,9 @@ pub fn discover(inp: &Inputs<'_>) -> Result<Vec<Disk>, TargetError> {
             serial,
             wwn,
             partitions,
-            holders: holders.into_iter().collect(),
-            multipath,
-            multipath_dev,
+            holders: stack.holders.into_iter().collect(),
+            multipath: stack.multipath.as_ref().map(|(_, shown)| shown.clone()),
+            multipath_dev: stack.multipath.map(|(dev, _)| dev),
             mounted,
             signatures,
             unreadable,
