@@ -21,14 +21,22 @@ pub const CONFIG_URL: &str = "rke2.config.url";
 pub const ROOT_SOURCE: &str = "rke2.root";
 pub const ROOT_DISK: &str = "disk";
 pub const ROOT_INITRAMFS: &str = "initramfs";
-/// With [`ROOT_INITRAMFS`]: the whole block device that holds the state filesystem (e.g.
-/// `/dev/disk/by-id/virtio-state` or `/dev/vdb`). A blank device (its first MiB all zeros) is
+/// With [`ROOT_INITRAMFS`]: the whole block device that holds the state filesystem, by its
+/// kernel name (`/dev/vdb`: the initrd runs no udev, so there are no `/dev/disk/by-*` links). A blank device (its first MiB all zeros) is
 /// formatted on first boot; one that already carries the state filesystem label is reused;
 /// anything else stops the boot. Absent: state lives in RAM and is lost at power-off.
 pub const STATE_DISK: &str = "rke2.state_disk";
 /// Files of the initramfs that carry the root for [`ROOT_INITRAMFS`].
 pub const INITRAMFS_ROOT_FILE: &str = "/rke2-root/root.img";
 pub const INITRAMFS_VERITY_FILE: &str = "/rke2-root/root.verity";
+/// Install the image onto a disk: `rke2.install=<target>` (a `/dev` path, `/dev/disk/by-id/...`,
+/// `wwn:<wwn>`, `serial:<serial>` or `auto`). Overrides the node configuration's
+/// `install.target`; bare `rke2.install` installs onto the configuration's target (see
+/// `rke2_firstboot::install`).
+pub const INSTALL: &str = "rke2.install";
+/// `rke2.install.wipe=1` lets the installer overwrite a disk holding partitions or filesystem
+/// signatures (`0` forbids it); overrides the configuration's `install.wipe`.
+pub const INSTALL_WIPE: &str = "rke2.install.wipe";
 
 /// x86 `COMMAND_LINE_SIZE`: the kernel keeps at most this many bytes, the terminating NUL
 /// included, and silently cuts the rest (which would drop the security keys written last).

@@ -5,6 +5,7 @@
 //!   [`plan`], node [`identity`] and [`role`], [`render`] into a root directory, static [`network`]
 //!   addressing, join
 //!   [`preflight`] on :9345, and the [`agent`] driving it all.
+//! - [`install`]: installing onto a disk; so far the request and the choice of target disk.
 
 pub mod agent;
 pub mod atomic;
@@ -12,6 +13,7 @@ pub mod dialects;
 pub mod http;
 pub mod identity;
 pub mod init;
+pub mod install;
 pub mod network;
 pub mod plan;
 pub mod preflight;

@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::install::{self, InstallSection};
 use crate::network;
 use crate::plan::{self, Dialect, FileSpec, Owner, Plan, UserSpec};
 
@@ -93,6 +94,31 @@ pub struct NativeConfig {
     /// Single-node configuration: static addressing (`interface` required).
     #[serde(default)]
     pub network: Option<NetworkSpec>,
+    /// Install the image onto a disk (see [`crate::install`]); with a nodes list, the default
+    /// for every node that has no `install` of its own.
+    #[serde(default)]
+    pub install: Option<InstallSection>,
+}
+
+impl NativeConfig {
+    /// The `install:` section that applies to the node named `hostname` (its own
+    /// `nodes[].install`, which replaces the top-level one whole, else the top-level one), with
+    /// its key path for messages.
+    pub fn install_for(&self, hostname: Option<&str>) -> (String, Option<&InstallSection>) {
+        let own = self.nodes.iter().enumerate().find_map(|(i, n)| {
+            (Some(n.hostname.as_str()) == hostname)
+                .then(|| {
+                    n.install
+                        .as_ref()
+                        .map(|s| (format!("nodes[{i}].install"), s))
+                })
+                .flatten()
+        });
+        match own {
+            Some((k, s)) => (k, Some(s)),
+            None => ("install".into(), self.install.as_ref()),
+        }
+    }
 }
 
 /// Static addressing of one interface (see [`crate::network`]).
@@ -316,6 +342,9 @@ pub struct NodeSpec {
     /// Static addressing for this node.
     #[serde(default)]
     pub network: Option<NetworkSpec>,
+    /// This node's install target etc.; replaces the top-level `install` whole.
+    #[serde(default)]
+    pub install: Option<InstallSection>,
 }
 
 /// RKE2 keys the structured fields own; setting them through `config` would bypass checks.
@@ -466,6 +495,9 @@ pub fn check(cfg: &NativeConfig) -> Result<(), String> {
                 }
             }
         }
+        if let Some(inst) = &n.install {
+            install::check_section(&format!("nodes[{i}].install"), inst)?;
+        }
         if let Some(net) = &n.network {
             let key = format!("nodes[{i}].network");
             network::check(&key, net).map_err(|e| e.to_string())?;
@@ -475,6 +507,9 @@ pub fn check(cfg: &NativeConfig) -> Result<(), String> {
         }
     }
     check_unique_addresses(cfg)?;
+    if let Some(inst) = &cfg.install {
+        install::check_section("install", inst)?;
+    }
     if let Some(net) = &cfg.network {
         if !cfg.nodes.is_empty() {
             return Err(
