@@ -348,6 +348,10 @@ fn open_initramfs_root(p: &cmdline::BootParams) -> Result<(), Failure> {
     )
 }
 
+/// `<linux/loop.h>` requests (the libc crate does not export them).
+const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
+const LOOP_SET_FD: libc::Ioctl = 0x4C00;
+
 /// Attaches `path` to a free loop device (read-only unless `writable`); returns its node and
 /// `major:minor`.
 fn attach_loop(path: &str, writable: bool) -> Result<(String, String), Failure> {
@@ -363,7 +367,7 @@ fn attach_loop(path: &str, writable: bool) -> Result<(String, String), Failure> 
             )
         })?;
     // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
-    let n = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), 0x4C82) };
+    let n = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), LOOP_CTL_GET_FREE) };
     if n < 0 {
         return Err(fail(
             "finding a free loop device",
@@ -389,7 +393,7 @@ fn attach_loop(path: &str, writable: bool) -> Result<(String, String), Failure> 
     let r = unsafe {
         libc::ioctl(
             std::os::fd::AsRawFd::as_raw_fd(&lo),
-            0x4C00,
+            LOOP_SET_FD,
             std::os::fd::AsRawFd::as_raw_fd(&file) as libc::c_long,
         )
     };
