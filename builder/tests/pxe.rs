@@ -16,41 +16,12 @@ mod common;
 const STEM: &str = "pxe-1.0";
 const FILES: [&str; 4] = ["boot.ipxe", "initrd", "rootfs.img", "vmlinuz"];
 
-/// Incompressible bytes (xorshift), so the root has more than one hash level.
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn base_tar() -> Vec<u8> {
-    let mut files = common::base_files();
-    files.push(("opt/data.bin".into(), noise(3_000_000)));
-    let mut b = tar::Builder::new(Vec::new());
-    for dir in common::BASE_DIRS {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_mtime(1_700_000_000);
-        h.set_size(0);
-        h.set_cksum();
-        b.append_data(&mut h, dir, &[][..]).unwrap();
-    }
-    for (name, data) in &files {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap()
+    // Enough data for more than one hash level.
+    common::base_tar(vec![(
+        "opt/data.bin".into(),
+        common::noise(0x2545_F491_4F6C_DD1D, 3_000_000),
+    )])
 }
 
 fn ok(cmd: &mut Command) -> Output {

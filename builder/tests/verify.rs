@@ -22,23 +22,13 @@ use rke2_testsupport::prereq;
 mod common;
 const STEM: &str = "signed-1.0";
 
-/// Incompressible bytes (xorshift), so the root keeps them as data blocks.
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn base_tar() -> Vec<u8> {
     common::base_tar(vec![
         // Enough data for a two-level tree (and for the second hashing thread).
-        ("opt/data.bin".into(), noise(4_600_000)),
+        (
+            "opt/data.bin".into(),
+            common::noise(0x9E37_79B9_7F4A_7C15, 4_600_000),
+        ),
     ])
 }
 

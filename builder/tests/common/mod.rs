@@ -72,3 +72,19 @@ pub fn base_tar(extra: Vec<(String, Vec<u8>)>) -> Vec<u8> {
     }
     b.into_inner().expect("tar in memory")
 }
+
+/// Incompressible bytes (xorshift64 from `state`, which must not be 0), so a root keeps them as
+/// data blocks and its hash tree gets more than one level.
+// Not every test binary that includes this module needs them.
+#[allow(dead_code)]
+pub fn noise(state: u64, n: usize) -> Vec<u8> {
+    let mut x = state;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
