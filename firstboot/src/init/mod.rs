@@ -293,14 +293,11 @@ fn open_verity(
         )
     })?;
     let mapped = format!("/dev/dm-{minor}");
-    wait_for(Duration::from_secs(5), || {
-        if Path::new(&mapped).exists() {
-            Ok(())
-        } else {
-            Err(format!("{mapped} ({major}:{minor}) did not appear"))
-        }
-    })
-    .map_err(|e| fail("waiting for verity device", &mapped, e))?;
+    wait_for_node(
+        &mapped,
+        &format!("{mapped} ({major}:{minor})"),
+        "verity device",
+    )?;
     say(&format!(
         "verity root {} (data {}, hash {}, {} blocks)",
         mapped, data.0, hash_dev, params.data_blocks
@@ -348,6 +345,19 @@ fn open_initramfs_root(p: &cmdline::BootParams) -> Result<(), Failure> {
     )
 }
 
+/// Waits (5 s) for the kernel's devtmpfs to show `node`, a device just created; `shown` names
+/// it in the error, `what` says what it is.
+fn wait_for_node(node: &str, shown: &str, what: &str) -> Result<(), Failure> {
+    wait_for(Duration::from_secs(5), || {
+        if Path::new(node).exists() {
+            Ok(())
+        } else {
+            Err(format!("{shown} did not appear"))
+        }
+    })
+    .map_err(|e| fail(&format!("waiting for {what}"), node, e))
+}
+
 /// `<linux/loop.h>` requests (the libc crate does not export them).
 const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
 const LOOP_SET_FD: libc::Ioctl = 0x4C00;
@@ -376,14 +386,7 @@ fn attach_loop(path: &str, writable: bool) -> Result<(String, String), Failure> 
         ));
     }
     let node = format!("/dev/loop{n}");
-    wait_for(Duration::from_secs(5), || {
-        if Path::new(&node).exists() {
-            Ok(())
-        } else {
-            Err(format!("{node} did not appear"))
-        }
-    })
-    .map_err(|e| fail("waiting for loop device", &node, e))?;
+    wait_for_node(&node, &node, "loop device")?;
     // Read-only on both sides: the kernel marks the loop device read-only when its backing
     // file is not open for writing.
     let open = |p: &str| OpenOptions::new().read(true).write(writable).open(p);
@@ -485,6 +488,22 @@ impl ChrootExt for std::process::Command {
     }
 }
 
+/// Formats `dev` as the state filesystem (ext4 labelled [`partitions::STATE_FS_LABEL`], root
+/// owned by 0:0) with the verified root's mkfs — the state partition, a state disk or the RAM
+/// state of a diskless node alike.
+fn format_state(dev: &str) -> Result<(), Failure> {
+    run_in_root(&[
+        "/sbin/mkfs.ext4",
+        "-q",
+        "-F",
+        "-L",
+        partitions::STATE_FS_LABEL,
+        "-E",
+        "root_owner=0:0",
+        dev,
+    ])
+}
+
 fn set_label(path: &Path, ctx: &str) -> Result<(), Failure> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| fail("labelling", path.display(), "path contains NUL"))?;
@@ -571,16 +590,7 @@ fn setup_state_diskless(
                     "no loop device prepared",
                 )
             })?;
-            run_in_root(&[
-                "/sbin/mkfs.ext4",
-                "-q",
-                "-F",
-                "-L",
-                partitions::STATE_FS_LABEL,
-                "-E",
-                "root_owner=0:0",
-                &node,
-            ])?;
+            format_state(&node)?;
             let name = node.trim_start_matches("/dev/").to_string();
             let part = disk::PartDev {
                 name: name.clone(),
@@ -612,16 +622,7 @@ fn setup_state_diskless(
             let created = match cmdline::state_disk_action(&head, partitions::STATE_FS_LABEL) {
                 cmdline::StateDiskAction::Reuse => false,
                 cmdline::StateDiskAction::Format => {
-                    run_in_root(&[
-                        "/sbin/mkfs.ext4",
-                        "-q",
-                        "-F",
-                        "-L",
-                        partitions::STATE_FS_LABEL,
-                        "-E",
-                        "root_owner=0:0",
-                        dev,
-                    ])?;
+                    format_state(dev)?;
                     true
                 }
                 cmdline::StateDiskAction::Refuse(why) => {
@@ -706,16 +707,7 @@ fn setup_state(root: &disk::PartDev, g: &mut gpt::Table) -> Result<(), Failure> 
         .map_err(|e| fail("reading state partition", &dev, e))?;
     if !state::is_ext4_superblock(&sb) {
         // First boot (or a crash before the format finished): format from the verified root.
-        run_in_root(&[
-            "/sbin/mkfs.ext4",
-            "-q",
-            "-F",
-            "-L",
-            partitions::STATE_FS_LABEL,
-            "-E",
-            "root_owner=0:0",
-            &dev,
-        ])?;
+        format_state(&dev)?;
         created = true;
     }
     let state_root = PathBuf::from(SYSROOT).join(paths::STATE_MOUNT);
