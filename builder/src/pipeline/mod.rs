@@ -405,7 +405,14 @@ pub fn build(
         })?;
     lap("outputs", &mut timings);
     for p in &published {
-        let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        // A directory output (pxe) is as large as its files, not its directory entry.
+        let size = match std::fs::read_dir(p) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum(),
+            Err(_) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        };
         ctx.log(&format!(
             "outputs: {} ({} MiB)",
             p.display(),
