@@ -19,29 +19,6 @@ const STEM: &str = "iso-1.0";
 /// The EFI System partition type GUID as xorriso prints it (on-disk byte order).
 const ESP_TYPE: &str = "28732ac11ff8d211ba4b00a0c93ec93b";
 
-fn base_tar() -> Vec<u8> {
-    let files = common::base_files();
-    let mut b = tar::Builder::new(Vec::new());
-    for dir in common::BASE_DIRS {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_mtime(1_700_000_000);
-        h.set_size(0);
-        h.set_cksum();
-        b.append_data(&mut h, dir, &[][..]).unwrap();
-    }
-    for (name, data) in &files {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 fn ok(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
@@ -68,17 +45,15 @@ fn text(o: &Output) -> String {
 fn build(formats: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    fs::write(p.join("base.tar"), base_tar()).unwrap();
+    fs::write(p.join("base.tar"), common::base_tar(Vec::new())).unwrap();
     fs::write(p.join("init"), b"#!/bin/sh\n").unwrap();
     fs::write(
         p.join("image.yaml"),
-        format!(
-            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: iso\nversion: \"1.0\"\n\
+        "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: iso\nversion: \"1.0\"\n\
              base:\n  archive: base.tar\ninitrd:\n  init: init\n\
              security:\n  selinux: disabled\nkernel:\n  cmdline:\n    - console=ttyS0,115200\n\
              disk:\n  espSize: 64MiB\n  rootSize: 24MiB\n  stateSize: 256MiB\n\
-             output:\n  directory: out\nepoch: 1700000000\n"
-        ),
+             output:\n  directory: out\nepoch: 1700000000\n",
     )
     .unwrap();
     ok(Command::new(env!("CARGO_BIN_EXE_rke2-image"))

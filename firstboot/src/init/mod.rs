@@ -293,15 +293,7 @@ fn open_verity(
             e,
         )
     })?;
-    let mapped = format!("/dev/dm-{minor}");
-    wait_for(Duration::from_secs(5), || {
-        if Path::new(&mapped).exists() {
-            Ok(())
-        } else {
-            Err(format!("{mapped} ({major}:{minor}) did not appear"))
-        }
-    })
-    .map_err(|e| fail("waiting for verity device", &mapped, e))?;
+    let mapped = dm_node(major, minor, "waiting for verity device")?;
     say(&format!(
         "verity root {} (data {}, hash {}, {} blocks)",
         mapped, data.0, hash_dev, params.data_blocks
@@ -441,6 +433,12 @@ fn map_linear(name: &str, dev: &str, e: iso9660::Extent) -> Result<(String, Stri
         &format!("{dev} {}", e.offset / 512),
     )
     .map_err(|why| fail("setting up dm-linear", format!("{name} on {dev}"), why))?;
+    let node = dm_node(major, minor, "waiting for dm-linear device")?;
+    Ok((node, format!("{major}:{minor}")))
+}
+
+/// Waits for the node of the device-mapper device `major:minor` (devtmpfs makes it).
+fn dm_node(major: u64, minor: u64, what: &str) -> Result<String, Failure> {
     let node = format!("/dev/dm-{minor}");
     wait_for(Duration::from_secs(5), || {
         if Path::new(&node).exists() {
@@ -449,8 +447,8 @@ fn map_linear(name: &str, dev: &str, e: iso9660::Extent) -> Result<(String, Stri
             Err(format!("{node} ({major}:{minor}) did not appear"))
         }
     })
-    .map_err(|e| fail("waiting for device", &node, e))?;
-    Ok((node, format!("{major}:{minor}")))
+    .map_err(|e| fail(what, &node, e))?;
+    Ok(node)
 }
 
 /// `rke2.root=iso` (live boot of the `iso` output): finds the medium by reading every whole
@@ -1160,6 +1158,37 @@ pub const REBOOT_DELAY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
+    /// A sysfs-like tree: whole disks and CD drives count; partitions and the initrd's own
+    /// loop and device-mapper devices do not.
+    #[test]
+    fn whole_disks_skip_partitions_and_virtual_devices() {
+        let t = tempfile::tempdir().unwrap();
+        for (name, dev, partition) in [
+            ("sda", "8:0", false),
+            ("sda1", "8:1", true),
+            ("sr0", "11:0", false),
+            ("vda", "254:0", false),
+            ("vda2", "254:2", true),
+            ("loop0", "7:0", false),
+            ("dm-0", "253:0", false),
+            ("ram0", "1:0", false),
+        ] {
+            let d = t.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("dev"), format!("{dev}\n")).unwrap();
+            if partition {
+                std::fs::write(d.join("partition"), "1\n").unwrap();
+            }
+        }
+        let got = super::whole_disks(t.path());
+        let want: Vec<(String, String)> = [("sda", "8:0"), ("sr0", "11:0"), ("vda", "254:0")]
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert!(super::whole_disks(&t.path().join("missing")).is_empty());
+    }
+
     #[test]
     fn splits_table_line() {
         assert_eq!(
