@@ -171,6 +171,18 @@ fn iso_hybrid_layout_files_and_reproducible() {
     let img_blks = report_values(&r, "El Torito img blks", 1).unwrap_or_else(|| panic!("{r}"));
     // The El Torito image is the whole partition (2048-byte blocks there, 512 in the GPT).
     assert_eq!(img_blks[0].parse::<u64>().unwrap() * 4, esp_blocks, "{r}");
+    // The GPT's disk GUID derives from the build seed, not only from the date.
+    let disk_guid = r
+        .lines()
+        .find_map(|l| l.strip_prefix("GPT disk GUID      :"))
+        .unwrap_or_else(|| panic!("{r}"))
+        .trim();
+    assert_eq!(disk_guid.len(), 32);
+    assert_eq!(&disk_guid[14..15], "4", "version 4: {disk_guid}");
+    assert!(
+        !disk_guid.starts_with("3230"),
+        "a date-derived GUID: {disk_guid}"
+    );
     let v = text(&ok(Command::new("sgdisk").arg("-v").arg(&iso)));
     assert!(v.contains("No problems found"), "{v}");
 

@@ -17,8 +17,8 @@
 //! `rke2-init` finds the two files by reading the ISO 9660 directory on every whole block
 //! device and maps their extents with dm-linear under dm-verity (`firstboot/src/init/iso9660.rs`).
 //!
-//! Reproducible: `SOURCE_DATE_EPOCH` (volume dates, the GPT and volume UUIDs), every file date
-//! set to the build epoch, `-r` (owner 0, normalised modes), a volume id from the image name;
+//! Reproducible: `SOURCE_DATE_EPOCH` (volume dates and UUID), the GPT disk GUID from the build
+//! seed, every file date set to the build epoch, `-r` (owner 0, normalised modes), a volume id from the image name;
 //! no host path reaches the image (the root and verity bytes are cut out of the raw temporary
 //! by offset). xorriso's version is Debian bookworm's 1.5.4 (scripts/host-packages).
 
@@ -82,6 +82,18 @@ pub(crate) struct Pieces<'a> {
     pub epoch: u64,
     /// The FAT volume id of the ISO's ESP.
     pub esp_volume_id: u32,
+    /// The GPT disk GUID (on-disk bytes); xorriso derives the partitions' GUIDs from it.
+    pub gpt_guid: [u8; 16],
+}
+
+/// The GPT disk GUID in xorriso's notation (32 hex digits, on-disk byte order), marked as a
+/// random (version 4, RFC 4122 variant) GUID: it derives from the build seed, so ISOs of
+/// different images differ and two builds of one image agree.
+pub fn gpt_guid_hex(seed16: [u8; 16]) -> String {
+    let mut g = seed16;
+    g[7] = (g[7] & 0x0f) | 0x40;
+    g[8] = (g[8] & 0x3f) | 0x80;
+    hex::encode(g)
 }
 
 /// The ISO's ESP: the disk ESP's systemd-boot and `loader.conf` (already signed when Secure
@@ -131,17 +143,12 @@ fn set_mtime(f: &File, epoch: u64) -> Result<(), BuildError> {
         .map_err(stage("iso"))
 }
 
-/// The xorriso arguments (after the program name) that write `out` from the work directory
-/// `work` (holding `tree/` and `esp.img`).
-pub fn xorriso_args(
-    out: &Path,
-    work: &Path,
-    raw: &Path,
-    root: (u64, u64),
-    verity: (u64, u64),
-    volid: &str,
-    epoch: u64,
-) -> Vec<std::ffi::OsString> {
+/// The xorriso arguments (after the program name) that write `out` from the pieces and the
+/// work directory `work` (holding `tree/` and `esp.img`).
+fn xorriso_args(p: &Pieces, out: &Path, work: &Path) -> Vec<std::ffi::OsString> {
+    let volid = volume_id(p.name);
+    let gpt_guid = gpt_guid_hex(p.gpt_guid);
+    let epoch = p.epoch;
     let mut a: Vec<std::ffi::OsString> = Vec::new();
     let s = |v: &str| std::ffi::OsString::from(v);
     // -no_rc first: no startup files of the build host.
@@ -151,7 +158,7 @@ pub fn xorriso_args(
     a.push(out.into());
     for v in [
         "-V",
-        volid,
+        &volid,
         "-iso-level",
         "3",
         "-r",
@@ -177,16 +184,23 @@ pub fn xorriso_args(
     // Back to xorriso's own commands: the root and its hash device cut out of the raw image.
     a.push(s("--"));
     for ((offset, len), path) in [
-        (root, cmdline::ISO_ROOT_FILE),
-        (verity, cmdline::ISO_VERITY_FILE),
+        (p.root, cmdline::ISO_ROOT_FILE),
+        (p.verity, cmdline::ISO_VERITY_FILE),
     ] {
         a.push(s("-cut_out"));
-        a.push(raw.into());
+        a.push(p.raw.into());
         a.push(s(&offset.to_string()));
         a.push(s(&len.to_string()));
         a.push(s(path));
     }
-    for v in ["-volume_date", "all_file_dates", &format!("={epoch}")] {
+    for v in [
+        "-volume_date",
+        "all_file_dates",
+        &format!("={epoch}"),
+        "-boot_image",
+        "any",
+        &format!("gpt_disk_guid={gpt_guid}"),
+    ] {
         a.push(s(v));
     }
     a
@@ -240,15 +254,7 @@ pub(crate) fn emit(staged: &mut Outputs, p: &Pieces) -> Result<PathBuf, BuildErr
     drop(esp);
 
     // xorriso writes into the (empty) staged temporary.
-    let args = xorriso_args(
-        &temp,
-        work.path(),
-        p.raw,
-        p.root,
-        p.verity,
-        &volume_id(p.name),
-        p.epoch,
-    );
+    let args = xorriso_args(p, &temp, work.path());
     let out = Command::new("xorriso")
         .args(&args)
         .env("SOURCE_DATE_EPOCH", p.epoch.to_string())
@@ -289,6 +295,7 @@ mod tests {
             "rke2.roothash=ab ro fips=1 rke2.root=iso"
         );
         assert_eq!(uki_path("n", "1.0"), "EFI/Linux/n-1.0-live.efi");
+        assert_eq!(gpt_guid_hex([0xff; 16]), "ffffffffffffff4fbfffffffffffffff");
         assert!(crate::esp::loader_conf("n").contains("default n-*"));
     }
 }

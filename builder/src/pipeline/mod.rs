@@ -415,6 +415,7 @@ pub fn build(
                     let d = derive16(&seed, "iso-esp");
                     u32::from_le_bytes([d[0], d[1], d[2], d[3]])
                 },
+                gpt_guid: derive16(&seed, "iso-gpt"),
             },
         )?;
         lap("iso", &mut timings);
