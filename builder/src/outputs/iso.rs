@@ -76,7 +76,7 @@ pub(crate) struct Pieces<'a> {
     pub verity: (u64, u64),
     /// The ISO's ESP files (see [`esp_files`]).
     pub esp: Vec<(String, Blob)>,
-    /// Files under `/rke2/` beside root and verity: (name, bytes).
+    /// More files on the ISO 9660 side: (absolute path there, content).
     pub extra: Vec<(String, Blob)>,
     pub name: &'a str,
     pub epoch: u64,
@@ -222,16 +222,12 @@ pub(crate) fn emit(staged: &mut Outputs, p: &Pieces) -> Result<PathBuf, BuildErr
         .tempdir_in(dir)
         .map_err(io("creating the ISO work directory"))?;
     let tree = work.path().join("tree");
-    let rke2 = tree.join(
-        cmdline::ISO_ROOT_FILE
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or("rke2"),
-    );
-    std::fs::create_dir_all(&rke2).map_err(stage("iso"))?;
-    for (name, blob) in &p.extra {
-        write_blob(&rke2.join(name), blob, p.epoch)?;
+    for (iso_path, blob) in &p.extra {
+        let host = tree.join(iso_path.trim_start_matches('/'));
+        if let Some(dir) = host.parent() {
+            std::fs::create_dir_all(dir).map_err(stage("iso"))?;
+        }
+        write_blob(&host, blob, p.epoch)?;
     }
 
     // The ESP: the smallest FAT32 volume that holds the files, rounded up to a MiB.

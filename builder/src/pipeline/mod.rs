@@ -370,12 +370,13 @@ pub fn build(
                 .files
                 .iter()
                 .filter_map(|(p, b)| {
-                    let name = match p.as_str() {
-                        rke2_image_contract::paths::ESP_MANIFEST => "manifest.json",
-                        rke2_image_contract::paths::ESP_SIGNATURE => "manifest.json.sig",
+                    use rke2_image_contract::{cmdline::ISO_MANIFEST_FILE, paths};
+                    let on_iso = match p.as_str() {
+                        paths::ESP_MANIFEST => ISO_MANIFEST_FILE.to_string(),
+                        paths::ESP_SIGNATURE => format!("{ISO_MANIFEST_FILE}.sig"),
                         _ => return None,
                     };
-                    Some((name.to_string(), b.clone()))
+                    Some((on_iso, b.clone()))
                 })
                 .collect();
             Some((esp_files, extra))
