@@ -2,8 +2,8 @@
 //! image; the guest sees `sr0`, which has no partition devices) and from the same ISO attached
 //! as a plain virtio disk (as after `dd` to a USB stick; the firmware boots the GPT's ESP). Both
 //! must reach the probe with the root read from the medium through dm-linear + dm-verity, FIPS
-//! and SELinux enforcing, and state in RAM. A medium whose root was damaged stops in rke2-init
-//! with the reason.
+//! and SELinux enforcing, and state in RAM. A medium whose root was damaged, or no medium at
+//! all, stops in rke2-init with the reason.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -205,4 +205,48 @@ fn iso_with_a_damaged_root_stops_in_rke2_init() {
         "{failed}"
     );
     eprintln!("damaged medium: {failed}");
+}
+
+/// `rke2.root=iso` with no medium attached (a blank disk only; the kernel and initrd loaded by
+/// QEMU): rke2-init waits `rke2.device_timeout`, then stops naming each device and why.
+#[test]
+fn iso_root_without_a_medium_stops_naming_each_device() {
+    let img = rke2_qemu_tests::need!(image());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut scratch = Scratch::new();
+    let blank = scratch.add(work_dir().join("blank.raw"));
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut cfg = Config::new(
+        &blank,
+        Boot::Direct {
+            kernel: img.kernel.clone(),
+            initrd: img.initrd.clone(),
+            cmdline: format!("{} rke2.root=iso rke2.device_timeout=5", img.cmdline),
+        },
+    );
+    cfg.log = Some(work_dir().join("no-medium.console.log"));
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for(
+        "rke2-init: FAILED",
+        &["handing off to /sbin/init"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("no medium ({}): {e}", accel()));
+    std::thread::sleep(Duration::from_secs(2));
+    let console = vm.console();
+    drop(vm);
+    let failed = console
+        .lines()
+        .find(|l| l.contains("rke2-init: FAILED"))
+        .unwrap();
+    assert!(failed.contains("finding the boot medium"), "{failed}");
+    assert!(
+        failed.contains("/dev/vda: no ISO 9660 volume descriptor at 32 KiB"),
+        "{failed}"
+    );
+    assert!(failed.contains("(waited 5 s)"), "{failed}");
+    eprintln!("no medium: {failed}");
 }
