@@ -354,7 +354,7 @@ pub enum OutputFormat {
     Raw,
     /// `<name>-<version>.qcow2`: the raw disk, compressed qcow2.
     Qcow2,
-    /// `<name>-<version>.iso`: the hybrid ISO (not built yet).
+    /// `<name>-<version>.iso`: the hybrid ISO (CD and disk, UEFI) for a live boot.
     Iso,
     /// `<name>-<version>.pxe/`: network boot artifacts.
     Pxe,
@@ -382,15 +382,6 @@ impl OutputFormat {
     pub fn parse(v: &str) -> Option<OutputFormat> {
         Self::ALL.into_iter().find(|f| f.name() == v)
     }
-
-    /// Why this build cannot produce the format yet, when it cannot: selecting it is an error
-    /// (never a silent skip).
-    pub fn not_built(self) -> Option<&'static str> {
-        match self {
-            OutputFormat::Raw | OutputFormat::Qcow2 | OutputFormat::Pxe => None,
-            OutputFormat::Iso => Some("the iso output is not built by this version of rke2-image yet; remove it or choose from raw, qcow2, pxe"),
-        }
-    }
 }
 
 /// Checks a selection of output format names (`output.formats` or `--format`): sorted and
@@ -408,9 +399,6 @@ pub fn parse_formats<S: AsRef<str>>(values: &[S]) -> Result<Vec<OutputFormat>, (
                 ),
             )
         })?;
-        if let Some(why) = f.not_built() {
-            return Err((i, why.to_string()));
-        }
         out.push(f);
     }
     if out.is_empty() {
@@ -1113,6 +1101,8 @@ mod tests {
         assert_eq!(d.output.formats, vec![Qcow2]);
         let d = parse(&format!("{GOOD}output:\n  formats: [pxe, raw, pxe]\n")).unwrap();
         assert_eq!(d.output.formats, vec![Raw, Pxe]);
+        let d = parse(&format!("{GOOD}output:\n  formats: [pxe, iso, raw]\n")).unwrap();
+        assert_eq!(d.output.formats, vec![Raw, Iso, Pxe]);
         for (list, key, line, says) in [
             (
                 "[raw, vmdk]",
@@ -1120,7 +1110,6 @@ mod tests {
                 19,
                 "raw, qcow2, iso, pxe",
             ),
-            ("[iso]", "output.formats[0]", 19, "iso output is not built"),
             ("[]", "output.formats", 19, "is empty"),
         ] {
             let e = parse(&format!("{GOOD}output:\n  formats: {list}\n")).unwrap_err();

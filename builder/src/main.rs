@@ -29,7 +29,7 @@ enum Command {
         /// Overrides the definition's output.directory.
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Outputs to publish, comma-separated (raw, qcow2; iso and pxe are not built yet);
+        /// Outputs to publish, comma-separated (raw, qcow2, iso, pxe);
         /// replaces the definition's output.formats.
         #[arg(long, value_name = "FORMATS")]
         format: Option<String>,

@@ -18,10 +18,17 @@ pub const CONFIG_URL: &str = "rke2.config.url";
 /// the initramfs files `/rke2-root/root.img` and `/rke2-root/root.verity` (the `rootfs.img` of
 /// the `pxe` output). Either way the root is opened through dm-verity with [`ROOT_HASH`]; there
 /// is no unverified mode.
+///
+/// [`ROOT_ISO`] is the live boot of the `iso` output: the root and its hash tree are the
+/// files [`ISO_ROOT_FILE`] and [`ISO_VERITY_FILE`] of the ISO 9660 medium, found by reading
+/// every whole block device (a CD drive such as `sr0`, or a disk the ISO was written to with
+/// `dd`) and mapped by their extents (dm-linear) under dm-verity. State as for
+/// [`ROOT_INITRAMFS`].
 pub const ROOT_SOURCE: &str = "rke2.root";
 pub const ROOT_DISK: &str = "disk";
 pub const ROOT_INITRAMFS: &str = "initramfs";
-/// With [`ROOT_INITRAMFS`]: the whole block device that holds the state filesystem, by its
+pub const ROOT_ISO: &str = "iso";
+/// With [`ROOT_INITRAMFS`] or [`ROOT_ISO`]: the whole block device that holds the state filesystem, by its
 /// kernel name (`/dev/vdb`: the initrd runs no udev, so there are no `/dev/disk/by-*` links). A blank device (its first MiB all zeros) is
 /// formatted on first boot; one that already carries the state filesystem label is reused;
 /// anything else stops the boot. Absent: state lives in RAM and is lost at power-off.
@@ -29,6 +36,12 @@ pub const STATE_DISK: &str = "rke2.state_disk";
 /// Files of the initramfs that carry the root for [`ROOT_INITRAMFS`].
 pub const INITRAMFS_ROOT_FILE: &str = "/rke2-root/root.img";
 pub const INITRAMFS_VERITY_FILE: &str = "/rke2-root/root.verity";
+/// Files of the ISO 9660 medium that carry the root for [`ROOT_ISO`]. 8.3 names, so the ISO
+/// 9660 directory (not only the Rock Ridge one) spells them the same way in any case.
+pub const ISO_ROOT_FILE: &str = "/rke2/root.img";
+pub const ISO_VERITY_FILE: &str = "/rke2/verity.img";
+/// The embedded manifest on the medium (the same bytes as on the disk image's ESP).
+pub const ISO_MANIFEST_FILE: &str = "/rke2/manifest.json";
 /// Install the image onto a disk: `rke2.install=<target>` (a `/dev` path, `/dev/disk/by-id/...`,
 /// `wwn:<wwn>`, `serial:<serial>` or `auto`). Overrides the node configuration's
 /// `install.target`; bare `rke2.install` installs onto the configuration's target (see

@@ -14,6 +14,8 @@ pub struct Image {
     pub disk: PathBuf,
     /// The qcow2 output of the same build, when it was asked for ([`build_formats`]).
     pub qcow2: Option<PathBuf>,
+    /// The iso output of the same build, when it was asked for.
+    pub iso: Option<PathBuf>,
     pub manifest: Manifest,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -91,6 +93,7 @@ pub fn build_formats(
     };
     let disk = with_ext("raw").context("the build published no .raw (--format must list raw)")?;
     let qcow2 = with_ext("qcow2");
+    let iso = with_ext("iso");
     let manifest: Manifest =
         serde_json::from_slice(&fs::read(work.join("out/qemu-test-1.manifest.json"))?)?;
     let part = |label: &str| -> Result<(u64, u64)> {
@@ -135,6 +138,7 @@ pub fn build_formats(
     Ok(Image {
         disk,
         qcow2,
+        iso,
         kernel,
         initrd,
         cmdline: manifest.boot.cmdline.clone(),

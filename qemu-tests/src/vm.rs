@@ -55,6 +55,10 @@ pub enum Boot {
     /// OVMF network boot, diskless (the config's `disk` is not attached): the first
     /// [`Net::User`] NIC is the boot device and QEMU's DHCP/TFTP serves `bootfile` from `tftp`.
     Pxe { tftp: PathBuf, bootfile: String },
+    /// OVMF booting the config's `disk` (an ISO) from a virtual CD-ROM drive: an ATAPI drive
+    /// on q35's AHCI controller (`ide-cd`), read-only, first in the boot order. The guest sees
+    /// it as `sr0`, with no partition devices.
+    Cdrom,
     /// QEMU loads kernel and initrd itself (no firmware, faster; for hand-made disks).
     Direct {
         kernel: PathBuf,
@@ -272,12 +276,23 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
         c.arg("-fw_cfg")
             .arg(format!("name={name},file={}", file.display()));
     }
-    if !matches!(cfg.boot, Boot::Pxe { .. }) {
-        c.arg("-drive").arg(format!(
-            "file={},format={},if=virtio,cache=unsafe",
-            cfg.disk.display(),
-            disk_format(&cfg.disk)
-        ));
+    match cfg.boot {
+        Boot::Pxe { .. } => {}
+        Boot::Cdrom => {
+            c.arg("-drive").arg(format!(
+                "file={},format={},if=none,id=cd0,media=cdrom,readonly=on",
+                cfg.disk.display(),
+                disk_format(&cfg.disk)
+            ));
+            c.args(["-device", "ide-cd,drive=cd0,bootindex=0"]);
+        }
+        _ => {
+            c.arg("-drive").arg(format!(
+                "file={},format={},if=virtio,cache=unsafe",
+                cfg.disk.display(),
+                disk_format(&cfg.disk)
+            ));
+        }
     }
     for d in &cfg.drives {
         c.arg("-drive").arg(format!(
@@ -292,7 +307,7 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
         ));
     }
     match &cfg.boot {
-        Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } => {
+        Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } | Boot::Cdrom => {
             let code = if !matches!(cfg.boot, Boot::SecureUefi { .. }) {
                 OVMF_CODE
             } else {
@@ -322,7 +337,7 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
 impl Vm {
     pub fn start(cfg: &Config) -> Result<Vm, VmError> {
         let (vars_dir, vars) = match &cfg.boot {
-            Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } => {
+            Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } | Boot::Cdrom => {
                 let src = match &cfg.boot {
                     Boot::SecureUefi { vars } => vars.as_path(),
                     _ => Path::new(OVMF_VARS),
@@ -618,6 +633,22 @@ mod tests {
         ));
         assert!(joined.contains("virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02"));
         assert!(joined.contains("-fw_cfg name=opt/x,file=/c.yaml"));
+    }
+
+    #[test]
+    fn cdrom_boot_attaches_the_disk_as_a_read_only_cd_first() {
+        let cfg = Config::new("/x.iso", Boot::Cdrom);
+        let joined = command(&cfg, Some(Path::new("/v.fd")))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains("-drive file=/x.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on -device ide-cd,drive=cd0,bootindex=0"),
+            "{joined}"
+        );
+        assert!(!joined.contains("if=virtio"), "{joined}");
+        assert!(joined.contains(&format!("readonly=on,file={OVMF_CODE}")));
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! (or `build --format`); without `raw` there the raw disk is still built, as a temporary
 //! only, and the manifest's `outputs` lists just what was published.
 
+pub mod iso;
 pub mod pxe;
 pub mod qcow2;
 pub mod raw;

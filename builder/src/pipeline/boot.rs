@@ -93,7 +93,7 @@ pub(super) fn initrd(
 pub(super) fn esp_content(
     ctx: &mut BuildContext,
     root: &Root,
-    boot: BootFiles,
+    boot: &BootFiles,
     sbom_json: Vec<u8>,
 ) -> Result<EspPieces, BuildError> {
     let def = ctx.def;
@@ -113,31 +113,18 @@ pub(super) fn esp_content(
     // One unified kernel image per slot: the command line (and the root hash in it) is inside
     // the signed PE file, not in an editable loader entry.
     let entry = uki::esp_path(&def.name, &def.version, slot);
-    let uki_bytes = uki::build(
-        &boot.stub,
-        &uki::Parts {
-            osrel: &boot.os_release,
-            cmdline: &cmdline,
-            initrd: &boot.initrd.bytes,
-            linux: &boot.kernel,
-        },
-        &format!("/{}", uki::STUB),
-    )
-    .map_err(stage("esp"))?;
-    let (uki_bytes, sdboot_blob) = match &def.secure_boot {
-        None => (uki_bytes, boot.systemd_boot),
+    let uki_bytes = build_uki(ctx, boot, &cmdline, &entry, "esp")?;
+    let sdboot_blob = match &def.secure_boot {
+        None => boot.systemd_boot.clone(),
         Some(keys) => {
             let mut sdboot = Vec::new();
             Tree::read_blobs(&[(0usize, &boot.systemd_boot)], &mut |_, r| {
                 r.read_to_end(&mut sdboot).map(|_| ())
             })
             .map_err(stage("esp"))?;
-            (
-                secureboot::sign(keys, &uki_bytes, &entry, ctx.epoch).map_err(stage("esp"))?,
-                Blob::bytes(
-                    secureboot::sign(keys, &sdboot, paths::ESP_FALLBACK_BOOT, ctx.epoch)
-                        .map_err(stage("esp"))?,
-                ),
+            Blob::bytes(
+                secureboot::sign(keys, &sdboot, paths::ESP_FALLBACK_BOOT, ctx.epoch)
+                    .map_err(stage("esp"))?,
             )
         }
     };
@@ -174,6 +161,48 @@ pub(super) fn esp_content(
         initrd_size: boot.initrd.bytes.len() as u64,
         initrd_sha256: sha256_hex(&boot.initrd.bytes),
     })
+}
+
+/// A unified kernel image of the boot files with `cmdline`, signed for `entry` when Secure
+/// Boot keys are given.
+fn build_uki(
+    ctx: &BuildContext,
+    boot: &BootFiles,
+    cmdline: &str,
+    entry: &str,
+    stage_name: &'static str,
+) -> Result<Vec<u8>, BuildError> {
+    let bytes = uki::build(
+        &boot.stub,
+        &uki::Parts {
+            osrel: &boot.os_release,
+            cmdline,
+            initrd: &boot.initrd.bytes,
+            linux: &boot.kernel,
+        },
+        &format!("/{}", uki::STUB),
+    )
+    .map_err(stage(stage_name))?;
+    match &ctx.def.secure_boot {
+        None => Ok(bytes),
+        Some(keys) => secureboot::sign(keys, &bytes, entry, ctx.epoch).map_err(stage(stage_name)),
+    }
+}
+
+/// The `iso` output's live UKI: the disk UKI's command line plus `rke2.root=iso`; returns its
+/// ESP path and bytes.
+pub(super) fn live_uki(
+    ctx: &mut BuildContext,
+    boot: &BootFiles,
+    disk_cmdline: &str,
+) -> Result<(String, Vec<u8>), BuildError> {
+    let cmdline = crate::outputs::iso::kernel_args(disk_cmdline);
+    esp::check_length(&cmdline)
+        .map_err(|m| invalid("iso", format!("the live UKI's kernel command line: {m}")))?;
+    let entry = crate::outputs::iso::uki_path(&ctx.def.name, &ctx.def.version);
+    let bytes = build_uki(ctx, boot, &cmdline, &entry, "iso")?;
+    ctx.log(&format!("uki: {entry} (iso), {} KiB", bytes.len() / 1024));
+    Ok((entry, bytes))
 }
 
 /// Writes the ESP's files as FAT32 into its region of the output file.

@@ -17,6 +17,7 @@
 //! | `esp`     | `boot.rs`, `manifest.rs` | UKI, ESP contents, manifest; FAT32 into the ESP region                             |
 //! | `disk`    | `outputs/raw.rs`         | GPT + protective MBR                                                               |
 //! | `qcow2`   | `outputs/qcow2.rs`       | compressed qcow2 of the finished disk (`output.formats` has `qcow2`)              |
+//! | `iso`     | `outputs/iso.rs`         | `output.formats: [iso]`: hybrid ISO (El Torito + GPT ESP), root/verity as files   |
 //! | `pxe`     | `outputs/pxe.rs`         | `output.formats: [pxe]`: kernel, initrd, root as a second initrd, `boot.ipxe`      |
 //! | `outputs` | `outputs/raw.rs`         | fsync, rename into place, published manifest                                       |
 //!
@@ -46,7 +47,7 @@ use rke2_image_contract::partitions;
 use sha2::{Digest, Sha256};
 
 use crate::definition::{Definition, OutputFormat};
-use crate::tree::Tree;
+use crate::tree::{self, Tree};
 use crate::{esp, outputs, publish, secureboot, sign};
 
 const MIB: u64 = 1024 * 1024;
@@ -252,14 +253,6 @@ pub fn build(
             ),
         ));
     }
-    for f in &def.output.formats {
-        if let Some(why) = f.not_built() {
-            return Err(invalid(
-                "load",
-                format!("{}: output.formats: {why}", def.file.display()),
-            ));
-        }
-    }
     // Signing keys are checked before anything is written.
     if let Some(keys) = &def.secure_boot {
         secureboot::check(keys)
@@ -352,10 +345,13 @@ pub fn build(
         boot_files.time.as_secs_f64()
     ));
 
-    // The PXE output needs the kernel and initrd the UKI swallows.
-    let pxe_wanted = def.output.formats.contains(&OutputFormat::Pxe);
-    let pxe_boot = pxe_wanted.then(|| (boot_files.kernel.clone(), boot_files.initrd.bytes.clone()));
-    let mut esp = boot::esp_content(&mut ctx, &root, boot_files, sbom_json)?;
+    let mut esp = boot::esp_content(&mut ctx, &root, &boot_files, sbom_json)?;
+    // The ISO's live UKI: the same boot files, its own command line.
+    let live_uki = if def.output.formats.contains(&OutputFormat::Iso) {
+        Some(boot::live_uki(&mut ctx, &boot_files, &esp.cmdline)?)
+    } else {
+        None
+    };
     let partitions = layout.partitions(&seed, &root, esp.used);
     let pieces = manifest::Pieces {
         layout: &layout,
@@ -365,6 +361,28 @@ pub fn build(
         composed: &composed,
     };
     let manifest = manifest::run(&ctx, &pieces, &mut esp, manifest_key.as_ref())?;
+    // The ISO takes its ESP files and the embedded manifest from the disk ESP's content.
+    let iso_files = match live_uki {
+        Some((path, bytes)) => {
+            let esp_files = outputs::iso::esp_files(&esp.content, &path, bytes)?;
+            let extra: Vec<(String, tree::Blob)> = esp
+                .content
+                .files
+                .iter()
+                .filter_map(|(p, b)| {
+                    use rke2_image_contract::{cmdline::ISO_MANIFEST_FILE, paths};
+                    let on_iso = match p.as_str() {
+                        paths::ESP_MANIFEST => ISO_MANIFEST_FILE.to_string(),
+                        paths::ESP_SIGNATURE => format!("{ISO_MANIFEST_FILE}.sig"),
+                        _ => return None,
+                    };
+                    Some((on_iso, b.clone()))
+                })
+                .collect();
+            Some((esp_files, extra))
+        }
+        None => None,
+    };
     boot::write_esp(&ctx, esp.content, &seed, out, layout.esp)?;
     lap("esp", &mut timings);
 
@@ -379,13 +397,38 @@ pub fn build(
         lap("qcow2", &mut timings);
         published.push(q);
     }
-    if let Some((kernel, initrd)) = &pxe_boot {
+    if let Some((esp_files, extra)) = iso_files {
+        let raw = staged.temp_path().to_path_buf();
+        let q = outputs::iso::emit(
+            &mut staged,
+            &outputs::iso::Pieces {
+                raw: &raw,
+                root: (layout.root_a.offset, root.written.size),
+                verity: (
+                    layout.verity_a.offset,
+                    outputs::pxe::verity_len(&root.params),
+                ),
+                esp: esp_files,
+                extra,
+                name: &def.name,
+                epoch: ctx.epoch,
+                esp_volume_id: {
+                    let d = derive16(&seed, "iso-esp");
+                    u32::from_le_bytes([d[0], d[1], d[2], d[3]])
+                },
+                gpt_guid: derive16(&seed, "iso-gpt"),
+            },
+        )?;
+        lap("iso", &mut timings);
+        published.push(q);
+    }
+    if def.output.formats.contains(&OutputFormat::Pxe) {
         let dir = staged.add_dir(outputs::pxe::SUFFIX).map_err(stage("pxe"))?;
         outputs::pxe::emit(
             &dir,
             &outputs::pxe::Pieces {
-                kernel,
-                initrd,
+                kernel: &boot_files.kernel,
+                initrd: &boot_files.initrd.bytes,
                 cmdline: &esp.cmdline,
                 image: staged.file(),
                 root: (layout.root_a.offset, root.written.size),

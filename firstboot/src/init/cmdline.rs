@@ -27,6 +27,19 @@ pub enum RootSource {
     /// The initramfs files `/rke2-root/root.img` + `/rke2-root/root.verity` (PXE), with state
     /// on tmpfs or on the device `rke2.state_disk` names.
     Initramfs { state: DisklessState },
+    /// The files `/rke2/root.img` + `/rke2/verity.img` of the ISO 9660 medium the node booted
+    /// from (live boot of the `iso` output), state as for [`RootSource::Initramfs`].
+    Iso { state: DisklessState },
+}
+
+impl RootSource {
+    /// Where a diskless (initramfs or ISO) root keeps its state; `None` for a disk boot.
+    pub fn diskless_state(&self) -> Option<&DisklessState> {
+        match self {
+            RootSource::Disk => None,
+            RootSource::Initramfs { state } | RootSource::Iso { state } => Some(state),
+        }
+    }
 }
 
 /// Where a diskless (initramfs-root) node keeps its state.
@@ -68,30 +81,34 @@ pub fn parse(cmdline: &str) -> Result<BootParams, String> {
         ),
     };
     let state_disk = keys::get(cmdline, keys::STATE_DISK);
+    let diskless = || -> Result<DisklessState, String> {
+        Ok(match state_disk {
+            None => DisklessState::Tmpfs,
+            Some(d) => DisklessState::Disk(state_device(d)?),
+        })
+    };
     let root = match keys::get(cmdline, keys::ROOT_SOURCE) {
         None => RootSource::Disk,
         Some(v) if v == keys::ROOT_DISK => RootSource::Disk,
-        Some(v) if v == keys::ROOT_INITRAMFS => RootSource::Initramfs {
-            state: match state_disk {
-                None => DisklessState::Tmpfs,
-                Some(d) => DisklessState::Disk(state_device(d)?),
-            },
-        },
+        Some(v) if v == keys::ROOT_INITRAMFS => RootSource::Initramfs { state: diskless()? },
+        Some(v) if v == keys::ROOT_ISO => RootSource::Iso { state: diskless()? },
         Some(other) => {
             return Err(format!(
-                "{}={other:?}: expected {} or {}",
+                "{}={other:?}: expected {}, {} or {}",
                 keys::ROOT_SOURCE,
                 keys::ROOT_DISK,
-                keys::ROOT_INITRAMFS
+                keys::ROOT_INITRAMFS,
+                keys::ROOT_ISO
             ))
         }
     };
     if root == RootSource::Disk && state_disk.is_some() {
         return Err(format!(
-            "{} is only for {}={} (a disk boot keeps state on its own state partition)",
+            "{} is only for {}={} or {} (a disk boot keeps state on its own state partition)",
             keys::STATE_DISK,
             keys::ROOT_SOURCE,
-            keys::ROOT_INITRAMFS
+            keys::ROOT_INITRAMFS,
+            keys::ROOT_ISO
         ));
     }
     Ok(BootParams {
@@ -220,6 +237,24 @@ mod tests {
                 state: DisklessState::Disk("/dev/vdb".into())
             }
         );
+        let p = parse(&format!("rke2.roothash={H} rke2.root=iso")).unwrap();
+        assert_eq!(
+            p.root,
+            RootSource::Iso {
+                state: DisklessState::Tmpfs
+            }
+        );
+        let p = parse(&format!(
+            "rke2.roothash={H} rke2.root=iso rke2.state_disk=/dev/vdb"
+        ))
+        .unwrap();
+        assert_eq!(
+            p.root.diskless_state(),
+            Some(&DisklessState::Disk("/dev/vdb".into()))
+        );
+        assert!(parse("rke2.root=iso")
+            .unwrap_err()
+            .contains("rke2.roothash missing"));
         // A root source without a root hash is still refused: there is no unverified mode.
         assert!(parse("rke2.root=initramfs")
             .unwrap_err()
@@ -229,6 +264,7 @@ mod tests {
             "rke2.root=initramfs rke2.state_disk=vdb",
             "rke2.root=initramfs rke2.state_disk=/dev/disk/by-id/x",
             "rke2.root=initramfs rke2.state_disk=/dev/..",
+            "rke2.root=iso rke2.state_disk=sr0",
             "rke2.state_disk=/dev/vdb",
         ] {
             let e = parse(&format!("rke2.roothash={H} {bad}")).unwrap_err();

@@ -8,6 +8,7 @@
 pub mod cmdline;
 pub mod disk;
 pub mod dm;
+pub mod iso9660;
 pub mod modules;
 pub mod state;
 
@@ -292,12 +293,7 @@ fn open_verity(
             e,
         )
     })?;
-    let mapped = format!("/dev/dm-{minor}");
-    wait_for_node(
-        &mapped,
-        &format!("{mapped} ({major}:{minor})"),
-        "verity device",
-    )?;
+    let mapped = dm_node(major, minor, "verity device")?;
     say(&format!(
         "verity root {} (data {}, hash {}, {} blocks)",
         mapped, data.0, hash_dev, params.data_blocks
@@ -361,6 +357,162 @@ fn wait_for_node(node: &str, shown: &str, what: &str) -> Result<(), Failure> {
 /// `<linux/loop.h>` requests (the libc crate does not export them).
 const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
 const LOOP_SET_FD: libc::Ioctl = 0x4C00;
+/// The whole block devices (`major:minor` by kernel name, sorted) that may hold the boot
+/// medium: disks and CD drives, not partitions or the devices the initrd makes itself.
+pub fn whole_disks(class_block: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(class_block) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ["loop", "ram", "dm-", "zram", "nbd"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || e.path().join("partition").exists()
+        {
+            continue;
+        }
+        if let Ok(dev) = fs::read_to_string(e.path().join("dev")) {
+            out.push((name, dev.trim().to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A medium carrying the `iso` output's root: device name, `major:minor`, and where the root
+/// and its hash tree are on it.
+struct IsoMedium {
+    name: String,
+    dev: String,
+    root: iso9660::Extent,
+    verity: iso9660::Extent,
+}
+
+/// Reads every whole block device for the ISO 9660 files of the root. Ok when at least one
+/// carries both; otherwise the reason for each device.
+fn scan_iso_media(class_block: &Path) -> Result<Vec<IsoMedium>, String> {
+    use rke2_image_contract::cmdline as keys;
+    let mut found = Vec::new();
+    let mut why = Vec::new();
+    for (name, dev) in whole_disks(class_block) {
+        let node = devnode(&name);
+        let probe = || -> Result<IsoMedium, String> {
+            let f = File::open(&node).map_err(|e| e.to_string())?;
+            let size = device_bytes(&f)?;
+            let root = iso9660::find(&f, keys::ISO_ROOT_FILE).map_err(|e| e.to_string())?;
+            let verity = iso9660::find(&f, keys::ISO_VERITY_FILE).map_err(|e| e.to_string())?;
+            for (path, e) in [(keys::ISO_ROOT_FILE, root), (keys::ISO_VERITY_FILE, verity)] {
+                if e.offset % 512 != 0 || e.len % 512 != 0 || e.len == 0 {
+                    return Err(format!(
+                        "{path} ({} bytes at {}) is not whole 512-byte sectors",
+                        e.len, e.offset
+                    ));
+                }
+                if e.offset + e.len > size {
+                    return Err(format!(
+                        "{path} ends at byte {}, past the device's {size} bytes (a truncated copy?)",
+                        e.offset + e.len
+                    ));
+                }
+            }
+            Ok(IsoMedium {
+                name: name.clone(),
+                dev: dev.clone(),
+                root,
+                verity,
+            })
+        };
+        match probe() {
+            Ok(m) => found.push(m),
+            Err(e) => why.push(format!("{node}: {e}")),
+        }
+    }
+    if found.is_empty() {
+        if why.is_empty() {
+            why.push("no block devices yet".into());
+        }
+        return Err(why.join("; "));
+    }
+    Ok(found)
+}
+
+/// Maps `len` bytes at `offset` of the device `dev` (`major:minor`) read-only with
+/// dm-linear; returns the mapped node and its `major:minor`.
+fn map_linear(name: &str, dev: &str, e: iso9660::Extent) -> Result<(String, String), Failure> {
+    let (major, minor) = dm::create_readonly(
+        name,
+        &format!("RKE2-LINEAR-{name}"),
+        e.len / 512,
+        "linear",
+        &format!("{dev} {}", e.offset / 512),
+    )
+    .map_err(|why| fail("setting up dm-linear", format!("{name} on {dev}"), why))?;
+    let node = dm_node(major, minor, "dm-linear device")?;
+    Ok((node, format!("{major}:{minor}")))
+}
+
+/// Waits for the node of the device-mapper device `major:minor` (devtmpfs makes it); `what`
+/// says what it is.
+fn dm_node(major: u64, minor: u64, what: &str) -> Result<String, Failure> {
+    let node = format!("/dev/dm-{minor}");
+    wait_for_node(&node, &format!("{node} ({major}:{minor})"), what)?;
+    Ok(node)
+}
+
+/// `rke2.root=iso` (live boot of the `iso` output): finds the medium by reading every whole
+/// block device (a CD drive has no partition devices; a disk the ISO was written to has the
+/// ISO 9660 volume at the same place), maps the root and hash-tree files by their extents with
+/// dm-linear and opens them through dm-verity. No medium, or more than one, stops the boot.
+fn open_iso_root(p: &cmdline::BootParams) -> Result<(), Failure> {
+    use rke2_image_contract::cmdline as keys;
+    let source = format!("{}={}", keys::ROOT_SOURCE, keys::ROOT_ISO);
+    let media = wait_for(p.device_timeout, || {
+        scan_iso_media(Path::new("/sys/class/block"))
+    })
+    .map_err(|e| {
+        fail(
+            "finding the boot medium",
+            &source,
+            format!(
+                "no device carries {} and {}: {e}",
+                keys::ISO_ROOT_FILE,
+                keys::ISO_VERITY_FILE
+            ),
+        )
+    })?;
+    if media.len() > 1 {
+        let names: Vec<String> = media.iter().map(|m| devnode(&m.name)).collect();
+        return Err(fail(
+            "finding the boot medium",
+            &source,
+            format!(
+                "more than one device carries {}: {}; attach only the medium to boot from",
+                keys::ISO_ROOT_FILE,
+                names.join(", ")
+            ),
+        ));
+    }
+    let m = &media[0];
+    say(&format!(
+        "boot medium {} ({}): root {} bytes at {}, verity {} bytes at {}",
+        devnode(&m.name),
+        m.dev,
+        m.root.len,
+        m.root.offset,
+        m.verity.len,
+        m.verity.offset
+    ));
+    let data = map_linear("rke2-iso-root", &m.dev, m.root)?;
+    let hash = map_linear("rke2-iso-verity", &m.dev, m.verity)?;
+    open_verity(
+        p,
+        (&data.0, &data.1),
+        (&hash.0, &hash.1),
+        "the medium's root does not match rke2.roothash (a damaged medium or another build's)",
+    )
+}
 
 /// Attaches `path` to a free loop device (read-only unless `writable`); returns its node and
 /// `major:minor`.
@@ -932,8 +1084,12 @@ pub fn run() -> Failure {
                 move_api()?;
                 setup_state(&root, &mut g)?;
             }
-            cmdline::RootSource::Initramfs { state } => {
-                open_initramfs_root(&params)?;
+            cmdline::RootSource::Initramfs { state } | cmdline::RootSource::Iso { state } => {
+                if matches!(params.root, cmdline::RootSource::Iso { .. }) {
+                    open_iso_root(&params)?;
+                } else {
+                    open_initramfs_root(&params)?;
+                }
                 // The loop device is set up while /dev is still the initrd's.
                 let ram = match state {
                     cmdline::DisklessState::Tmpfs => Some(prepare_ram_state()?),
@@ -994,6 +1150,37 @@ pub const REBOOT_DELAY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
+    /// A sysfs-like tree: whole disks and CD drives count; partitions and the initrd's own
+    /// loop and device-mapper devices do not.
+    #[test]
+    fn whole_disks_skip_partitions_and_virtual_devices() {
+        let t = tempfile::tempdir().unwrap();
+        for (name, dev, partition) in [
+            ("sda", "8:0", false),
+            ("sda1", "8:1", true),
+            ("sr0", "11:0", false),
+            ("vda", "254:0", false),
+            ("vda2", "254:2", true),
+            ("loop0", "7:0", false),
+            ("dm-0", "253:0", false),
+            ("ram0", "1:0", false),
+        ] {
+            let d = t.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("dev"), format!("{dev}\n")).unwrap();
+            if partition {
+                std::fs::write(d.join("partition"), "1\n").unwrap();
+            }
+        }
+        let got = super::whole_disks(t.path());
+        let want: Vec<(String, String)> = [("sda", "8:0"), ("sr0", "11:0"), ("vda", "254:0")]
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert!(super::whole_disks(&t.path().join("missing")).is_empty());
+    }
+
     #[test]
     fn splits_table_line() {
         assert_eq!(

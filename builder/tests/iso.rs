@@ -1,0 +1,277 @@
+//! The `iso` output (`output.formats: [raw, iso]`) from the synthetic base, checked with
+//! xorriso's own reports (El Torito EFI image, GPT with the ESP), `sgdisk -v`, `fsck.fat -n`
+//! on the ESP, `osirrox` extracting the root and hash device (equal to the raw image's regions,
+//! accepted by `veritysetup verify`), the live UKI's command line, the published manifest's
+//! record, reproducibility, and the raw image unchanged by selecting `iso`.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rke2_image_contract::manifest::Manifest;
+use rke2_testsupport::prereq;
+
+mod common;
+const STEM: &str = "iso-1.0";
+/// The EFI System partition type GUID as xorriso prints it (on-disk byte order).
+const ESP_TYPE: &str = "28732ac11ff8d211ba4b00a0c93ec93b";
+
+fn ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup-host installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Builds the synthetic image with `--format formats` in a fresh directory (the definition is
+/// the same file every time, so the build seed is too); returns it.
+fn build(formats: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    fs::write(p.join("base.tar"), common::base_tar(Vec::new())).unwrap();
+    fs::write(p.join("init"), b"#!/bin/sh\n").unwrap();
+    fs::write(
+        p.join("image.yaml"),
+        "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: iso\nversion: \"1.0\"\n\
+             base:\n  archive: base.tar\ninitrd:\n  init: init\n\
+             security:\n  selinux: disabled\nkernel:\n  cmdline:\n    - console=ttyS0,115200\n\
+             disk:\n  espSize: 64MiB\n  rootSize: 24MiB\n  stateSize: 256MiB\n\
+             output:\n  directory: out\nepoch: 1700000000\n",
+    )
+    .unwrap();
+    ok(Command::new(env!("CARGO_BIN_EXE_rke2-image"))
+        .arg("build")
+        .arg(p.join("image.yaml"))
+        .args(["--format", formats])
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env("RKE2_IMAGE_CACHE", p.join("cache")));
+    dir
+}
+
+fn out(d: &Path, suffix: &str) -> PathBuf {
+    d.join(format!("out/{STEM}.{suffix}"))
+}
+
+fn manifest(d: &Path) -> Manifest {
+    serde_json::from_slice(&fs::read(out(d, "manifest.json")).unwrap()).unwrap()
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// `field : N values...` lines of an xorriso report for entry `n`.
+fn report_values<'a>(report: &'a str, field: &str, n: u32) -> Option<Vec<&'a str>> {
+    report.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if k.trim() != field {
+            return None;
+        }
+        let mut it = v.split_whitespace();
+        (it.next()? == n.to_string()).then(|| it.collect())
+    })
+}
+
+fn read_region(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; len as usize];
+    fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+#[test]
+fn iso_hybrid_layout_files_and_reproducible() {
+    for (p, pkg) in [
+        ("xorriso", "xorriso"),
+        ("osirrox", "xorriso"),
+        ("sgdisk", "gdisk"),
+        ("fsck.fat", "dosfstools"),
+        ("mcopy", "mtools"),
+        ("veritysetup", "cryptsetup-bin"),
+    ] {
+        if !prereq::program(p, pkg) {
+            return;
+        }
+    }
+    let a = build("raw,iso");
+    let iso = out(a.path(), "iso");
+    let raw = out(a.path(), "raw");
+    // Nothing staged or worked on is left behind.
+    for e in fs::read_dir(a.path().join("out")).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !n.contains(".partial-") && !n.contains("iso-work"),
+            "{n} left behind"
+        );
+    }
+
+    // Recorded in the published manifest.
+    let m = manifest(a.path());
+    let data = fs::read(&iso).unwrap();
+    let rec = m
+        .outputs
+        .iter()
+        .find(|o| o.path == format!("{STEM}.iso"))
+        .unwrap_or_else(|| panic!("the iso is not in the manifest's outputs: {:?}", m.outputs));
+    assert_eq!(
+        (rec.size, rec.sha256.as_str()),
+        (data.len() as u64, &*sha256(&data))
+    );
+    assert!(
+        !data
+            .windows(a.path().as_os_str().len())
+            .any(|w| w == a.path().as_os_str().as_encoded_bytes()),
+        "a host path in the ISO"
+    );
+
+    // xorriso's reports: an El Torito UEFI no-emulation image that is appended partition 2,
+    // and a GPT publishing that partition as an EFI System partition.
+    let r = text(&ok(Command::new("xorriso").args([
+        "-no_rc",
+        "-indev",
+        iso.to_str().unwrap(),
+        "-report_el_torito",
+        "plain",
+        "-report_system_area",
+        "plain",
+    ])));
+    let boot = report_values(&r, "El Torito boot img", 1).unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(&boot[..3], ["UEFI", "y", "none"], "{r}");
+    assert!(
+        r.contains("MBR protective-msdos-label") && r.contains("GPT"),
+        "{r}"
+    );
+    assert_eq!(
+        report_values(&r, "GPT type GUID", 2),
+        Some(vec![ESP_TYPE]),
+        "{r}"
+    );
+    let se = report_values(&r, "GPT start and size", 2).unwrap_or_else(|| panic!("{r}"));
+    let (esp_start, esp_blocks): (u64, u64) = (se[0].parse().unwrap(), se[1].parse().unwrap());
+    let img_blks = report_values(&r, "El Torito img blks", 1).unwrap_or_else(|| panic!("{r}"));
+    // The El Torito image is the whole partition (2048-byte blocks there, 512 in the GPT).
+    assert_eq!(img_blks[0].parse::<u64>().unwrap() * 4, esp_blocks, "{r}");
+    // The GPT's disk GUID derives from the build seed, not only from the date.
+    let disk_guid = r
+        .lines()
+        .find_map(|l| l.strip_prefix("GPT disk GUID      :"))
+        .unwrap_or_else(|| panic!("{r}"))
+        .trim();
+    assert_eq!(disk_guid.len(), 32);
+    assert_eq!(&disk_guid[14..15], "4", "version 4: {disk_guid}");
+    assert!(
+        !disk_guid.starts_with("3230"),
+        "a date-derived GUID: {disk_guid}"
+    );
+    let v = text(&ok(Command::new("sgdisk").arg("-v").arg(&iso)));
+    assert!(v.contains("No problems found"), "{v}");
+
+    // The ESP: clean FAT, systemd-boot and the live UKI with the disk UKI's line + rke2.root=iso.
+    let esp = a.path().join("esp.img");
+    fs::write(&esp, read_region(&iso, esp_start * 512, esp_blocks * 512)).unwrap();
+    let f = text(&ok(Command::new("fsck.fat").arg("-n").arg(&esp)));
+    assert!(!f.contains("differ"), "{f}");
+    let uki = a.path().join("live.efi");
+    ok(Command::new("mcopy")
+        .arg("-i")
+        .arg(&esp)
+        .arg(format!("::/EFI/Linux/{STEM}-live.efi"))
+        .arg(&uki));
+    ok(Command::new("mcopy")
+        .arg("-i")
+        .arg(&esp)
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .arg(a.path().join("bootx64.efi")));
+    let uki_bytes = fs::read(&uki).unwrap();
+    let line = format!("{} rke2.root=iso", m.ukis[0].cmdline);
+    assert!(
+        uki_bytes.windows(line.len()).any(|w| w == line.as_bytes()),
+        "the live UKI lacks {line:?}"
+    );
+    assert!(line.contains(&format!("rke2.roothash={}", m.verity.root_hash)));
+
+    // The files: osirrox extracts the root and hash device, equal to the raw image's root-a
+    // regions and accepted by veritysetup; the manifest is the embedded one.
+    let x = a.path().join("x");
+    fs::create_dir(&x).unwrap();
+    for (from, to) in [
+        ("/rke2/root.img", "root.img"),
+        ("/rke2/verity.img", "verity.img"),
+        ("/rke2/manifest.json", "manifest.json"),
+    ] {
+        ok(Command::new("osirrox").args([
+            "-no_rc",
+            "-indev",
+            iso.to_str().unwrap(),
+            "-extract",
+            from,
+            x.join(to).to_str().unwrap(),
+        ]));
+    }
+    let part = |label: &str| {
+        let p = m.disk.partitions.iter().find(|p| p.label == label).unwrap();
+        p.first_lba * m.disk.sector_size
+    };
+    let root = fs::read(x.join("root.img")).unwrap();
+    assert_eq!(root.len() as u64, m.verity.data_blocks * 4096);
+    assert!(root == read_region(&raw, part("root-a"), root.len() as u64));
+    let hash = fs::read(x.join("verity.img")).unwrap();
+    assert!(hash == read_region(&raw, part("root-a-verity"), hash.len() as u64));
+    let vs = Command::new("veritysetup")
+        .arg("verify")
+        .arg(x.join("root.img"))
+        .arg(x.join("verity.img"))
+        .arg(&m.verity.root_hash)
+        .output()
+        .unwrap();
+    assert!(vs.status.success(), "{}", text(&vs));
+    ok(Command::new("mcopy")
+        .arg("-i")
+        .arg(format!("{}@@{}", raw.display(), part("esp")))
+        .arg("::/rke2-image/manifest.json")
+        .arg(x.join("esp-manifest.json")));
+    assert!(
+        fs::read(x.join("manifest.json")).unwrap()
+            == fs::read(x.join("esp-manifest.json")).unwrap()
+    );
+
+    // A second build elsewhere: the same ISO; a raw-only build: the same raw image.
+    let b = build("raw,iso");
+    assert!(
+        data == fs::read(out(b.path(), "iso")).unwrap(),
+        "the ISO differs between two builds"
+    );
+    drop(b);
+    let c = build("raw");
+    assert!(!out(c.path(), "iso").exists());
+    let same = Command::new("cmp")
+        .arg(&raw)
+        .arg(out(c.path(), "raw"))
+        .output()
+        .unwrap();
+    assert!(
+        same.status.success(),
+        "selecting iso changed the raw image: {}",
+        text(&same)
+    );
+}

@@ -1,0 +1,259 @@
+//! Live boot of the `iso` output through OVMF: from a virtual CD-ROM drive (El Torito EFI boot
+//! image; the guest sees `sr0`, which has no partition devices) and from the same ISO attached
+//! as a plain virtio disk (as after `dd` to a USB stick; the firmware boots the GPT's ESP). Both
+//! must reach the probe with the root read from the medium through dm-linear + dm-verity, FIPS
+//! and SELinux enforcing, and state in RAM. A medium whose root was damaged, or no medium at
+//! all, stops in rke2-init with the reason.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use rke2_qemu_tests::built::{self, Image};
+use rke2_qemu_tests::probe;
+use rke2_qemu_tests::vm::{accel, Boot, Config, Vm};
+use rke2_testsupport::scratch::Scratch;
+
+/// Generous: TCG on a shared 2-core machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
+const FATAL: [&str; 3] = ["Kernel panic", "rke2-init: FAILED", "emergency mode"];
+
+/// One VM at a time: the machines these run on have few cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("iso")
+}
+
+/// The pipeline-built image with its ISO, built once per test run; None (test skipped, or
+/// failed under CI/RKE2_TEST_STRICT) without a base or xorriso.
+fn image() -> Option<&'static Image> {
+    static IMG: OnceLock<Option<Image>> = OnceLock::new();
+    let (base, programs) = rke2_qemu_tests::test_inputs()?;
+    if !rke2_testsupport::prereq::program("xorriso", "xorriso")
+        || !rke2_testsupport::prereq::program("qemu-io", "qemu-utils")
+    {
+        return None;
+    }
+    IMG.get_or_init(|| {
+        let start = std::time::Instant::now();
+        let img = built::build_formats(&base, &programs, &work_dir(), "", "raw,iso")
+            .expect("building the test image with the iso output");
+        let iso = img.iso.as_ref().expect("the build published no .iso");
+        eprintln!(
+            "built {} in {:.0} s; iso {} MiB",
+            img.disk.display(),
+            start.elapsed().as_secs_f64(),
+            std::fs::metadata(iso).unwrap().len() >> 20
+        );
+        Some(img)
+    })
+    .as_ref()
+}
+
+fn fact<'a>(facts: &'a BTreeMap<String, String>, k: &str) -> &'a str {
+    facts
+        .get(k)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("probe fact {k} missing; facts: {facts:?}"))
+}
+
+/// Boots `cfg` to the probe; returns the console and the seconds from QEMU start to
+/// rke2-init's hand-off and to the probe.
+fn boot_to_probe(cfg: &Config, what: &str) -> (String, f64, f64) {
+    let mut vm = Vm::start(cfg).unwrap();
+    let probe_at = vm
+        .wait_for("RKE2-PROBE done=1", &FATAL, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{what} ({}): {e}", accel()));
+    vm.wait_exit(Duration::from_secs(120)).unwrap();
+    let handoff = vm
+        .seen_at("rke2-init: handing off to /sbin/init")
+        .unwrap()
+        .as_secs_f64();
+    (vm.console(), handoff, probe_at.as_secs_f64())
+}
+
+/// What every live boot from the medium shows: the root from `medium` through dm-linear and
+/// dm-verity, FIPS, SELinux enforcing, state in RAM, the live command line.
+fn check_live(img: &Image, console: &str, medium: &str) {
+    assert!(
+        console.contains(&format!("rke2-init: boot medium {medium} (")),
+        "rke2-init did not find the root on {medium}"
+    );
+    let facts = probe::facts(console);
+    assert_eq!(fact(&facts, "root_fstype"), "erofs");
+    assert!(fact(&facts, "root_dm_name").starts_with("rke2-root-a"));
+    assert!(fact(&facts, "root_dm_uuid").starts_with("RKE2-VERITY-"));
+    // dm-verity over the two dm-linear maps of the medium.
+    assert!(fact(&facts, "root_dm_slaves").contains("dm-"), "{facts:?}");
+    assert_eq!(fact(&facts, "root_writable"), "0");
+    assert_eq!(fact(&facts, "fips"), "1");
+    assert_eq!(fact(&facts, "selinux_enforce"), "1");
+    assert!(console.contains("fips mode: enabled"));
+    assert_eq!(fact(&facts, "fstype:/etc"), "overlay");
+    assert_eq!(fact(&facts, "fstype:/var"), "ext4");
+    assert!(console.contains("rke2-init: state: RAM (/dev/loop"));
+    assert!(fact(&facts, "label:/var").contains(":var_t:"), "{facts:?}");
+    let ours = probe::our_denials(console);
+    assert!(ours.is_empty(), "AVC denials for our components: {ours:#?}");
+    assert!(console.contains(&format!("rke2.roothash={}", img.manifest.verity.root_hash)));
+    assert!(console.contains("rke2.root=iso"));
+}
+
+/// The ISO in a virtual CD-ROM drive: OVMF boots its El Torito EFI image; rke2-init finds the
+/// root on `sr0` by reading the ISO 9660 directory. Then the raw disk, for the timing.
+#[test]
+fn iso_on_cdrom_boots_live_with_verified_root() {
+    let img = rke2_qemu_tests::need!(image());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let iso = img.iso.as_ref().unwrap();
+    let mut cfg = Config::new(iso, Boot::Cdrom);
+    cfg.log = Some(work_dir().join("cdrom.console.log"));
+    let (console, handoff, probe_at) = boot_to_probe(&cfg, "ISO on a CD-ROM");
+    check_live(img, &console, "/dev/sr0");
+    // The same image from its raw disk (a qcow2 overlay), for the timing comparison.
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("raw.qcow2"));
+    built::overlay_disk(&img.disk, &disk, None).unwrap();
+    let mut cfg = Config::new(&disk, Boot::Uefi);
+    cfg.log = Some(work_dir().join("raw.console.log"));
+    let (_, raw_handoff, raw_probe) = boot_to_probe(&cfg, "raw disk");
+    eprintln!(
+        "ISO on CD-ROM: rke2-init hand-off {handoff:.1} s, probe {probe_at:.1} s after QEMU start; raw disk: {raw_handoff:.1} s, {raw_probe:.1} s ({})",
+        accel()
+    );
+}
+
+/// The same ISO as a plain virtio disk (what `dd` to a USB stick gives): OVMF boots the ESP
+/// the GPT publishes; rke2-init finds the root on the whole disk `vda`.
+#[test]
+fn iso_as_a_disk_boots_live_with_verified_root() {
+    let img = rke2_qemu_tests::need!(image());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("usb.qcow2"));
+    built::overlay_disk(img.iso.as_ref().unwrap(), &disk, None).unwrap();
+    let mut cfg = Config::new(&disk, Boot::Uefi);
+    cfg.log = Some(work_dir().join("usb.console.log"));
+    let (console, handoff, probe_at) = boot_to_probe(&cfg, "ISO as a virtio disk");
+    check_live(img, &console, "/dev/vda");
+    eprintln!(
+        "ISO as a disk: rke2-init hand-off {handoff:.1} s, probe {probe_at:.1} s after QEMU start ({})",
+        accel()
+    );
+}
+
+/// Byte offset of `path` on the ISO, from xorriso's own report (an oracle independent of
+/// rke2-init's reader): `File data lba: 0 , <lba> , <blocks> , <size> , <path>`.
+fn file_offset(iso: &Path, path: &str) -> u64 {
+    let out = built::run(Command::new("xorriso").args([
+        "-no_rc",
+        "-indev",
+        iso.to_str().unwrap(),
+        "-find",
+        path,
+        "-exec",
+        "report_lba",
+    ]))
+    .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("File data lba:"))
+        .unwrap_or_else(|| panic!("no report_lba line: {text}"));
+    let lba: u64 = line.split(',').nth(1).unwrap().trim().parse().unwrap();
+    lba * 2048
+}
+
+/// One flipped bit in the root's EROFS superblock block on the medium (through a qcow2
+/// overlay, the ISO stays intact): rke2-init stops with the reason, never boots unverified.
+#[test]
+fn iso_with_a_damaged_root_stops_in_rke2_init() {
+    let img = rke2_qemu_tests::need!(image());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let iso = img.iso.as_ref().unwrap();
+    let mut scratch = Scratch::new();
+    let disk = scratch.add(work_dir().join("damaged.qcow2"));
+    built::overlay_disk(iso, &disk, None).unwrap();
+    let at = file_offset(iso, "/rke2/root.img") + 1024 + 16;
+    let mut b = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(iso).unwrap(), &mut b, at)
+        .unwrap();
+    built::run(Command::new("qemu-io").args([
+        "-f",
+        "qcow2",
+        "-c",
+        &format!("write -P {} {at} 1", b[0] ^ 0x10),
+        disk.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let mut cfg = Config::new(&disk, Boot::Uefi);
+    cfg.log = Some(work_dir().join("damaged.console.log"));
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for(
+        "rke2-init: FAILED",
+        &["handing off to /sbin/init"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("damaged ISO root ({}): {e}", accel()));
+    std::thread::sleep(Duration::from_secs(2));
+    let console = vm.console();
+    drop(vm);
+    let failed = console
+        .lines()
+        .find(|l| l.contains("rke2-init: FAILED"))
+        .unwrap();
+    assert!(
+        failed.contains("the medium's root does not match rke2.roothash"),
+        "{failed}"
+    );
+    eprintln!("damaged medium: {failed}");
+}
+
+/// `rke2.root=iso` with no medium attached (a blank disk only; the kernel and initrd loaded by
+/// QEMU): rke2-init waits `rke2.device_timeout`, then stops naming each device and why.
+#[test]
+fn iso_root_without_a_medium_stops_naming_each_device() {
+    let img = rke2_qemu_tests::need!(image());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut scratch = Scratch::new();
+    let blank = scratch.add(work_dir().join("blank.raw"));
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut cfg = Config::new(
+        &blank,
+        Boot::Direct {
+            kernel: img.kernel.clone(),
+            initrd: img.initrd.clone(),
+            cmdline: format!("{} rke2.root=iso rke2.device_timeout=5", img.cmdline),
+        },
+    );
+    cfg.log = Some(work_dir().join("no-medium.console.log"));
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for(
+        "rke2-init: FAILED",
+        &["handing off to /sbin/init"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("no medium ({}): {e}", accel()));
+    std::thread::sleep(Duration::from_secs(2));
+    let console = vm.console();
+    drop(vm);
+    let failed = console
+        .lines()
+        .find(|l| l.contains("rke2-init: FAILED"))
+        .unwrap();
+    assert!(failed.contains("finding the boot medium"), "{failed}");
+    assert!(
+        failed.contains("/dev/vda: no ISO 9660 volume descriptor at 32 KiB"),
+        "{failed}"
+    );
+    assert!(failed.contains("(waited 5 s)"), "{failed}");
+    eprintln!("no medium: {failed}");
+}
