@@ -6,7 +6,9 @@
 
 pub mod cmdline;
 pub mod crc;
+pub mod embed;
 pub mod gpt;
+pub mod iso9660;
 pub mod manifest;
 pub mod partitions;
 pub mod paths;
