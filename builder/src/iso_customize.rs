@@ -67,6 +67,11 @@ fn find_area(f: &File, path: &Path) -> Result<iso9660::Extent, CustomizeError> {
         IsoError::NotFound(_) => CustomizeError::NoArea {
             path: path.to_path_buf(),
         },
+        // Shorter than the volume descriptors: not an ISO at all.
+        IsoError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => CustomizeError::Iso {
+            path: path.to_path_buf(),
+            err: IsoError::NotIso,
+        },
         err => CustomizeError::Iso {
             path: path.to_path_buf(),
             err,
