@@ -247,7 +247,6 @@ mod tests {
     use super::*;
     use std::fs;
     use std::path::Path;
-    use std::process::Command;
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
@@ -263,22 +262,7 @@ mod tests {
 
     /// Oracle: xorriso writes the image; the extents must hold the files' bytes.
     fn xorriso(dir: &Path, out: &Path, extra: &[&str]) {
-        let mut c = Command::new("xorriso");
-        c.args([
-            "-no_rc",
-            "-as",
-            "mkisofs",
-            "-quiet",
-            "-iso-level",
-            "3",
-            "-R",
-        ])
-        .args(extra)
-        .arg("-o")
-        .arg(out)
-        .arg(dir);
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        rke2_testsupport::iso::mkisofs(dir, out, extra).unwrap();
     }
 
     #[test]

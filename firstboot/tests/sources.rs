@@ -392,26 +392,8 @@ fn boot_iso_medium_each_dialect() {
         fs::create_dir_all(w.path().join("dev")).unwrap();
         fs::create_dir_all(w.path().join("sys/class/block/sr0")).unwrap();
         fs::write(w.path().join("sys/class/block/sr0/dev"), "11:0\n").unwrap();
-        let out = std::process::Command::new("xorriso")
-            .args([
-                "-no_rc",
-                "-as",
-                "mkisofs",
-                "-quiet",
-                "-iso-level",
-                "3",
-                "-r",
-                "-o",
-            ])
-            .arg(w.path().join("dev/sr0"))
-            .arg(w.path().join("tree"))
-            .output()
+        rke2_testsupport::iso::mkisofs(&w.path().join("tree"), &w.path().join("dev/sr0"), &[])
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let src = Medium {
             cmdline: "ro rke2.root=iso".into(),
             sys: w.path().join("sys"),
