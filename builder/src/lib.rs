@@ -17,6 +17,7 @@ pub mod esp;
 pub mod formats;
 pub mod initrd;
 pub mod inspect;
+pub mod iso_customize;
 pub mod kernel_check;
 pub mod limits;
 pub mod outputs;

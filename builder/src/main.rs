@@ -100,6 +100,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work on an `iso` output: embed a node configuration into a copy, show what is embedded.
+    #[command(subcommand)]
+    Iso(IsoCommand),
+}
+
+#[derive(Subcommand)]
+enum IsoCommand {
+    /// Write a copy of IN with a node configuration embedded (the agent reads it on a live
+    /// boot; per-machine fw_cfg, URL and config drives still come first).
+    Customize {
+        #[arg(value_name = "IN")]
+        input: PathBuf,
+        /// The configuration (native cluster/node config, Ignition or #cloud-config); checked
+        /// as the agent will.
+        #[arg(long, required_unless_present = "remove", conflicts_with = "remove")]
+        config: Option<PathBuf>,
+        /// Embed nothing: the copy's area is empty again, as built.
+        #[arg(long)]
+        remove: bool,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// Replace OUT if it exists (OUT may then be IN: rewritten through a temporary).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the configuration embedded in an ISO (nothing, and a note on stderr, when empty).
+    ShowConfig {
+        #[arg(value_name = "IN")]
+        input: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -277,6 +307,7 @@ fn run() -> Result<()> {
                 );
             }
         }
+        Command::Iso(c) => iso(c)?,
         Command::Inspect { image, json } => {
             let report = inspect::inspect(&image)?;
             if json {
@@ -292,6 +323,40 @@ fn run() -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn iso(c: IsoCommand) -> Result<()> {
+    use rke2_image::iso_customize::{self as cz, Payload};
+    match c {
+        IsoCommand::Customize {
+            input,
+            config,
+            remove,
+            output,
+            force,
+        } => {
+            let bytes = match &config {
+                Some(p) if !remove => cz::read_config(p)?,
+                _ => Vec::new(),
+            };
+            let payload = match &config {
+                Some(p) if !remove => Payload::Config(p, &bytes),
+                _ => Payload::Empty,
+            };
+            for w in cz::customize(&input, payload, &output, force)? {
+                eprintln!("warning: {w}");
+            }
+            println!("{}", output.display());
+        }
+        IsoCommand::ShowConfig { input } => match cz::read(&input)?.1 {
+            Some(b) => {
+                use std::io::Write;
+                std::io::stdout().write_all(&b)?;
+            }
+            None => eprintln!("{}: the embed area is empty", input.display()),
+        },
     }
     Ok(())
 }

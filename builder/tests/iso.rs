@@ -90,6 +90,34 @@ fn report_values<'a>(report: &'a str, field: &str, n: u32) -> Option<Vec<&'a str
     })
 }
 
+/// Extracts the file `from` of `iso` to `to` with osirrox.
+fn extract(iso: &Path, from: &str, to: &Path) {
+    ok(Command::new("osirrox")
+        .args(["-no_rc", "-indev"])
+        .arg(iso)
+        .arg("-extract")
+        .arg(from)
+        .arg(to));
+}
+
+/// Every program in `programs` (name, Debian package) is installed (else see `prereq`).
+fn have(programs: &[(&str, &str)]) -> bool {
+    programs.iter().all(|(p, pkg)| prereq::program(p, pkg))
+}
+
+/// xorriso's El Torito and system area (MBR, GPT) reports on `iso`.
+fn xorriso_report(iso: &Path) -> String {
+    text(&ok(Command::new("xorriso").args([
+        "-no_rc",
+        "-indev",
+        iso.to_str().unwrap(),
+        "-report_el_torito",
+        "plain",
+        "-report_system_area",
+        "plain",
+    ])))
+}
+
 fn read_region(path: &Path, offset: u64, len: u64) -> Vec<u8> {
     let mut buf = vec![0u8; len as usize];
     fs::File::open(path)
@@ -101,17 +129,15 @@ fn read_region(path: &Path, offset: u64, len: u64) -> Vec<u8> {
 
 #[test]
 fn iso_hybrid_layout_files_and_reproducible() {
-    for (p, pkg) in [
+    if !have(&[
         ("xorriso", "xorriso"),
         ("osirrox", "xorriso"),
         ("sgdisk", "gdisk"),
         ("fsck.fat", "dosfstools"),
         ("mcopy", "mtools"),
         ("veritysetup", "cryptsetup-bin"),
-    ] {
-        if !prereq::program(p, pkg) {
-            return;
-        }
+    ]) {
+        return;
     }
     let a = build("raw,iso");
     let iso = out(a.path(), "iso");
@@ -146,15 +172,7 @@ fn iso_hybrid_layout_files_and_reproducible() {
 
     // xorriso's reports: an El Torito UEFI no-emulation image that is appended partition 2,
     // and a GPT publishing that partition as an EFI System partition.
-    let r = text(&ok(Command::new("xorriso").args([
-        "-no_rc",
-        "-indev",
-        iso.to_str().unwrap(),
-        "-report_el_torito",
-        "plain",
-        "-report_system_area",
-        "plain",
-    ])));
+    let r = xorriso_report(&iso);
     let boot = report_values(&r, "El Torito boot img", 1).unwrap_or_else(|| panic!("{r}"));
     assert_eq!(&boot[..3], ["UEFI", "y", "none"], "{r}");
     assert!(
@@ -219,14 +237,7 @@ fn iso_hybrid_layout_files_and_reproducible() {
         ("/rke2/verity.img", "verity.img"),
         ("/rke2/manifest.json", "manifest.json"),
     ] {
-        ok(Command::new("osirrox").args([
-            "-no_rc",
-            "-indev",
-            iso.to_str().unwrap(),
-            "-extract",
-            from,
-            x.join(to).to_str().unwrap(),
-        ]));
+        extract(&iso, from, &x.join(to));
     }
     let part = |label: &str| {
         let p = m.disk.partitions.iter().find(|p| p.label == label).unwrap();
@@ -274,4 +285,178 @@ fn iso_hybrid_layout_files_and_reproducible() {
         "selecting iso changed the raw image: {}",
         text(&same)
     );
+}
+
+/// Runs `rke2-image` with `args`; its output.
+fn rke2_image(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rke2-image"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `iso customize` / `iso show-config` on a built ISO: the built area is empty; a cluster
+/// configuration round-trips (read back by osirrox too); El Torito and the GPT stay valid
+/// (xorriso, `sgdisk -v`); the same input customized twice gives the same bytes and `--remove`
+/// gives back the built ISO exactly; a configuration too large, invalid, a non-rke2 ISO and an
+/// existing output are refused without writing anything.
+#[test]
+fn iso_customize_embeds_a_configuration() {
+    use rke2_image_contract::embed;
+    use std::ffi::OsStr;
+    if !have(&[
+        ("xorriso", "xorriso"),
+        ("osirrox", "xorriso"),
+        ("sgdisk", "gdisk"),
+    ]) {
+        return;
+    }
+    let a = build("iso");
+    let d = a.path();
+    let iso = out(d, "iso");
+    let built = fs::read(&iso).unwrap();
+    let o = |p: &Path| p.as_os_str().to_owned();
+    let s = |v: &str| OsStr::new(v).to_owned();
+    let cz = |input: &Path, config: &Path, out: &Path| {
+        vec![
+            s("iso"),
+            s("customize"),
+            o(input),
+            s("--config"),
+            o(config),
+            s("-o"),
+            o(out),
+        ]
+    };
+    let run = |args: Vec<std::ffi::OsString>| {
+        let r: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        rke2_image(&r)
+    };
+    // The area as built: an empty header and zeros (osirrox extracts it).
+    let area = d.join("area.img");
+    extract(&iso, embed::CONFIG_FILE, &area);
+    assert!(fs::read(&area).unwrap() == embed::empty());
+    let show = run(vec![s("iso"), s("show-config"), o(&iso)]);
+    assert!(
+        show.status.success() && show.stdout.is_empty(),
+        "{}",
+        text(&show)
+    );
+    assert!(text(&show).contains("empty"), "{}", text(&show));
+
+    // Customize with the example cluster file: shown back, and extracted back by osirrox.
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/node-config/cluster.yaml");
+    let cfg_bytes = fs::read(&cfg).unwrap();
+    let c1 = d.join("c1.iso");
+    let r = run(cz(&iso, &cfg, &c1));
+    assert!(r.status.success(), "{}", text(&r));
+    let show = run(vec![s("iso"), s("show-config"), o(&c1)]);
+    assert!(show.status.success(), "{}", text(&show));
+    assert!(show.stdout == cfg_bytes);
+    fs::remove_file(&area).unwrap();
+    extract(&c1, embed::CONFIG_FILE, &area);
+    let got = fs::read(&area).unwrap();
+    assert_eq!(got.len(), embed::AREA_BYTES);
+    assert_eq!(embed::decode(&got, got.len()), Ok(Some(cfg_bytes.clone())));
+    // Only the area changed.
+    let c1_bytes = fs::read(&c1).unwrap();
+    assert_eq!(c1_bytes.len(), built.len());
+    let diff: Vec<usize> = (0..built.len())
+        .filter(|&i| built[i] != c1_bytes[i])
+        .collect();
+    let at = fs::File::open(&iso)
+        .map(|f| rke2_image_contract::iso9660::find(&f, embed::CONFIG_FILE).unwrap())
+        .unwrap();
+    assert!(
+        diff.iter()
+            .all(|&i| (i as u64) >= at.offset && (i as u64) < at.offset + at.len),
+        "bytes outside the area changed"
+    );
+    // El Torito and the GPT as xorriso wrote them.
+    let rep = |p: &Path| xorriso_report(p).replace(p.to_str().unwrap(), "ISO");
+    let r1 = rep(&c1);
+    assert_eq!(
+        report_values(&r1, "El Torito boot img", 1).unwrap()[..3],
+        ["UEFI", "y", "none"],
+        "{r1}"
+    );
+    assert_eq!(r1, rep(&iso));
+    let v = text(&ok(Command::new("sgdisk").arg("-v").arg(&c1)));
+    assert!(v.contains("No problems found"), "{v}");
+
+    // Twice the same input: the same bytes; over a customized one: the same bytes again;
+    // --remove: the built ISO; OUT = IN with --force rewrites it in place.
+    let c2 = d.join("c2.iso");
+    for input in [&iso, &c1] {
+        let r = run(cz(input, &cfg, &c2));
+        assert!(r.status.success(), "{}", text(&r));
+        assert!(
+            fs::read(&c2).unwrap() == c1_bytes,
+            "from {}",
+            input.display()
+        );
+        fs::remove_file(&c2).unwrap();
+    }
+    fs::copy(&c1, &c2).unwrap();
+    let r = run(vec![
+        s("iso"),
+        s("customize"),
+        o(&c2),
+        s("--remove"),
+        s("-o"),
+        o(&c2),
+        s("--force"),
+    ]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(
+        fs::read(&c2).unwrap() == built,
+        "--remove did not give back the built ISO"
+    );
+
+    // Refusals: nothing written, OUT untouched, no temporary left.
+    let refused = |args: Vec<std::ffi::OsString>, want: &[&str]| {
+        let r = run(args);
+        let t = text(&r);
+        assert!(!r.status.success(), "{t}");
+        for w in want {
+            assert!(t.contains(w), "{w:?} not in {t}");
+        }
+    };
+    let big = d.join("big.yaml");
+    fs::write(&big, vec![b'#'; embed::MAX_PAYLOAD + 1]).unwrap();
+    let c3 = d.join("c3.iso");
+    refused(
+        cz(&iso, &big, &c3),
+        &[
+            &format!("{} bytes", embed::MAX_PAYLOAD + 1),
+            &format!("at most {}", embed::MAX_PAYLOAD),
+            "big.yaml",
+        ],
+    );
+    let bad = d.join("bad.yaml");
+    fs::write(
+        &bad,
+        "apiVersion: rke2-image/v1\nkind: NodeConfig\ncluster:\n  tokne: x\n",
+    )
+    .unwrap();
+    refused(cz(&iso, &bad, &c3), &["bad.yaml", "tokne"]);
+    refused(cz(&iso, &cfg, &c1), &["c1.iso exists", "--force"]);
+    refused(cz(&iso, &cfg, &iso), &["exists", "--force"]);
+    let plain_tree = d.join("plain");
+    fs::create_dir_all(plain_tree.join("rke2")).unwrap();
+    fs::write(plain_tree.join("rke2/root.img"), b"x").unwrap();
+    let plain = d.join("plain.iso");
+    rke2_testsupport::iso::mkisofs(&plain_tree, &plain, &[]).unwrap();
+    refused(
+        cz(&plain, &cfg, &c3),
+        &["no /rke2/config.img", "not an rke2-image ISO"],
+    );
+    refused(cz(&cfg, &cfg, &c3), &["cluster.yaml", "ISO 9660"]);
+    assert!(!c3.exists());
+    assert!(fs::read(&c1).unwrap() == c1_bytes);
+    assert!(fs::read(&iso).unwrap() == built);
+    for e in fs::read_dir(d).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.ends_with(".tmp"), "{n} left behind");
+    }
 }

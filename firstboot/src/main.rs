@@ -13,8 +13,8 @@ use rke2_firstboot::preflight::Backoff;
 use rke2_firstboot::render::{Phase, RenderError};
 use rke2_firstboot::sources::fw_cfg::{self, FwCfg, PauseKnob};
 use rke2_firstboot::sources::{
-    baked::Baked, cmdline_url::CmdlineUrl, config_drive::ConfigDrive, esp::Esp, Found, Source,
-    SystemMounter,
+    baked::Baked, cmdline_url::CmdlineUrl, config_drive::ConfigDrive, esp::Esp, medium::Medium,
+    Found, Source, SystemMounter,
 };
 
 /// How long `run` waits for a static address to show up before the join preflight (which
@@ -201,6 +201,7 @@ fn run(root: PathBuf) -> ExitCode {
                 base: mount_base.clone(),
             }),
         }),
+        Box::new(Medium::from_paths(&proc, &sys, &dev)),
         Box::new(Esp {
             mounted: vec![root.join("efi"), root.join("boot/efi"), root.join("boot")],
             dev,

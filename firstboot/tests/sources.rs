@@ -368,6 +368,43 @@ fn esp_each_dialect() {
     }
 }
 
+/// The embed area in an ISO written by xorriso (the oracle for the ISO 9660 layout), as the
+/// boot medium `sr0` under a fake `/sys` and `/dev`: each dialect through `run`.
+#[test]
+fn boot_iso_medium_each_dialect() {
+    use rke2_firstboot::sources::medium::Medium;
+    use rke2_image_contract::embed;
+    if !rke2_testsupport::prereq::program("xorriso", "xorriso") {
+        return;
+    }
+    for (bytes, case, dialect) in dialects() {
+        let t = tempfile::tempdir().unwrap();
+        seed(t.path());
+        let w = tempfile::tempdir().unwrap();
+        let tree = w.path().join("tree/rke2");
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("root.img"), b"root").unwrap();
+        fs::write(
+            tree.join("config.img"),
+            embed::encode(&bytes, embed::AREA_BYTES).unwrap(),
+        )
+        .unwrap();
+        fs::create_dir_all(w.path().join("dev")).unwrap();
+        fs::create_dir_all(w.path().join("sys/class/block/sr0")).unwrap();
+        fs::write(w.path().join("sys/class/block/sr0/dev"), "11:0\n").unwrap();
+        rke2_testsupport::iso::mkisofs(&w.path().join("tree"), &w.path().join("dev/sr0"), &[])
+            .unwrap();
+        let src = Medium {
+            cmdline: "ro rke2.root=iso".into(),
+            sys: w.path().join("sys"),
+            dev: w.path().join("dev"),
+        };
+        run(t.path(), vec![Box::new(src)]).unwrap();
+        let origin = format!("/rke2/config.img on {}", w.path().join("dev/sr0").display());
+        check(t.path(), case, dialect, &origin);
+    }
+}
+
 #[test]
 fn baked_each_dialect() {
     for (bytes, case, dialect) in dialects() {

@@ -3,7 +3,8 @@
 //! as a plain virtio disk (as after `dd` to a USB stick; the firmware boots the GPT's ESP). Both
 //! must reach the probe with the root read from the medium through dm-linear + dm-verity, FIPS
 //! and SELinux enforcing, and state in RAM. A medium whose root was damaged, or no medium at
-//! all, stops in rke2-init with the reason.
+//! all, stops in rke2-init with the reason. A copy customized with `rke2-image iso customize`
+//! configures itself from the embedded cluster file, with no other configuration source.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use rke2_qemu_tests::built::{self, Image};
 use rke2_qemu_tests::probe;
-use rke2_qemu_tests::vm::{accel, Boot, Config, Vm};
+use rke2_qemu_tests::vm::{accel, Boot, Config, Net, Nic, Vm};
 use rke2_testsupport::scratch::Scratch;
 
 /// Generous: TCG on a shared 2-core machine.
@@ -124,6 +125,70 @@ fn iso_on_cdrom_boots_live_with_verified_root() {
     let (_, raw_handoff, raw_probe) = boot_to_probe(&cfg, "raw disk");
     eprintln!(
         "ISO on CD-ROM: rke2-init hand-off {handoff:.1} s, probe {probe_at:.1} s after QEMU start; raw disk: {raw_handoff:.1} s, {raw_probe:.1} s ({})",
+        accel()
+    );
+}
+
+/// One rack: the built ISO plus a cluster file embedded with `rke2-image iso customize`, booted
+/// from the CD-ROM with no fw_cfg configuration, config drive or URL. The agent finds the file
+/// in the embed area of `sr0` (the medium under the root's dm-linear map), picks this machine's
+/// entry by its MAC (the other entry is another machine's) and completes the first boot.
+#[test]
+fn customized_iso_configures_itself_from_the_embedded_file() {
+    let img = rke2_qemu_tests::need!(image());
+    let (_, programs) = rke2_qemu_tests::need!(rke2_qemu_tests::test_inputs());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut scratch = Scratch::new();
+    let config = scratch.add(work_dir().join("rack.yaml"));
+    let custom = scratch.add(work_dir().join("rack.iso"));
+    let mac = "52:54:00:e2:0b:01";
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: rke2-image/v1\nkind: NodeConfig\ncluster:\n  token: rack-cluster-password-11\nnodes:\n  - hostname: rack-cp-1\n    match: {{ mac: \"{mac}\" }}\n    role: server\n    initializer: true\n    address: 10.0.0.11\n    network:\n      addresses: [10.0.0.11/24]\n  - hostname: rack-worker-1\n    match: {{ mac: \"52:54:00:e2:0b:02\" }}\n    role: agent\n    network:\n      addresses: [10.0.0.21/24]\n"
+        ),
+    )
+    .unwrap();
+    built::run(
+        Command::new(programs.join("rke2-image"))
+            .args(["iso", "customize"])
+            .arg(img.iso.as_ref().unwrap())
+            .arg("--config")
+            .arg(&config)
+            .arg("-o")
+            .arg(&custom),
+    )
+    .unwrap();
+    let mut cfg = Config::new(&custom, Boot::Cdrom);
+    // A NIC only for its MAC (the role is chosen by it): isolated user networking.
+    cfg.nics = vec![Nic {
+        mac: mac.into(),
+        net: Net::User {
+            forwards: Vec::new(),
+        },
+    }];
+    cfg.log = Some(work_dir().join("customized.console.log"));
+    let (console, _, probe_at) = boot_to_probe(&cfg, "customized ISO on a CD-ROM");
+    check_live(img, &console, "/dev/sr0");
+    assert!(
+        console.contains("rke2-firstboot: configuration from /rke2/config.img on /dev/sr0"),
+        "the agent did not take the embedded configuration"
+    );
+    assert!(console.contains("role: server (initializer)"));
+    let facts = probe::facts(&console);
+    assert!(
+        fact(&facts, "fb_status").starts_with("first boot completed"),
+        "{facts:?}"
+    );
+    assert_eq!(fact(&facts, "hostname"), "rack-cp-1");
+    assert!(
+        fact(&facts, "addrs")
+            .split(' ')
+            .any(|a| a == "10.0.0.11/24"),
+        "{facts:?}"
+    );
+    eprintln!(
+        "customized ISO: configured from the embedded file, probe {probe_at:.1} s after QEMU start ({})",
         accel()
     );
 }

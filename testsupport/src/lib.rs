@@ -14,6 +14,7 @@
 
 pub mod buildinfo;
 pub mod fixture;
+pub mod iso;
 pub mod pe;
 pub mod prereq;
 pub mod scratch;

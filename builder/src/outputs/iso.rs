@@ -6,6 +6,7 @@
 //! | `/rke2/root.img`               | the EROFS root (the raw image's root-a region, as written)   |
 //! | `/rke2/verity.img`             | its dm-verity hash device (superblock + tree)                |
 //! | `/rke2/manifest.json` (+`.sig`)| the embedded manifest, as on the disk image's ESP            |
+//! | `/rke2/config.img`             | the embed area: 1 MiB, "empty" header + zeros; `iso customize` writes a node configuration into a copy (`contract/src/embed.rs`) |
 //! | appended partition 2 (`0xef`)  | a FAT32 ESP: systemd-boot, `loader.conf`, the live UKI       |
 //!
 //! The ESP is appended after the ISO 9660 volume and published twice by xorriso: as the El
@@ -27,7 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rke2_image_contract::{cmdline, paths};
+use rke2_image_contract::{cmdline, embed, paths};
 
 use crate::esp::EspContent;
 use crate::fat;
@@ -229,6 +230,12 @@ pub(crate) fn emit(staged: &mut Outputs, p: &Pieces) -> Result<PathBuf, BuildErr
         }
         write_blob(&host, blob, p.epoch)?;
     }
+    // The embed area, empty: `iso customize` overwrites it in place in a copy of the ISO.
+    let area = tree.join(embed::CONFIG_FILE.trim_start_matches('/'));
+    if let Some(dir) = area.parent() {
+        std::fs::create_dir_all(dir).map_err(stage("iso"))?;
+    }
+    write_blob(&area, &Blob::bytes(embed::empty()), p.epoch)?;
 
     // The ESP: the smallest FAT32 volume that holds the files, rounded up to a MiB.
     let esp_path = work.path().join("esp.img");

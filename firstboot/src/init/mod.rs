@@ -8,7 +8,7 @@
 pub mod cmdline;
 pub mod disk;
 pub mod dm;
-pub mod iso9660;
+pub use rke2_image_contract::iso9660;
 pub mod modules;
 pub mod state;
 
@@ -381,6 +381,10 @@ pub fn whole_disks(class_block: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// The dm-linear mapping of the root file on a live ISO medium (the agent's `medium` source
+/// finds the medium under it).
+pub const ISO_ROOT_MAPPING: &str = "rke2-iso-root";
+
 /// A medium carrying the `iso` output's root: device name, `major:minor`, and where the root
 /// and its hash tree are on it.
 struct IsoMedium {
@@ -504,7 +508,7 @@ fn open_iso_root(p: &cmdline::BootParams) -> Result<(), Failure> {
         m.verity.len,
         m.verity.offset
     ));
-    let data = map_linear("rke2-iso-root", &m.dev, m.root)?;
+    let data = map_linear(ISO_ROOT_MAPPING, &m.dev, m.root)?;
     let hash = map_linear("rke2-iso-verity", &m.dev, m.verity)?;
     open_verity(
         p,

@@ -4,8 +4,15 @@
 //! 1. [`cmdline_url`]: `rke2.config.url=` on the kernel command line;
 //! 2. [`fw_cfg`]: QEMU fw_cfg `opt/org.rke2-image/config`, then `opt/com.coreos/config`;
 //! 3. [`config_drive`]: a volume labelled `CIDATA`/`cidata` (NoCloud) or `RKE2CFG`;
-//! 4. [`esp`]: `rke2-image/node-config.yaml` on the ESP;
-//! 5. [`baked`]: defaults baked into the image.
+//! 4. [`medium`]: on a live ISO boot, the configuration embedded in the ISO by
+//!    `rke2-image iso customize`;
+//! 5. [`esp`]: `rke2-image/node-config.yaml` on the ESP;
+//! 6. [`baked`]: defaults baked into the image.
+//!
+//! The first three are per machine (a URL templated with its MAC, a VM's fw_cfg, a drive
+//! attached to it); the embedded file is rack-wide (one ISO for every machine), so an explicit
+//! per-machine configuration beats it. It beats the ESP file and the baked defaults: both are
+//! less specific still (the ESP of a live ISO is the same read-only medium).
 //!
 //! A source that is configured but broken (URL unreachable, volume unreadable) is an error, not
 //! a reason to fall through to the next: booting with the wrong configuration is worse.
@@ -15,6 +22,7 @@ pub mod cmdline_url;
 pub mod config_drive;
 pub mod esp;
 pub mod fw_cfg;
+pub mod medium;
 
 use std::fs;
 use std::io::Read;

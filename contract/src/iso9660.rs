@@ -2,6 +2,8 @@
 //! descriptor at 32 KiB, then the directory records along a path. `rke2-init` uses it to find
 //! the root and its hash tree on the `iso` output's medium (a CD drive has no partition devices,
 //! and the initrd has no ISO 9660 mount helper to spare), then maps the extents with dm-linear.
+//! The builder's `iso customize` and the agent's `medium` source use it to find the embed area
+//! (see [`crate::embed`]); it lives here so both sides read the directory the same way.
 //!
 //! Only the ISO 9660 names are read (no Rock Ridge or Joliet): the files the builder places
 //! there have 8.3 names, which every ISO 9660 level spells the same way up to case. A file may
@@ -245,7 +247,6 @@ mod tests {
     use super::*;
     use std::fs;
     use std::path::Path;
-    use std::process::Command;
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
@@ -261,22 +262,7 @@ mod tests {
 
     /// Oracle: xorriso writes the image; the extents must hold the files' bytes.
     fn xorriso(dir: &Path, out: &Path, extra: &[&str]) {
-        let mut c = Command::new("xorriso");
-        c.args([
-            "-no_rc",
-            "-as",
-            "mkisofs",
-            "-quiet",
-            "-iso-level",
-            "3",
-            "-R",
-        ])
-        .args(extra)
-        .arg("-o")
-        .arg(out)
-        .arg(dir);
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        rke2_testsupport::iso::mkisofs(dir, out, extra).unwrap();
     }
 
     #[test]
