@@ -37,7 +37,13 @@ fn image() -> Option<&'static Image> {
         // Timings of this run only.
         let _ = std::fs::remove_file(work_dir().join("timings.log"));
         let start = std::time::Instant::now();
-        let img = cluster::payload_image(&base, &programs, &work_dir().join("image"), VERSION)
+        let img = cluster::payload_image(
+            &base,
+            &programs,
+            &work_dir().join("image"),
+            VERSION,
+            "raw,iso,pxe",
+        )
             .expect("building the cluster image");
         eprintln!(
             "built {} in {:.1} s",
