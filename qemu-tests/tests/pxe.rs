@@ -85,7 +85,10 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
     let _ = std::fs::remove_dir_all(&work);
     let img = built::build_formats(&base, &programs, &work, "", "raw,pxe")
         .expect("building the test image with the pxe output");
-    let pxe = work.join("out/qemu-test-1.pxe");
+    let pxe = img
+        .pxe
+        .clone()
+        .expect("the build published no .pxe directory");
     let pxe_bytes: u64 = std::fs::read_dir(&pxe)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
