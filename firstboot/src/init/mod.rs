@@ -8,10 +8,10 @@
 pub mod cmdline;
 pub mod disk;
 pub mod dm;
-pub mod iso9660;
 pub mod modules;
 pub mod state;
 
+use rke2_image_contract::iso9660;
 use rke2_image_contract::{gpt, partitions, paths};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
