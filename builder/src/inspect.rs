@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rke2_image_contract::gpt::Table;
 use rke2_image_contract::manifest::Manifest;
-use rke2_image_contract::{cmdline, partitions, paths, verity};
+use rke2_image_contract::{cmdline, embed, iso9660, partitions, paths, verity};
 use serde::Serialize;
 
 use crate::esp::{self, ParsedEntry};
@@ -44,10 +44,31 @@ pub struct VerityView {
     pub uuid: String,
 }
 
+/// What kind of file was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Medium {
+    /// A disk image (raw, or the disk a qcow2 carries).
+    Disk,
+    /// The `iso` output: partitions are its hybrid GPT, the ESP its El Torito/GPT boot
+    /// partition, the manifest and verity data files of its ISO 9660 volume.
+    Iso,
+}
+
+/// A file of the ISO 9660 volume the node reads.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IsoFileView {
+    pub path: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub file: String,
+    pub medium: Medium,
     pub size: u64,
     pub disk_guid: String,
     pub partitions: Vec<PartitionView>,
@@ -57,10 +78,18 @@ pub struct Report {
     pub root_hash: Option<String>,
     pub verity: Vec<VerityView>,
     pub manifest: Option<Manifest>,
+    /// The `iso` output's files (empty for a disk).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub iso_files: Vec<IsoFileView>,
+    /// The ISO's embed area (`iso customize`): `empty`, or the configuration's size and sha256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedded_config: Option<String>,
     /// Disagreements between the parts read back (empty when the image is consistent).
     pub problems: Vec<String>,
 }
 
+/// Reads the image at `path`: a raw disk, a qcow2 (read as the disk it carries) or an ISO
+/// of the `iso` output (recognised by its ISO 9660 volume descriptor).
 pub fn inspect(path: &Path) -> Result<Report, InspectError> {
     let err = |message: String| InspectError::Image {
         path: path.display().to_string(),
@@ -92,14 +121,26 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
             });
         }
     }
-    let region = |label: &str| {
-        parts
-            .iter()
-            .find(|p| p.label == label)
-            .map(|p| (p.first_lba * table.sector_size, p.size))
+    let medium = match iso9660::find(file, cmdline::ISO_MANIFEST_FILE) {
+        Err(iso9660::IsoError::NotIso) => Medium::Disk,
+        _ => Medium::Iso,
     };
-    let (esp_off, esp_size) =
-        region(partitions::ESP.label).ok_or_else(|| err("no partition labelled `esp`".into()))?;
+    // The disk's ESP is the partition labelled `esp`; the ISO's is its partition of the ESP
+    // type (xorriso names it itself).
+    let esp_type = partitions::ESP.type_guid;
+    let (esp_off, esp_size) = parts
+        .iter()
+        .find(|p| match medium {
+            Medium::Disk => p.label == partitions::ESP.label,
+            Medium::Iso => p.type_guid.eq_ignore_ascii_case(esp_type),
+        })
+        .map(|p| (p.first_lba * table.sector_size, p.size))
+        .ok_or_else(|| {
+            err(match medium {
+                Medium::Disk => "no partition labelled `esp`".into(),
+                Medium::Iso => format!("no partition of the ESP type {esp_type} in its GPT"),
+            })
+        })?;
     let files = fat::read_all(file, esp_off, esp_size).map_err(|e| err(format!("ESP: {e}")))?;
     let text = |p: &str| {
         files
@@ -153,27 +194,123 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
             }
         }
     }
-    let manifest: Option<Manifest> = match files.get(paths::ESP_MANIFEST) {
+    // Where the manifest and the verity superblocks are: on the disk, the ESP and the
+    // verity partitions; on the ISO, files of its ISO 9660 volume.
+    let mut iso_files = Vec::new();
+    let mut embedded_config = None;
+    let (manifest_bytes, manifest_at, verity_at) = match medium {
+        Medium::Disk => {
+            let region = |label: &str| {
+                parts
+                    .iter()
+                    .find(|p| p.label == label)
+                    .map(|p| p.first_lba * table.sector_size)
+            };
+            let verity_at: Vec<(String, u64)> = [
+                partitions::ROOT_A_VERITY.label,
+                partitions::ROOT_B_VERITY.label,
+            ]
+            .into_iter()
+            .filter_map(|l| region(l).map(|o| (l.to_string(), o)))
+            .collect();
+            (
+                files.get(paths::ESP_MANIFEST).cloned(),
+                format!("{} on the ESP", paths::ESP_MANIFEST),
+                verity_at,
+            )
+        }
+        Medium::Iso => {
+            let mut found = |p: &str| match iso9660::find(file, p) {
+                Ok(e) => {
+                    iso_files.push(IsoFileView {
+                        path: p.to_string(),
+                        offset: e.offset,
+                        size: e.len,
+                    });
+                    Some(e)
+                }
+                Err(e) => {
+                    problems.push(format!("{p}: {e}"));
+                    None
+                }
+            };
+            let m = found(cmdline::ISO_MANIFEST_FILE);
+            let root = found(cmdline::ISO_ROOT_FILE);
+            let ver = found(cmdline::ISO_VERITY_FILE);
+            if let Some(e) = found(embed::CONFIG_FILE) {
+                let mut area = vec![0u8; e.len.min(embed::AREA_BYTES as u64) as usize];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut area, e.offset)
+                    .map_err(|x| err(format!("{}: {x}", embed::CONFIG_FILE)))?;
+                match embed::decode(&area, area.len()) {
+                    Ok(None) => embedded_config = Some("empty".into()),
+                    Ok(Some(c)) => {
+                        use sha2::Digest;
+                        embedded_config = Some(format!(
+                            "{} bytes, sha256 {}",
+                            c.len(),
+                            hex::encode(sha2::Sha256::digest(&c))
+                        ));
+                    }
+                    Err(x) => problems.push(format!("{}: {x}", embed::CONFIG_FILE)),
+                }
+            }
+            let mut bytes = None;
+            if let Some(e) = m {
+                let mut b = vec![0u8; e.len.min(16 << 20) as usize];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut b, e.offset)
+                    .map_err(|x| err(format!("{}: {x}", cmdline::ISO_MANIFEST_FILE)))?;
+                bytes = Some(b);
+            }
+            if let (Some(r), Some(m)) = (root, bytes.as_deref()) {
+                if let Ok(m) = serde_json::from_slice::<Manifest>(m) {
+                    let want = m.verity.data_blocks * u64::from(m.verity.data_block_size);
+                    if r.len != want {
+                        problems.push(format!(
+                            "{} is {} bytes; the manifest's root is {want}",
+                            cmdline::ISO_ROOT_FILE,
+                            r.len
+                        ));
+                    }
+                }
+            }
+            if entries.is_empty() {
+                problems.push("no boot entry on the ISO's ESP".into());
+            }
+            for e in &entries {
+                if cmdline::get(&e.options, cmdline::ROOT_SOURCE) != Some(cmdline::ROOT_ISO) {
+                    problems.push(format!(
+                        "{}: the command line lacks {}={} (a boot from the ISO reads its root from the medium)",
+                        e.file,
+                        cmdline::ROOT_SOURCE,
+                        cmdline::ROOT_ISO
+                    ));
+                }
+            }
+            (
+                bytes,
+                cmdline::ISO_MANIFEST_FILE.to_string(),
+                ver.map(|e| (cmdline::ISO_VERITY_FILE.to_string(), e.offset))
+                    .into_iter()
+                    .collect(),
+            )
+        }
+    };
+    let manifest: Option<Manifest> = match manifest_bytes {
         None => {
-            problems.push(format!("no {} on the ESP", paths::ESP_MANIFEST));
+            problems.push(format!("no {manifest_at}"));
             None
         }
-        Some(b) => match serde_json::from_slice(b) {
+        Some(b) => match serde_json::from_slice(&b) {
             Ok(m) => Some(m),
             Err(e) => {
-                problems.push(format!("{}: {e}", paths::ESP_MANIFEST));
+                problems.push(format!("{manifest_at}: {e}"));
                 None
             }
         },
     };
     let mut verity_views = Vec::new();
-    for label in [
-        partitions::ROOT_A_VERITY.label,
-        partitions::ROOT_B_VERITY.label,
-    ] {
-        let Some((off, _)) = region(label) else {
-            continue;
-        };
+    for (label, off) in &verity_at {
+        let (label, off) = (label.as_str(), *off);
         let mut sb = vec![0u8; verity::SUPERBLOCK_SIZE as usize];
         std::os::unix::fs::FileExt::read_exact_at(file, &mut sb, off)
             .map_err(|e| err(format!("{label}: {e}")))?;
@@ -200,21 +337,25 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
                 root_hash, m.verity.root_hash
             ));
         }
-        if let Some(v) = verity_views
-            .iter()
-            .find(|v| v.partition == partitions::ROOT_A_VERITY.label)
-        {
+        let active = match medium {
+            Medium::Disk => partitions::ROOT_A_VERITY.label,
+            Medium::Iso => cmdline::ISO_VERITY_FILE,
+        };
+        if let Some(v) = verity_views.iter().find(|v| v.partition == active) {
             if v.salt != m.verity.salt || v.data_blocks != m.verity.data_blocks {
-                problems
-                    .push("verity superblock of root-a-verity differs from the manifest".into());
+                problems.push(format!(
+                    "verity superblock of {active} differs from the manifest"
+                ));
             }
         }
-        if m.disk.disk_guid != table.disk_guid.to_string() {
+        // The ISO's own GPT is xorriso's, not the disk's the manifest describes.
+        if medium == Medium::Disk && m.disk.disk_guid != table.disk_guid.to_string() {
             problems.push("disk GUID differs from the manifest".into());
         }
     }
     Ok(Report {
         file: path.display().to_string(),
+        medium,
         size,
         disk_guid: table.disk_guid.to_string(),
         partitions: parts,
@@ -223,6 +364,8 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
         root_hash,
         verity: verity_views,
         manifest,
+        iso_files,
+        embedded_config,
         problems,
     })
 }
@@ -265,7 +408,16 @@ pub fn uki_entry(file: &str, pe: &[u8]) -> Result<ParsedEntry, uki::PeError> {
 pub fn render(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "image      {} ({} MiB)", r.file, r.size / (1024 * 1024));
+    let kind = match r.medium {
+        Medium::Disk => "disk image",
+        Medium::Iso => "ISO (hybrid: CD-ROM and disk)",
+    };
+    let _ = writeln!(
+        s,
+        "image      {} ({} MiB, {kind})",
+        r.file,
+        r.size / (1024 * 1024)
+    );
     let _ = writeln!(s, "disk guid  {}", r.disk_guid);
     let _ = writeln!(s, "\npartitions");
     for p in &r.partitions {
@@ -280,6 +432,12 @@ pub fn render(r: &Report) -> String {
             p.last_lba,
             p.size / (1024 * 1024)
         );
+    }
+    if !r.iso_files.is_empty() {
+        let _ = writeln!(s, "\niso 9660 files");
+        for f in &r.iso_files {
+            let _ = writeln!(s, "  {:<22} {} bytes at byte {}", f.path, f.size, f.offset);
+        }
     }
     let _ = writeln!(
         s,

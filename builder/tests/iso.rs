@@ -266,6 +266,71 @@ fn iso_hybrid_layout_files_and_reproducible() {
             == fs::read(x.join("esp-manifest.json")).unwrap()
     );
 
+    // `inspect` reads the ISO: its hybrid GPT, the live UKI on its ESP, the manifest and
+    // verity superblock from its ISO 9660 files, all consistent.
+    let ins = ok(Command::new(env!("CARGO_BIN_EXE_rke2-image"))
+        .args(["inspect", "--json"])
+        .arg(&iso));
+    let j: serde_json::Value = serde_json::from_slice(&ins.stdout).unwrap();
+    assert_eq!(j["medium"], "iso", "{j}");
+    assert_eq!(j["problems"], serde_json::json!([]), "{j}");
+    assert_eq!(j["rootHash"], m.verity.root_hash.as_str(), "{j}");
+    assert_eq!(
+        j["manifest"]["verity"]["rootHash"],
+        m.verity.root_hash.as_str()
+    );
+    assert_eq!(j["verity"][0]["partition"], "/rke2/verity.img", "{j}");
+    assert_eq!(j["verity"][0]["dataBlocks"], m.verity.data_blocks, "{j}");
+    let files: Vec<&str> = j["isoFiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "/rke2/manifest.json",
+            "/rke2/root.img",
+            "/rke2/verity.img",
+            "/rke2/config.img"
+        ]
+    );
+    assert_eq!(j["embeddedConfig"], "empty", "{j}");
+    let human = text(&ok(Command::new(env!("CARGO_BIN_EXE_rke2-image"))
+        .arg("inspect")
+        .arg(&iso)));
+    assert!(human.contains("ISO (hybrid"), "{human}");
+    // A copy whose ISO 9660 manifest disagrees with the live UKI's root hash is a problem.
+    let bad = a.path().join("bad.iso");
+    fs::copy(&iso, &bad).unwrap();
+    let mf = j["isoFiles"][0]["offset"].as_u64().unwrap();
+    let mtext = fs::read(x.join("manifest.json")).unwrap();
+    let at = mtext
+        .windows(m.verity.root_hash.len())
+        .position(|w| w == m.verity.root_hash.as_bytes())
+        .unwrap() as u64;
+    let f = fs::OpenOptions::new().write(true).open(&bad).unwrap();
+    let c = if m.verity.root_hash.starts_with('0') {
+        b"1"
+    } else {
+        b"0"
+    };
+    f.write_all_at(c, mf + at).unwrap();
+    drop(f);
+    let o = Command::new(env!("CARGO_BIN_EXE_rke2-image"))
+        .arg("inspect")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("root hash") && text(&o).contains("differs from the manifest"),
+        "{}",
+        text(&o)
+    );
+    fs::remove_file(&bad).unwrap();
+
     // A second build elsewhere: the same ISO; a raw-only build: the same raw image.
     let b = build("raw,iso");
     assert!(
@@ -358,6 +423,15 @@ fn iso_customize_embeds_a_configuration() {
     let got = fs::read(&area).unwrap();
     assert_eq!(got.len(), embed::AREA_BYTES);
     assert_eq!(embed::decode(&got, got.len()), Ok(Some(cfg_bytes.clone())));
+    // inspect names what is embedded and still finds the ISO consistent.
+    let ins = run(vec![s("inspect"), s("--json"), o(&c1)]);
+    assert!(ins.status.success(), "{}", text(&ins));
+    let j: serde_json::Value = serde_json::from_slice(&ins.stdout).unwrap();
+    assert_eq!(
+        j["embeddedConfig"],
+        format!("{} bytes, sha256 {}", cfg_bytes.len(), sha256(&cfg_bytes)).as_str(),
+        "{j}"
+    );
     // Only the area changed.
     let c1_bytes = fs::read(&c1).unwrap();
     assert_eq!(c1_bytes.len(), built.len());

@@ -16,6 +16,8 @@ pub struct Image {
     pub qcow2: Option<PathBuf>,
     /// The iso output of the same build, when it was asked for.
     pub iso: Option<PathBuf>,
+    /// The pxe output directory of the same build, when it was asked for.
+    pub pxe: Option<PathBuf>,
     pub manifest: Manifest,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -94,6 +96,7 @@ pub fn build_formats(
     let disk = with_ext("raw").context("the build published no .raw (--format must list raw)")?;
     let qcow2 = with_ext("qcow2");
     let iso = with_ext("iso");
+    let pxe = with_ext("pxe");
     let manifest: Manifest =
         serde_json::from_slice(&fs::read(work.join("out/qemu-test-1.manifest.json"))?)?;
     let part = |label: &str| -> Result<(u64, u64)> {
@@ -139,6 +142,7 @@ pub fn build_formats(
         disk,
         qcow2,
         iso,
+        pxe,
         kernel,
         initrd,
         cmdline: manifest.boot.cmdline.clone(),

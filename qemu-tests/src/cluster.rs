@@ -206,10 +206,16 @@ impl Node {
 
     /// Boots an existing disk (a second boot of the same machine).
     pub fn boot_disk(disk: &Path, work: &Path, spec: &NodeSpec) -> Result<Node> {
-        let mut cfg = Config::new(disk, Boot::Uefi);
+        Node::start(Config::new(disk, Boot::Uefi), work, spec)
+    }
+
+    /// Starts a machine as `cfg` says (boot medium, more drives, NICs before the spec's),
+    /// with the spec's memory and CPUs, and its NICs, configuration and knobs added.
+    pub fn start(mut cfg: Config, work: &Path, spec: &NodeSpec) -> Result<Node> {
         cfg.memory_mib = spec.memory_mib;
         cfg.cpus = spec.cpus;
-        cfg.nics = spec.nics.clone();
+        cfg.nics.extend(spec.nics.iter().cloned());
+        let disk = cfg.disk.clone();
         let mut n = 0;
         let mut log = work.join(format!("{}.console.log", spec.name));
         while log.exists() {
@@ -245,7 +251,7 @@ impl Node {
         let vm = Vm::start(&cfg)?;
         Ok(Node {
             name: spec.name.clone(),
-            disk: disk.to_path_buf(),
+            disk,
             vm,
         })
     }
@@ -282,7 +288,14 @@ impl Node {
 /// The image every cluster test boots: the production overlays, the test probe, and the RKE2
 /// payload from a generated release around the stand-in supervisor (a test double), with the
 /// CIS profile. `work` is emptied first.
-pub fn payload_image(base: &Path, programs: &Path, work: &Path, version: &str) -> Result<Image> {
+/// `formats` as for `build --format` (must include `raw`).
+pub fn payload_image(
+    base: &Path,
+    programs: &Path,
+    work: &Path,
+    version: &str,
+    formats: &str,
+) -> Result<Image> {
     let release = work.join("release");
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(&release)?;
@@ -292,7 +305,7 @@ pub fn payload_image(base: &Path, programs: &Path, work: &Path, version: &str) -
         &bin,
         &rke2_testsupport::fixture::FixtureOptions::new(version),
     )?;
-    built::build(
+    built::build_formats(
         base,
         programs,
         work,
@@ -300,5 +313,6 @@ pub fn payload_image(base: &Path, programs: &Path, work: &Path, version: &str) -
             "rke2:\n  artifacts: {}\n  version: {version}\nsecurity:\n  cis: true\n",
             release.display()
         ),
+        formats,
     )
 }

@@ -6,6 +6,7 @@
 //!   `overlays/qemu-test` (a unit that reports facts and powers off).
 //! - [`cluster`]: several VMs from copies of one image, configured through fw_cfg or a
 //!   NoCloud drive, with per-node timings.
+//! - [`pxe`]: network boot through OVMF PXE and iPXE from an HTTP server on 127.0.0.1.
 //! - [`hub`]: a private Ethernet segment between VMs over UDP on 127.0.0.1.
 //! - [`built`]: test images built by the real pipeline (`rke2-image build`) with the
 //!   test-only probe overlay.
@@ -14,6 +15,7 @@ pub mod built;
 pub mod cluster;
 pub mod hub;
 pub mod probe;
+pub mod pxe;
 pub mod vm;
 
 /// What every image test needs: the Debian base tarball (`RKE2_TEST_BASE`) and the directory

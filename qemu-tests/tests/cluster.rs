@@ -15,7 +15,8 @@ use std::time::Duration;
 use rke2_qemu_tests::built::Image;
 use rke2_qemu_tests::cluster::{self, Delivery, Node, NodeSpec, Report, Slots};
 use rke2_qemu_tests::hub::Hub;
-use rke2_qemu_tests::vm::{accel, Net, Nic};
+use rke2_qemu_tests::pxe::{Netboot, PXE_MEMORY_MIB};
+use rke2_qemu_tests::vm::{accel, Boot, Config, Net, Nic};
 
 const VERSION: &str = "v1.31.5+rke2r1";
 /// Generous: TCG on a shared 2-core machine, several guests at once.
@@ -37,8 +38,14 @@ fn image() -> Option<&'static Image> {
         // Timings of this run only.
         let _ = std::fs::remove_file(work_dir().join("timings.log"));
         let start = std::time::Instant::now();
-        let img = cluster::payload_image(&base, &programs, &work_dir().join("image"), VERSION)
-            .expect("building the cluster image");
+        let img = cluster::payload_image(
+            &base,
+            &programs,
+            &work_dir().join("image"),
+            VERSION,
+            "raw,iso,pxe",
+        )
+        .expect("building the cluster image");
         eprintln!(
             "built {} in {:.1} s",
             img.disk.display(),
@@ -349,6 +356,132 @@ fn ha_three_servers_and_an_agent() {
     let a = &reports[3];
     check_joined_node(a, "worker-1", "rke2-agent", "10.0.0.21/24");
     assert!(a.fact("joined_agent").contains(&format!("ca-sha256={ca}")));
+}
+
+/// One cluster from mixed media (issue 11): the server is installed from the ISO (booted
+/// from a virtual CD-ROM, unattended `install:` onto its empty virtio disk, powered off), then
+/// boots from that disk alone; the agent boots diskless over PXE (OVMF PXE, iPXE, HTTP) with
+/// its state in RAM. Both get the same cluster configuration through fw_cfg; the agent joins
+/// the server over :9345.
+#[test]
+fn mixed_media_server_installed_from_iso_agent_over_pxe_join() {
+    let img = rke2_qemu_tests::need!(image());
+    let iso = img
+        .iso
+        .as_ref()
+        .expect("the cluster image has no iso output");
+    let pxe = img
+        .pxe
+        .as_ref()
+        .expect("the cluster image has no pxe output");
+    let dir = test_dir("mixed");
+    let config = cluster_config(1, 1).replace(
+        "    role: server\n",
+        "    role: server\n    install:\n      target: /dev/vda\n      then: poweroff\n",
+    );
+    assert!(config.contains("install:"), "{config}");
+    let config = config.into_bytes();
+    let hub = Hub::start(2).unwrap();
+
+    // The server's machine: the ISO on its CD drive, an empty disk to install onto.
+    let disk = dir.join("cp-1.disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(img.manifest.disk.size + (2 << 30))
+        .unwrap();
+    let server_spec = NodeSpec::new(
+        "cp-1",
+        nic(mac(1, 1), hub.port(0)),
+        Delivery::FwCfg(config.clone()),
+    )
+    .hold();
+    let install_at = std::time::Instant::now();
+    {
+        let _slots = SLOTS.take(1);
+        let mut cfg = Config::new(iso, Boot::Cdrom);
+        cfg.rw_drives = vec![disk.clone()];
+        let mut installer = Node::start(
+            cfg,
+            &dir,
+            &NodeSpec {
+                name: "cp-1-install".into(),
+                ..server_spec.clone()
+            },
+        )
+        .unwrap();
+        installer
+            .vm
+            .wait_exit(TIMEOUT)
+            .unwrap_or_else(|e| panic!("install from the ISO ({}): {e}", accel()));
+        let console = installer.vm.console();
+        assert!(
+            !console.contains("RKE2-PROBE done=1"),
+            "the live system ran the payload"
+        );
+        assert!(
+            console.contains("rke2-install:") || console.contains("install"),
+            "no installer output:\n{}",
+            installer.vm.tail()
+        );
+    }
+    eprintln!(
+        "TIMING cp-1 install from the ISO ({}): {:.1} s from QEMU start to power-off",
+        accel(),
+        install_at.elapsed().as_secs_f64()
+    );
+
+    let _slots = SLOTS.take(2);
+    let mut server = Node::boot_disk(&disk, &dir, &server_spec).unwrap();
+    let net = Netboot::start(&dir, "worker-1", pxe, None).unwrap();
+    let mut cfg = Config::new(dir.join("no-disk"), net.boot());
+    cfg.nics = vec![net.nic("52:54:00:e2:ff:01").unwrap()];
+    let mut agent_spec = NodeSpec::new(
+        "worker-1",
+        nic(mac(2, 1), hub.port(1)),
+        Delivery::FwCfg(config),
+    );
+    agent_spec.memory_mib = PXE_MEMORY_MIB;
+    let mut agent = Node::start(cfg, &dir, &agent_spec).unwrap();
+    net.chain(&mut agent.vm, "boot.ipxe", &cluster::FATAL)
+        .unwrap_or_else(|e| panic!("worker-1 PXE ({}): {e:#}", accel()));
+    let a = agent.wait_probe(TIMEOUT).unwrap();
+    let s = server.wait_probe(TIMEOUT).unwrap();
+    print_timings(&[&s, &a]);
+
+    check_joined_node(&s, "cp-1", "rke2-server", "10.0.0.11/24");
+    check_joined_node(&a, "worker-1", "rke2-agent", "10.0.0.21/24");
+    // The server runs from the installed disk's partitions, the agent from the network root.
+    assert!(
+        s.fact("root_dm_slaves").contains("vda"),
+        "server root not on the installed disk: {:?}",
+        s.facts
+    );
+    assert!(
+        a.fact("root_dm_slaves").contains("loop"),
+        "agent root not from the PXE initramfs: {:?}",
+        a.facts
+    );
+    assert!(
+        a.fact("state_source").starts_with("/dev/loop"),
+        "{:?}",
+        a.facts
+    );
+    assert!(a.console.contains("join preflight passed"));
+    let joined = a.fact("joined_agent");
+    assert!(joined.contains("server=https://10.0.0.11:9345"), "{joined}");
+    assert!(
+        joined.contains(&format!("ca-sha256={}", s.fact("server_ca"))),
+        "{joined} vs {}",
+        s.fact("server_ca")
+    );
+    let reqs = net.http.requests();
+    assert!(
+        reqs.iter().any(|r| r.starts_with("GET /rootfs.img ")),
+        "{reqs:?}"
+    );
+    drop(server);
+    drop(agent);
+    let _ = std::fs::remove_file(&disk);
 }
 
 /// A stand-in server on 127.0.0.1 that VMs reach as 10.0.2.100:9345 through their isolated

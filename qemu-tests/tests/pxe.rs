@@ -4,130 +4,23 @@
 //! probe with the dm-verity root opened from the initramfs and its state in RAM. The same
 //! image is then booted from its raw disk (a qcow2 overlay) for the timing comparison.
 //!
-//! How iPXE gets to `boot.ipxe`: QEMU's DHCP hands every client the same boot file, so iPXE,
-//! loaded as `ipxe.efi`, would fetch and start `ipxe.efi` again forever, and Debian's 2019
-//! build neither embeds a script nor looks for `autoexec.ipxe`. Real deployments answer iPXE's
-//! DHCP request (user class `iPXE`) with the script's URL instead; here the TFTP file is
-//! replaced by a short iPXE script once iPXE prints its banner, so iPXE's own
-//! fetch of the boot file gets the script (iPXE recognises `#!ipxe` whatever the name).
+//! How iPXE is made to chain `boot.ipxe`: see `rke2_qemu_tests::pxe`.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rke2_qemu_tests::built;
 use rke2_qemu_tests::probe;
-use rke2_qemu_tests::vm::{accel, Boot, Config, Net, Nic, Vm};
+use rke2_qemu_tests::pxe::{Corrupt, Http, Netboot, IPXE_EFI, PXE_MEMORY_MIB};
+use rke2_qemu_tests::vm::{accel, Boot, Config, Vm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1500);
 const FATAL: [&str; 3] = ["Kernel panic", "rke2-init: FAILED", "emergency mode"];
-/// Debian package `ipxe`.
-const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
-/// The banner of the iPXE that OVMF's PXE client loaded: OVMF's download is over, iPXE's
-/// own DHCP and fetch of the boot file have not started (its Ctrl-B prompt comes first).
-const IPXE_STARTED: &str = "Open Source Network Boot Firmware";
-const HTTP_GUEST: &str = "10.0.2.100:80";
-/// The root lives in RAM twice while the kernel unpacks it (the loaded initrd and the
-/// unpacked file), on top of the running system.
-const PXE_MEMORY_MIB: u32 = 3072;
 
 fn work_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pxe")
-}
-
-/// A static file server for one directory: GET of a plain file name, `Connection: close`.
-/// Records every request line.
-struct Http {
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-/// Serve `file` with the byte at `offset` flipped (a corrupted download).
-#[derive(Clone)]
-struct Corrupt {
-    file: String,
-    offset: u64,
-}
-
-impl Http {
-    fn start(dir: PathBuf, corrupt: Option<Corrupt>) -> Http {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&requests);
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let dir = dir.clone();
-                let log = Arc::clone(&log);
-                let corrupt = corrupt.clone();
-                std::thread::spawn(move || serve(conn, &dir, &log, corrupt.as_ref()));
-            }
-        });
-        Http { addr, requests }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-fn serve(conn: TcpStream, dir: &Path, log: &Mutex<Vec<String>>, corrupt: Option<&Corrupt>) {
-    let mut r = BufReader::new(conn.try_clone().unwrap());
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() {
-        return;
-    }
-    // Skip the headers.
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
-    }
-    log.lock().unwrap().push(line.trim().to_string());
-    let mut out = conn;
-    let name = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .trim_start_matches('/');
-    let file = (!name.is_empty() && !name.contains('/') && !name.starts_with('.'))
-        .then(|| std::fs::File::open(dir.join(name)).ok())
-        .flatten();
-    match file {
-        Some(mut f) => {
-            let len = f.metadata().unwrap().len();
-            let _ = write!(
-                out,
-                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
-            );
-            match corrupt.filter(|c| c.file == name) {
-                Some(c) => {
-                    use std::io::Read;
-                    let _ = std::io::copy(&mut (&mut f).take(c.offset), &mut out);
-                    let mut b = [0u8; 1];
-                    if f.read_exact(&mut b).is_ok() {
-                        let _ = out.write_all(&[b[0] ^ 0x01]);
-                    }
-                    let _ = std::io::copy(&mut f, &mut out);
-                }
-                None => {
-                    let _ = std::io::copy(&mut f, &mut out);
-                }
-            }
-        }
-        None => {
-            let _ = write!(
-                out,
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-        }
-    }
-    let _ = out.flush();
 }
 
 fn fact<'a>(facts: &'a std::collections::BTreeMap<String, String>, k: &str) -> &'a str {
@@ -164,38 +57,16 @@ fn pxe_vm(
     script: &str,
     state_disk: Option<&Path>,
 ) -> (Vm, Http) {
-    let tftp = work.join(format!("{name}-tftp"));
-    std::fs::create_dir_all(&tftp).unwrap();
-    std::fs::copy(IPXE_EFI, tftp.join("ipxe.efi")).unwrap();
-    let http = Http::start(pxe.to_path_buf(), corrupt);
-    let mut cfg = Config::new(
-        work.join("no-disk"),
-        Boot::Pxe {
-            tftp: tftp.clone(),
-            bootfile: "ipxe.efi".into(),
-        },
-    );
+    let net = Netboot::start(work, name, pxe, corrupt).unwrap();
+    let mut cfg = Config::new(work.join("no-disk"), net.boot());
     cfg.memory_mib = PXE_MEMORY_MIB;
     cfg.rw_drives = state_disk.map(Path::to_path_buf).into_iter().collect();
     cfg.log = Some(work.join(format!("{name}.console.log")));
-    cfg.nics = vec![Nic {
-        mac: "52:54:00:12:34:56".into(),
-        net: Net::User {
-            forwards: vec![(HTTP_GUEST.parse().unwrap(), http.addr)],
-        },
-    }];
+    cfg.nics = vec![net.nic("52:54:00:12:34:56").unwrap()];
     let mut vm = Vm::start(&cfg).unwrap();
-    vm.wait_for(IPXE_STARTED, &FATAL, Duration::from_secs(600))
-        .unwrap_or_else(|e| panic!("OVMF PXE ({}): {e}", accel()));
-    // From now on the boot file is the script that chains boot.ipxe (see the module docs).
-    let next = tftp.join("ipxe.efi.next");
-    std::fs::write(
-        &next,
-        format!("#!ipxe\necho rke2 test: chaining {script}\nchain http://{HTTP_GUEST}/{script}\n"),
-    )
-    .unwrap();
-    std::fs::rename(&next, tftp.join("ipxe.efi")).unwrap();
-    (vm, http)
+    net.chain(&mut vm, script, &FATAL)
+        .unwrap_or_else(|e| panic!("{name} ({}): {e:#}", accel()));
+    (vm, net.http)
 }
 
 #[test]
@@ -214,7 +85,10 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
     let _ = std::fs::remove_dir_all(&work);
     let img = built::build_formats(&base, &programs, &work, "", "raw,pxe")
         .expect("building the test image with the pxe output");
-    let pxe = work.join("out/qemu-test-1.pxe");
+    let pxe = img
+        .pxe
+        .clone()
+        .expect("the build published no .pxe directory");
     let pxe_bytes: u64 = std::fs::read_dir(&pxe)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
@@ -294,13 +168,7 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
 
     // The same image from its disk, through a qcow2 overlay (no copy of the image).
     let overlay = work.join("raw-boot.qcow2");
-    built::run(
-        std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&img.disk)
-            .arg(&overlay),
-    )
-    .unwrap();
+    built::overlay_disk(&img.disk, &overlay, None).unwrap();
     let mut cfg = Config::new(&overlay, Boot::Uefi);
     cfg.log = Some(work.join("raw.console.log"));
     let mut vm = Vm::start(&cfg).unwrap();
