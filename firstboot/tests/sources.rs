@@ -44,6 +44,7 @@ fn run(root: &Path, sources: Vec<Box<dyn Source>>) -> Result<RunOutcome, AgentEr
         network_apply: None,
         pause_before: None,
         relabel: None,
+        live_cmdline: None,
     };
     agent::run(&env, &mut |_| {})
 }

@@ -364,7 +364,13 @@ pub fn build(
     // The ISO takes its ESP files and the embedded manifest from the disk ESP's content.
     let iso_files = match live_uki {
         Some((path, bytes)) => {
-            let esp_files = outputs::iso::esp_files(&esp.content, &path, bytes)?;
+            let entry = outputs::iso::install_entry(
+                &def.name,
+                &def.version,
+                &path,
+                &outputs::iso::kernel_args(&esp.cmdline),
+            );
+            let esp_files = outputs::iso::esp_files(&esp.content, &path, bytes, entry)?;
             let extra: Vec<(String, tree::Blob)> = esp
                 .content
                 .files
@@ -408,6 +414,8 @@ pub fn build(
                     layout.verity_a.offset,
                     outputs::pxe::verity_len(&root.params),
                 ),
+                head: layout.esp.offset,
+                disk_esp: (layout.esp.offset, layout.esp.size),
                 esp: esp_files,
                 extra,
                 name: &def.name,
