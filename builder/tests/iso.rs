@@ -254,9 +254,16 @@ fn iso_hybrid_layout_files_and_reproducible() {
     assert!(head == read_region(&raw, 0, part("esp")));
     let esp_p = m.disk.partitions.iter().find(|p| p.label == "esp").unwrap();
     let esp_len = (esp_p.last_lba + 1 - esp_p.first_lba) * m.disk.sector_size;
+    // Up to its last non-zero 2 KiB block: the rest of the partition is zeros (the installer
+    // zeroes it).
     let disk_esp = fs::read(x.join("esp.img")).unwrap();
-    assert_eq!(disk_esp.len() as u64, esp_len);
-    assert!(disk_esp == read_region(&raw, part("esp"), esp_len));
+    let used = disk_esp.len() as u64;
+    assert!(used > 0 && used <= esp_len && used % 2048 == 0, "{used}");
+    assert!(disk_esp == read_region(&raw, part("esp"), used));
+    assert!(disk_esp[disk_esp.len() - 2048..].iter().any(|b| *b != 0));
+    assert!(read_region(&raw, part("esp") + used, esp_len - used)
+        .iter()
+        .all(|b| *b == 0));
     // The install entry: the live UKI with its line plus a bare rke2.install; not the default.
     let entry = a.path().join("install.conf");
     ok(Command::new("mcopy")

@@ -463,7 +463,7 @@ fn iso_install_refusals_write_nothing() {
     let line = |dev: &str| {
         failed
             .lines()
-            .find(|l| l.trim_start().starts_with(dev))
+            .find(|l| l.contains(dev))
             .unwrap_or_else(|| panic!("{dev} not listed: {failed}"))
             .to_string()
     };

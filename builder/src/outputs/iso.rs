@@ -8,7 +8,8 @@
 //! | `/rke2/manifest.json` (+`.sig`)| the embedded manifest, as on the disk image's ESP            |
 //! | `/rke2/head.img`               | the raw image's bytes before its first partition: protective |
 //! |                                | MBR + primary GPT (the installer resizes and writes it)      |
-//! | `/rke2/esp.img`                | the raw image's ESP partition, byte for byte (disk UKIs)     |
+//! | `/rke2/esp.img`                | the raw image's ESP partition up to its last non-zero 2 KiB  |
+//! |                                | block (disk UKIs; the installer zeroes the rest)             |
 //! | appended partition 2 (`0xef`)  | a FAT32 ESP: systemd-boot, `loader.conf`, the live UKI, and  |
 //! |                                | the `install` loader entry (live UKI + `rke2.install`)       |
 //!
@@ -115,6 +116,26 @@ pub fn gpt_guid_hex(seed16: [u8; 16]) -> String {
     g[7] = (g[7] & 0x0f) | 0x40;
     g[8] = (g[8] & 0x3f) | 0x80;
     hex::encode(g)
+}
+
+/// Bytes of `len` at `offset` of `f` up to the end of the last 2048-byte block that is not all
+/// zeros: the ESP's free clusters are zeros in the raw image, so the ISO carries only its used
+/// head (the installer zeroes the rest of the partition).
+pub fn used_len(f: &File, offset: u64, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const BLK: u64 = 2048;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut end = len - len % BLK;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        f.read_exact_at(&mut buf[..n], offset + start)?;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b != 0) {
+            return Ok(start + (i as u64 / BLK + 1) * BLK);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// Where the install entry is on the ISO's ESP.
@@ -323,6 +344,18 @@ pub(crate) fn emit(staged: &mut Outputs, p: &Pieces) -> Result<PathBuf, BuildErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn used_len_ends_at_the_last_non_zero_block() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8 << 20).unwrap();
+        assert_eq!(used_len(&f, 4096, 4 << 20).unwrap(), 0);
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1], 4096 + 3 * 2048 + 5).unwrap();
+        assert_eq!(used_len(&f, 4096, 4 << 20).unwrap(), 4 * 2048);
+        // Past the 1 MiB read window.
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1], 4096 + (3 << 20)).unwrap();
+        assert_eq!(used_len(&f, 4096, 4 << 20).unwrap(), (3 << 20) + 2048);
+    }
 
     #[test]
     fn names_and_line() {

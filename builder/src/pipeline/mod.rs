@@ -405,6 +405,9 @@ pub fn build(
     }
     if let Some((esp_files, extra)) = iso_files {
         let raw = staged.temp_path().to_path_buf();
+        let esp_used = File::open(&raw)
+            .and_then(|f| outputs::iso::used_len(&f, layout.esp.offset, layout.esp.size))
+            .map_err(stage("iso"))?;
         let q = outputs::iso::emit(
             &mut staged,
             &outputs::iso::Pieces {
@@ -415,7 +418,7 @@ pub fn build(
                     outputs::pxe::verity_len(&root.params),
                 ),
                 head: layout.esp.offset,
-                disk_esp: (layout.esp.offset, layout.esp.size),
+                disk_esp: (layout.esp.offset, esp_used),
                 esp: esp_files,
                 extra,
                 name: &def.name,

@@ -135,6 +135,8 @@ pub fn image_table(head: &[u8]) -> Result<Table, WriteError> {
 pub struct Layout {
     pub table: Table,
     pub esp: u64,
+    /// Bytes of the ESP partition (`esp.img` may be shorter: the rest is zeroed).
+    pub esp_len: u64,
     pub root: u64,
     pub verity: u64,
     /// (offset, length) ranges zeroed before the GPT is written (stale signatures).
@@ -204,6 +206,7 @@ pub fn layout(image: &Table, disk_size: u64, p: &Payload) -> Result<Layout, Writ
     Ok(Layout {
         table,
         esp: esp.0,
+        esp_len: esp.1,
         root: root.0,
         verity: ver.0,
         zero,
@@ -274,6 +277,9 @@ pub fn write(
         copy(p.medium, r, disk, at, what, name)?;
         written += r.len;
     }
+    // The ESP's free clusters, which the medium does not carry (zeros in the raw image).
+    zero(disk, l.esp + p.esp.len, l.esp_len - p.esp.len)
+        .map_err(werr("zeros over the rest of the ESP"))?;
     for (off, len) in &l.zero {
         zero(disk, *off, *len).map_err(werr("zeros over stale signatures"))?;
     }
@@ -291,6 +297,24 @@ pub fn write(
 }
 
 fn zero(disk: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // `<linux/fs.h>` BLKZEROOUT, `_IO(0x12, 127)`: the device zeroes the range itself (virtio
+    // and NVMe write-zeroes); not a block device (a file in tests): plain writes.
+    const BLKZEROOUT: libc::Ioctl = 0x127f;
+    let range = [offset, len];
+    // SAFETY: BLKZEROOUT reads two u64 (start, length).
+    if unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(disk),
+            BLKZEROOUT,
+            range.as_ptr(),
+        )
+    } == 0
+    {
+        return Ok(());
+    }
     let buf = vec![0u8; CHUNK.min(len as usize)];
     let mut done = 0;
     while done < len {
