@@ -195,10 +195,19 @@ pub fn run(
         human(bytes)
     ));
     let t = Instant::now();
-    // The kernel's view of the new table (partition nodes for the first boot), and reads from
-    // the disk rather than the page cache for the checks.
-    ioctl_none(&f, BLKRRPART)
-        .map_err(|e| format!("re-reading the partition table of {}: {e}", d.path()))?;
+    // The exclusive open ends here: BLKRRPART and dm-linear (which claims the disk) both fail
+    // with EBUSY while another opener holds the disk exclusively.
+    drop(f);
+    let f = File::open(&node).map_err(|e| format!("opening {} again: {e}", d.path()))?;
+    // The kernel's view of the new table (partition nodes); not fatal: the first boot reads
+    // the table itself and nothing below needs the partition nodes.
+    if let Err(e) = ioctl_none(&f, BLKRRPART) {
+        progress(&format!(
+            "warning: re-reading the partition table of {}: {e} (the next boot reads it)",
+            d.path()
+        ));
+    }
+    // Reads from the disk rather than the page cache for the checks.
     ioctl_none(&f, BLKFLSBUF).map_err(|e| format!("flushing the buffers of {}: {e}", d.path()))?;
     write::verify_esp_and_table(&f, &d.path(), &l, &payload)?;
     let dev = std::fs::read_to_string(env.sys.join("class/block").join(&d.name).join("dev"))
