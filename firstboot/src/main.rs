@@ -306,7 +306,7 @@ fn install(
         Ok(d) => d,
         Err(e) => {
             say(&format!("FAILED: {e}"));
-            say("nothing boots from the target; fix the cause and boot the installer again");
+            say("stopped; fix the cause above and boot the installer again");
             notify(&[sd_notify::NotifyState::Ready]);
             return ExitCode::FAILURE;
         }
