@@ -325,6 +325,15 @@ fn iso_installs_onto_an_empty_disk_which_then_boots_alone() {
         .lines()
         .find(|l| l.contains("rke2-install: INSTALLED onto /dev/vda (written: true"))
         .unwrap_or_else(|| panic!("no INSTALLED line"));
+    // The menu's default stayed the live entry (the install came from the configuration).
+    let cmdline = console
+        .lines()
+        .find_map(|l| l.split_once("Command line: ").map(|(_, c)| c))
+        .unwrap();
+    assert!(
+        cmdline.contains("rke2.root=iso") && !cmdline.contains("rke2.install"),
+        "{cmdline}"
+    );
     // The first-boot agent did not configure the live system.
     assert!(!console.contains("rke2-firstboot: done"));
 
