@@ -258,7 +258,10 @@ fn iso_hybrid_layout_files_and_reproducible() {
     // zeroes it).
     let disk_esp = fs::read(x.join("esp.img")).unwrap();
     let used = disk_esp.len() as u64;
-    assert!(used > 0 && used <= esp_len && used.is_multiple_of(2048), "{used}");
+    assert!(
+        used > 0 && used <= esp_len && used.is_multiple_of(2048),
+        "{used}"
+    );
     assert!(disk_esp == read_region(&raw, part("esp"), used));
     assert!(disk_esp[disk_esp.len() - 2048..].iter().any(|b| *b != 0));
     assert!(read_region(&raw, part("esp") + used, esp_len - used)
