@@ -236,6 +236,8 @@ fn iso_hybrid_layout_files_and_reproducible() {
         ("/rke2/root.img", "root.img"),
         ("/rke2/verity.img", "verity.img"),
         ("/rke2/manifest.json", "manifest.json"),
+        ("/rke2/head.img", "head.img"),
+        ("/rke2/esp.img", "esp.img"),
     ] {
         extract(&iso, from, &x.join(to));
     }
@@ -256,6 +258,43 @@ fn iso_hybrid_layout_files_and_reproducible() {
         .output()
         .unwrap();
     assert!(vs.status.success(), "{}", text(&vs));
+    // The installer's payload: the raw image's head (protective MBR + primary GPT, up to the
+    // first partition) and its ESP partition, equal bytes.
+    let head = fs::read(x.join("head.img")).unwrap();
+    assert_eq!(head.len() as u64, part("esp"));
+    assert!(head == read_region(&raw, 0, part("esp")));
+    let esp_p = m.disk.partitions.iter().find(|p| p.label == "esp").unwrap();
+    let esp_len = (esp_p.last_lba + 1 - esp_p.first_lba) * m.disk.sector_size;
+    // Up to its last non-zero 2 KiB block: the rest of the partition is zeros (the installer
+    // zeroes it).
+    let disk_esp = fs::read(x.join("esp.img")).unwrap();
+    let used = disk_esp.len() as u64;
+    assert!(
+        used > 0 && used <= esp_len && used.is_multiple_of(2048),
+        "{used}"
+    );
+    assert!(disk_esp == read_region(&raw, part("esp"), used));
+    assert!(disk_esp[disk_esp.len() - 2048..].iter().any(|b| *b != 0));
+    assert!(read_region(&raw, part("esp") + used, esp_len - used)
+        .iter()
+        .all(|b| *b == 0));
+    // The install entry: the live UKI with its line plus a bare rke2.install; not the default.
+    let entry = a.path().join("install.conf");
+    ok(Command::new("mcopy")
+        .arg("-i")
+        .arg(&esp)
+        .arg("::/loader/entries/install.conf")
+        .arg(&entry));
+    let entry = fs::read_to_string(&entry).unwrap();
+    assert!(
+        entry.contains(&format!("\nefi /EFI/Linux/{STEM}-live.efi\n")),
+        "{entry}"
+    );
+    assert!(
+        entry.contains(&format!("\noptions {line} rke2.install\n")),
+        "{entry}"
+    );
+
     ok(Command::new("mcopy")
         .arg("-i")
         .arg(format!("{}@@{}", raw.display(), part("esp")))

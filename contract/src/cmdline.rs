@@ -42,6 +42,11 @@ pub const ISO_ROOT_FILE: &str = "/rke2/root.img";
 pub const ISO_VERITY_FILE: &str = "/rke2/verity.img";
 /// The embedded manifest on the medium (the same bytes as on the disk image's ESP).
 pub const ISO_MANIFEST_FILE: &str = "/rke2/manifest.json";
+/// The raw image's head on the medium: protective MBR, primary GPT and the gap up to the first
+/// partition (what the installer resizes and writes; `rke2_firstboot::install::write`).
+pub const ISO_HEAD_FILE: &str = "/rke2/head.img";
+/// The raw image's ESP partition, byte for byte (the disk UKIs, not the live one).
+pub const ISO_ESP_FILE: &str = "/rke2/esp.img";
 /// Install the image onto a disk: `rke2.install=<target>` (a `/dev` path, `/dev/disk/by-id/...`,
 /// `wwn:<wwn>`, `serial:<serial>` or `auto`). Overrides the node configuration's
 /// `install.target`; bare `rke2.install` installs onto the configuration's target (see

@@ -41,6 +41,8 @@ pub enum AgentError {
     Network(String),
     #[error("SELinux labels: {0}")]
     Relabel(String),
+    #[error("{origin}: {err}")]
+    Install { origin: String, err: String },
 }
 
 /// A parsed configuration with this machine's assignment.
@@ -184,6 +186,11 @@ pub struct RunEnv {
     pub pause_before: Option<Phase>,
     /// Called after every phase with what it wrote (None: no SELinux on this root, tests).
     pub relabel: Option<Relabel>,
+    /// The kernel command line when this is a live boot (`rke2.root=iso`): then an install
+    /// request (configuration `install:` or `rke2.install`) makes [`run`] return
+    /// [`RunOutcome::Install`] before anything is written. `None` on a disk boot: an installed
+    /// node reading the same configuration never installs again.
+    pub live_cmdline: Option<String>,
 }
 
 impl std::fmt::Debug for RunEnv {
@@ -199,6 +206,8 @@ impl std::fmt::Debug for RunEnv {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RunOutcome {
     AlreadyDone,
+    /// Install the image onto a disk instead of configuring this (live) system.
+    Install(crate::install::InstallRequest),
     Configured {
         /// The RKE2 unit enabled, if any.
         unit: Option<&'static str>,
@@ -229,7 +238,19 @@ fn run_inner(
     status: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, AgentError> {
     status(&format!("identity: {}", env.identity));
-    let found = sources::first_found(&env.sources, status)?.ok_or_else(|| {
+    let found = sources::first_found(&env.sources, status)?;
+    // A live boot with `rke2.install=<target>` and no configuration: install all the same.
+    if let (None, Some(cl)) = (&found, &env.live_cmdline) {
+        let r =
+            crate::install::request("install", None, cl).map_err(|err| AgentError::Install {
+                origin: "kernel command line".into(),
+                err,
+            })?;
+        if let Some(r) = r {
+            return Ok(RunOutcome::Install(r));
+        }
+    }
+    let found = found.ok_or_else(|| {
         AgentError::NothingFound(
             env.sources
                 .iter()
@@ -250,6 +271,23 @@ fn run_inner(
             if a.initializer { " (initializer)" } else { "" },
             a.hostname.as_deref().unwrap_or("(hostname unchanged)")
         ));
+    }
+    if let Some(cl) = &env.live_cmdline {
+        let hostname = loaded
+            .assignment
+            .as_ref()
+            .and_then(|a| a.hostname.as_deref());
+        let (key, section) = match &loaded.plan.rke2 {
+            Some(cfg) => cfg.install_for(hostname),
+            None => ("install".into(), None),
+        };
+        let r = crate::install::request(&key, section, cl).map_err(|err| AgentError::Install {
+            origin: loaded.origin.clone(),
+            err,
+        })?;
+        if let Some(r) = r {
+            return Ok(RunOutcome::Install(r));
+        }
     }
     let input = loaded.input();
     render::check(root, &input).map_err(|err| AgentError::Config {

@@ -224,7 +224,13 @@ fn run(root: PathBuf) -> ExitCode {
     let net_sys = sys.clone();
     // Labels only matter (and restorecon only works) with SELinux enabled.
     let selinux_enabled = sys.join("fs/selinux/enforce").exists();
+    // A live boot (the installation medium) may install instead of configuring itself.
+    let cmdline = std::fs::read_to_string(proc.join("cmdline")).unwrap_or_default();
+    let live =
+        rke2_image_contract::cmdline::get(&cmdline, rke2_image_contract::cmdline::ROOT_SOURCE)
+            == Some(rke2_image_contract::cmdline::ROOT_ISO);
     let env = RunEnv {
+        live_cmdline: live.then(|| cmdline.clone()),
         root: root.clone(),
         sources,
         identity,
@@ -236,6 +242,7 @@ fn run(root: PathBuf) -> ExitCode {
         relabel: selinux_enabled.then(|| Box::new(restorecon) as agent::Relabel),
     };
     match agent::run(&env, &mut status) {
+        Ok(RunOutcome::Install(req)) => install(&req, &sys, &proc, &cmdline),
         Ok(RunOutcome::AlreadyDone) => {
             status("already configured (stamp present)");
             notify(&[sd_notify::NotifyState::Ready]);
@@ -270,6 +277,70 @@ fn run(root: PathBuf) -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// Installs onto a disk (`rke2_firstboot::install`), then adds the boot entry and reboots or
+/// powers off. Every line goes to the console with the `rke2-install:` prefix.
+fn install(
+    req: &rke2_firstboot::install::InstallRequest,
+    sys: &std::path::Path,
+    proc: &std::path::Path,
+    cmdline: &str,
+) -> ExitCode {
+    use rke2_firstboot::install::{efi, run, Then};
+    let mut say = |m: &str| {
+        println!("rke2-install: {m}");
+        notify(&[sd_notify::NotifyState::Status(m)]);
+    };
+    say(&format!(
+        "install requested: target {} (from {}), wipe {}",
+        req.target, req.target_key, req.wipe
+    ));
+    let mountinfo = std::fs::read_to_string(proc.join("self/mountinfo")).unwrap_or_default();
+    let env = run::Env {
+        sys,
+        dev: std::path::Path::new("/dev"),
+        mountinfo: &mountinfo,
+        cmdline,
+    };
+    let done = match run::run(req, &env, &mut say) {
+        Ok(d) => d,
+        Err(e) => {
+            say(&format!("FAILED: {e}"));
+            say("stopped; fix the cause above and boot the installer again");
+            notify(&[sd_notify::NotifyState::Ready]);
+            return ExitCode::FAILURE;
+        }
+    };
+    say(&format!(
+        "INSTALLED onto {} (written: {}, {} bytes in {:.1}s, verified in {:.1}s)",
+        done.disk, done.wrote, done.bytes, done.write_secs, done.verify_secs
+    ));
+    let mut then = req.then;
+    if then == Then::Reboot {
+        match efi::boot_next(&sys.join("firmware/efi/efivars"), &done) {
+            Ok(n) => say(&format!(
+                "UEFI boot entry Boot{n:04X} added; BootNext set to it"
+            )),
+            Err(e) => {
+                say(&format!(
+                    "warning: {e}; powering off instead of rebooting (detach the installation \
+                     medium, then power on)"
+                ));
+                then = Then::Poweroff;
+            }
+        }
+    }
+    let verb = match then {
+        Then::Reboot => "reboot",
+        Then::Poweroff => "poweroff",
+    };
+    say(&format!("done; {verb}"));
+    notify(&[sd_notify::NotifyState::Ready]);
+    let _ = std::process::Command::new("systemctl")
+        .args(["--no-block", verb])
+        .status();
+    ExitCode::SUCCESS
 }
 
 /// `restorecon -F` on the paths (the full context the policy's file_contexts give, as the

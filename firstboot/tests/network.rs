@@ -55,6 +55,7 @@ fn env(root: &Path, cfg: Vec<u8>, apply: Option<agent::NetworkApply>) -> RunEnv 
         network_apply: apply,
         pause_before: None,
         relabel: None,
+        live_cmdline: None,
     }
 }
 

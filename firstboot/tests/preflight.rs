@@ -297,6 +297,7 @@ fn run_joins_and_enables_agent_after_preflight() {
         network_apply: None,
         pause_before: None,
         relabel: None,
+        live_cmdline: None,
     };
     let mut log = Vec::new();
     let out = agent::run(&env, &mut |m| log.push(m.to_string())).unwrap();
@@ -347,6 +348,7 @@ fn failed_run_enables_nothing_and_says_why() {
         network_apply: None,
         pause_before: None,
         relabel: None,
+        live_cmdline: None,
     };
     let e = agent::run(&env, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("token rejected"), "{e}");

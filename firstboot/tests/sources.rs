@@ -44,6 +44,7 @@ fn run(root: &Path, sources: Vec<Box<dyn Source>>) -> Result<RunOutcome, AgentEr
         network_apply: None,
         pause_before: None,
         relabel: None,
+        live_cmdline: None,
     };
     agent::run(&env, &mut |_| {})
 }
@@ -486,4 +487,83 @@ fn first_found_wins_and_nothing_found_is_an_error() {
             .unwrap()
             .contains("no configuration found")
     );
+}
+
+/// A live boot (the installation medium) with an install request installs instead of
+/// configuring: nothing is written to the root. A disk boot with the same configuration
+/// configures as usual (an installed node never installs again).
+#[test]
+fn live_boot_with_install_request_writes_nothing() {
+    let cfg = b"apiVersion: rke2-image/v1\nkind: NodeConfig\nhostname: n1\n\
+                install:\n  target: /dev/vdb\n  then: poweroff\n"
+        .to_vec();
+    let env = |root: &Path, live: Option<&str>| RunEnv {
+        root: root.to_path_buf(),
+        sources: vec![Box::new(Baked {
+            root: {
+                let b = root.join("baked");
+                let f = b.join("usr/share/rke2-image/node-config.yaml");
+                fs::create_dir_all(f.parent().unwrap()).unwrap();
+                fs::write(f, &cfg).unwrap();
+                b
+            },
+        })],
+        identity: Identity::default(),
+        preflight_backoff: None,
+        network_apply: None,
+        pause_before: None,
+        relabel: None,
+        live_cmdline: live.map(str::to_string),
+    };
+    let d = tempfile::tempdir().unwrap();
+    let live = d.path().join("live");
+    fs::create_dir_all(&live).unwrap();
+    let out = agent::run(
+        &env(&live, Some("rke2.root=iso rke2.install.wipe=1")),
+        &mut |_| {},
+    )
+    .unwrap();
+    let RunOutcome::Install(r) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (r.target.to_string(), r.wipe, r.then),
+        (
+            "/dev/vdb".to_string(),
+            true,
+            rke2_firstboot::install::Then::Poweroff
+        )
+    );
+    assert!(!live.join("var/lib/rke2-firstboot").exists());
+    assert!(!live.join("etc/hostname").exists());
+
+    // The command line alone (no configuration anywhere) installs too.
+    let bare = d.path().join("bare");
+    fs::create_dir_all(&bare).unwrap();
+    let none = RunEnv {
+        sources: Vec::new(),
+        ..env(&bare, Some("rke2.root=iso rke2.install=auto"))
+    };
+    let out = agent::run(&none, &mut |_| {}).unwrap();
+    assert!(
+        matches!(out, RunOutcome::Install(ref r) if r.target.to_string() == "auto"),
+        "{out:?}"
+    );
+    // A bad request names where it came from.
+    let e = agent::run(
+        &env(&bare, Some("rke2.root=iso rke2.install=sdb")),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("rke2.install: \"sdb\" does not name a disk"),
+        "{e}"
+    );
+
+    // A disk boot: configured, the install section ignored.
+    let disk = d.path().join("disk");
+    fs::create_dir_all(&disk).unwrap();
+    let out = agent::run(&env(&disk, None), &mut |_| {}).unwrap();
+    assert!(matches!(out, RunOutcome::Configured { .. }), "{out:?}");
 }

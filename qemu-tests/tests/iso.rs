@@ -322,3 +322,237 @@ fn iso_root_without_a_medium_stops_naming_each_device() {
     assert!(failed.contains("(waited 5 s)"), "{failed}");
     eprintln!("no medium: {failed}");
 }
+
+/// A sparse raw file of `size` bytes (a blank virtio disk).
+fn blank_disk(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+/// `sha256sum` of a file (the refusal tests' "nothing written" oracle).
+fn sha256(path: &Path) -> String {
+    let out = built::run(Command::new("sha256sum").arg(path)).unwrap();
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The native configuration through fw_cfg (the first-boot agent's `fw_cfg` source).
+fn config_file(path: &Path, body: &str) -> (String, PathBuf) {
+    std::fs::write(
+        path,
+        format!("apiVersion: rke2-image/v1\nkind: NodeConfig\n{body}"),
+    )
+    .unwrap();
+    (
+        rke2_qemu_tests::cluster::FW_CFG_CONFIG.into(),
+        path.to_path_buf(),
+    )
+}
+
+fn table(path: &Path) -> rke2_image_contract::gpt::Table {
+    let f = std::fs::File::open(path).unwrap();
+    let size = f.metadata().unwrap().len();
+    rke2_image_contract::gpt::Table::read(&f, size, 512).unwrap()
+}
+
+/// Unattended install from the CD onto an empty virtio disk (`install:` in the configuration,
+/// `then: poweroff`), then a boot from that disk alone: verity root, FIPS, SELinux enforcing,
+/// the state partition created; the installed GPT is the raw image's (same disk GUID and
+/// partitions, backup at the disk's end: `sgdisk -v`).
+#[test]
+fn iso_installs_onto_an_empty_disk_which_then_boots_alone() {
+    let img = rke2_qemu_tests::need!(image());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let iso = img.iso.as_ref().unwrap();
+    let mut scratch = Scratch::new();
+    let target = scratch.add(work_dir().join("install-target.raw"));
+    let raw_size = std::fs::metadata(&img.disk).unwrap().len();
+    blank_disk(&target, raw_size + (512 << 20));
+    let conf = scratch.add(work_dir().join("install.yaml"));
+    let mut cfg = Config::new(iso, Boot::Cdrom);
+    cfg.fw_cfg.push(config_file(
+        &conf,
+        "hostname: installed\ninstall:\n  target: auto\n  then: poweroff\n",
+    ));
+    cfg.rw_drives.push(target.clone());
+    cfg.log = Some(work_dir().join("install.console.log"));
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for("rke2-install: done; poweroff", &FATAL, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("install from the CD ({}): {e}", accel()));
+    vm.wait_exit(Duration::from_secs(300)).unwrap();
+    let console = vm.console();
+    drop(vm);
+    assert!(console.contains("rke2-install: installation medium /dev/sr0"));
+    assert!(console.contains("rke2-install: installing onto /dev/vda"));
+    let wrote = console
+        .lines()
+        .find(|l| l.contains("rke2-install: INSTALLED onto /dev/vda (written: true"))
+        .unwrap_or_else(|| panic!("no INSTALLED line"));
+    // The menu's default stayed the live entry (the install came from the configuration).
+    let cmdline = console
+        .lines()
+        .find_map(|l| l.split_once("Command line: ").map(|(_, c)| c))
+        .unwrap();
+    assert!(
+        cmdline.contains("rke2.root=iso") && !cmdline.contains("rke2.install"),
+        "{cmdline}"
+    );
+    // The first-boot agent did not configure the live system.
+    assert!(!console.contains("rke2-firstboot: done"));
+
+    // The installed table is the raw image's, moved to the larger disk's end.
+    let (got, want) = (table(&target), table(&img.disk));
+    assert_eq!(got.disk_guid, want.disk_guid);
+    assert_eq!(got.entries, want.entries);
+    assert_eq!(got.disk_sectors * 512, raw_size + (512 << 20));
+    let v = built::run(Command::new("sgdisk").arg("-v").arg(&target)).unwrap();
+    assert!(
+        String::from_utf8_lossy(&v).contains("No problems found"),
+        "{}",
+        String::from_utf8_lossy(&v)
+    );
+
+    // The measure for the integrator's note: the bytes the installer wrote (head, ESP in use,
+    // root, hash tree) against dd of the same number of bytes on the host, and against the raw
+    // image a plain `dd` install would write whole. The guest runs under TCG.
+    let written: u64 = wrote
+        .split("written: true, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {wrote}"));
+    let dd_target = scratch.add(work_dir().join("dd-target.raw"));
+    let t = std::time::Instant::now();
+    built::run(Command::new("dd").args([
+        &format!("if={}", img.disk.display()),
+        &format!("of={}", dd_target.display()),
+        "bs=1M",
+        &format!("count={}", written.div_ceil(1 << 20)),
+        "conv=fsync",
+        "status=none",
+    ]))
+    .unwrap();
+    let dd_secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&dd_target).unwrap();
+    eprintln!(
+        "install: {} ({} guest); host dd of the same {} MiB: {dd_secs:.1} s; a dd install \
+         writes the whole raw image: {} MiB",
+        wrote.split("rke2-install: ").nth(1).unwrap_or(wrote).trim(),
+        accel(),
+        written >> 20,
+        raw_size >> 20
+    );
+    let ours = probe::our_denials(&console);
+    assert!(
+        ours.is_empty(),
+        "AVC denials for our components while installing: {ours:#?}"
+    );
+
+    // The installed disk alone (no CD, no configuration).
+    let mut cfg = Config::new(&target, Boot::Uefi);
+    cfg.log = Some(work_dir().join("installed.console.log"));
+    let (console, _, probe_at) = boot_to_probe(&cfg, "the installed disk");
+    let facts = probe::facts(&console);
+    assert_eq!(fact(&facts, "root_fstype"), "erofs");
+    assert!(fact(&facts, "root_dm_name").starts_with("rke2-root-a"));
+    assert!(fact(&facts, "root_dm_uuid").starts_with("RKE2-VERITY-"));
+    assert_eq!(fact(&facts, "fips"), "1");
+    assert_eq!(fact(&facts, "selinux_enforce"), "1");
+    assert!(
+        fact(&facts, "state_source").starts_with("/dev/vda"),
+        "{facts:?}"
+    );
+    assert!(!fact(&facts, "state_stamp").is_empty(), "{facts:?}");
+    assert!(!console.contains("rke2.root=iso"));
+    let ours = probe::our_denials(&console);
+    assert!(ours.is_empty(), "AVC denials for our components: {ours:#?}");
+    let after = table(&target);
+    assert!(
+        after.get(6).is_some_and(|e| e.name == "state"),
+        "no state partition"
+    );
+    eprintln!(
+        "installed disk: probe {probe_at:.1} s after QEMU start ({})",
+        accel()
+    );
+}
+
+/// The refusals, in one boot: `auto` with a partitioned disk (no `wipe`), two blank disks and
+/// the boot medium attached stops with one message listing each candidate and why (the
+/// partitioned disk: partitions without wipe; the CD: the boot medium; the two blank disks:
+/// ambiguous), and writes nothing (every disk's checksum unchanged).
+#[test]
+fn iso_install_refusals_write_nothing() {
+    let img = rke2_qemu_tests::need!(image());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let iso = img.iso.as_ref().unwrap();
+    let mut scratch = Scratch::new();
+    let raw_size = std::fs::metadata(&img.disk).unwrap().len();
+    let size = raw_size + (64 << 20);
+    let disks: Vec<PathBuf> = ["refuse-gpt.raw", "refuse-a.raw", "refuse-b.raw"]
+        .iter()
+        .map(|n| scratch.add(work_dir().join(n)))
+        .collect();
+    for d in &disks {
+        blank_disk(d, size);
+    }
+    built::run(
+        Command::new("sgdisk")
+            .args(["-o", "-n", "1:2048:+16M"])
+            .arg(&disks[0]),
+    )
+    .unwrap();
+    let before: Vec<String> = disks.iter().map(|d| sha256(d)).collect();
+    let iso_before = sha256(iso);
+    let conf = scratch.add(work_dir().join("refuse.yaml"));
+    let mut cfg = Config::new(iso, Boot::Cdrom);
+    cfg.fw_cfg.push(config_file(
+        &conf,
+        "install:\n  target: auto\n  then: poweroff\n",
+    ));
+    cfg.rw_drives = disks.clone();
+    cfg.log = Some(work_dir().join("refuse.console.log"));
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for("rke2-install: stopped;", &FATAL, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("install refusal ({}): {e}", accel()));
+    std::thread::sleep(Duration::from_secs(2));
+    let console = vm.console();
+    drop(vm);
+    let failed = console
+        .split("rke2-install: FAILED: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no FAILED line"));
+    let failed: String = failed
+        .lines()
+        .take_while(|l| !l.contains("rke2-install: stopped;"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        failed.contains("2 disks qualify; refusing to guess"),
+        "{failed}"
+    );
+    let line = |dev: &str| {
+        failed
+            .lines()
+            .find(|l| l.contains(dev))
+            .unwrap_or_else(|| panic!("{dev} not listed: {failed}"))
+            .to_string()
+    };
+    assert!(
+        line("/dev/vda ").contains("it has partitions (vda1)"),
+        "{failed}"
+    );
+    assert!(
+        line("/dev/sr0 ").contains("it is the medium this system booted from"),
+        "{failed}"
+    );
+    for d in ["/dev/vdb ", "/dev/vdc "] {
+        assert!(line(d).contains("qualifies (ambiguous"), "{failed}");
+    }
+    let after: Vec<String> = disks.iter().map(|d| sha256(d)).collect();
+    assert_eq!(before, after, "a refused install wrote to a disk");
+    assert_eq!(iso_before, sha256(iso));
+    eprintln!("install refusals:\n{failed}");
+}

@@ -6,8 +6,27 @@
 //! | `/rke2/root.img`               | the EROFS root (the raw image's root-a region, as written)   |
 //! | `/rke2/verity.img`             | its dm-verity hash device (superblock + tree)                |
 //! | `/rke2/manifest.json` (+`.sig`)| the embedded manifest, as on the disk image's ESP            |
-//! | `/rke2/config.img`             | the embed area: 1 MiB, "empty" header + zeros; `iso customize` writes a node configuration into a copy (`contract/src/embed.rs`) |
-//! | appended partition 2 (`0xef`)  | a FAT32 ESP: systemd-boot, `loader.conf`, the live UKI       |
+//! | `/rke2/head.img`               | the raw image's bytes before its first partition: protective |
+//! |                                | MBR + primary GPT (the installer resizes and writes it)      |
+//! | `/rke2/esp.img`                | the raw image's ESP partition up to its last non-zero 2 KiB  |
+//! |                                | block (disk UKIs; the installer zeroes the rest)             |
+//! | `/rke2/config.img`             | the embed area: 1 MiB, "empty" header + zeros; `iso          |
+//! |                                | customize` writes a configuration into a copy (`embed.rs`)   |
+//! | appended partition 2 (`0xef`)  | a FAT32 ESP: systemd-boot, `loader.conf`, the live UKI, and  |
+//! |                                | the `install` loader entry (live UKI + `rke2.install`)       |
+//!
+//! With `head.img`, `esp.img`, `root.img` and `verity.img` the installer
+//! (`rke2_firstboot::install::write`) reproduces the raw image on a disk: the same GPT (moved to
+//! the disk's end), the same ESP, root-a and root-a-verity bytes; root-b stays empty as on a
+//! raw image. All four are cut out of the finished raw temporary by offset, so they are the raw
+//! image's bytes by construction (`builder/tests/iso.rs` compares them).
+//!
+//! The `install` entry (`loader/entries/install.conf`, a Boot Loader Specification type #1
+//! entry) starts the live UKI with its command line plus a bare `rke2.install` (install onto the
+//! configuration's `install.target`). Its id does not match `loader.conf`'s `default <name>-*`,
+//! so the default stays the live boot; the operator picks it in the menu. systemd-stub ignores a
+//! boot loader's command line when Secure Boot is on: signed ISOs install through the
+//! configuration's `install:` section instead (documented limitation).
 //!
 //! The ESP is appended after the ISO 9660 volume and published twice by xorriso: as the El
 //! Torito EFI boot image (a CD boot; its load size is recorded as 0, "to the end of the
@@ -75,6 +94,10 @@ pub(crate) struct Pieces<'a> {
     pub root: (u64, u64),
     /// (offset, length) of the verity hash device in `raw`.
     pub verity: (u64, u64),
+    /// Bytes of `raw` before the first partition (protective MBR + primary GPT).
+    pub head: u64,
+    /// (offset, length) of the ESP partition in `raw`.
+    pub disk_esp: (u64, u64),
     /// The ISO's ESP files (see [`esp_files`]).
     pub esp: Vec<(String, Blob)>,
     /// More files on the ISO 9660 side: (absolute path there, content).
@@ -97,12 +120,47 @@ pub fn gpt_guid_hex(seed16: [u8; 16]) -> String {
     hex::encode(g)
 }
 
+/// Bytes of `len` at `offset` of `f` up to the end of the last 2048-byte block that is not all
+/// zeros: the ESP's free clusters are zeros in the raw image, so the ISO carries only its used
+/// head (the installer zeroes the rest of the partition).
+pub fn used_len(f: &File, offset: u64, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const BLK: u64 = 2048;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut end = len - len % BLK;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        f.read_exact_at(&mut buf[..n], offset + start)?;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b != 0) {
+            return Ok(start + (i as u64 / BLK + 1) * BLK);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Where the install entry is on the ISO's ESP.
+pub const INSTALL_ENTRY: &str = "loader/entries/install.conf";
+
+/// The install entry: the live UKI (`uki_path`, ESP-relative) started with `live_cmdline` plus a
+/// bare `rke2.install`.
+pub fn install_entry(name: &str, version: &str, uki_path: &str, live_cmdline: &str) -> String {
+    format!(
+        "title {name} {version} (install onto disk)\nversion {version}\nefi /{uki_path}\n\
+         options {live_cmdline} {}\n",
+        cmdline::INSTALL
+    )
+}
+
 /// The ISO's ESP: the disk ESP's systemd-boot and `loader.conf` (already signed when Secure
-/// Boot is on) and the live UKI. Boot counting and the manifest stay off the read-only medium.
+/// Boot is on), the live UKI and the install entry (see [`install_entry`]). Boot counting and
+/// the manifest stay off the read-only medium.
 pub(crate) fn esp_files(
     disk_esp: &EspContent,
     uki_path: &str,
     uki: Vec<u8>,
+    install_entry: String,
 ) -> Result<Vec<(String, Blob)>, BuildError> {
     let mut out = Vec::new();
     for p in [
@@ -119,6 +177,10 @@ pub(crate) fn esp_files(
         out.push((p.to_string(), blob));
     }
     out.push((uki_path.to_string(), Blob::bytes(uki)));
+    out.push((
+        INSTALL_ENTRY.to_string(),
+        Blob::bytes(install_entry.into_bytes()),
+    ));
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
@@ -187,6 +249,8 @@ fn xorriso_args(p: &Pieces, out: &Path, work: &Path) -> Vec<std::ffi::OsString> 
     for ((offset, len), path) in [
         (p.root, cmdline::ISO_ROOT_FILE),
         (p.verity, cmdline::ISO_VERITY_FILE),
+        ((0, p.head), cmdline::ISO_HEAD_FILE),
+        (p.disk_esp, cmdline::ISO_ESP_FILE),
     ] {
         a.push(s("-cut_out"));
         a.push(p.raw.into());
@@ -288,6 +352,18 @@ pub(crate) fn emit(staged: &mut Outputs, p: &Pieces) -> Result<PathBuf, BuildErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn used_len_ends_at_the_last_non_zero_block() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8 << 20).unwrap();
+        assert_eq!(used_len(&f, 4096, 4 << 20).unwrap(), 0);
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1], 4096 + 3 * 2048 + 5).unwrap();
+        assert_eq!(used_len(&f, 4096, 4 << 20).unwrap(), 4 * 2048);
+        // Past the 1 MiB read window.
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1], 4096 + (3 << 20)).unwrap();
+        assert_eq!(used_len(&f, 4096, 4 << 20).unwrap(), (3 << 20) + 2048);
+    }
 
     #[test]
     fn names_and_line() {

@@ -364,7 +364,13 @@ pub fn build(
     // The ISO takes its ESP files and the embedded manifest from the disk ESP's content.
     let iso_files = match live_uki {
         Some((path, bytes)) => {
-            let esp_files = outputs::iso::esp_files(&esp.content, &path, bytes)?;
+            let entry = outputs::iso::install_entry(
+                &def.name,
+                &def.version,
+                &path,
+                &outputs::iso::kernel_args(&esp.cmdline),
+            );
+            let esp_files = outputs::iso::esp_files(&esp.content, &path, bytes, entry)?;
             let extra: Vec<(String, tree::Blob)> = esp
                 .content
                 .files
@@ -399,6 +405,9 @@ pub fn build(
     }
     if let Some((esp_files, extra)) = iso_files {
         let raw = staged.temp_path().to_path_buf();
+        let esp_used = File::open(&raw)
+            .and_then(|f| outputs::iso::used_len(&f, layout.esp.offset, layout.esp.size))
+            .map_err(stage("iso"))?;
         let q = outputs::iso::emit(
             &mut staged,
             &outputs::iso::Pieces {
@@ -408,6 +417,8 @@ pub fn build(
                     layout.verity_a.offset,
                     outputs::pxe::verity_len(&root.params),
                 ),
+                head: layout.esp.offset,
+                disk_esp: (layout.esp.offset, esp_used),
                 esp: esp_files,
                 extra,
                 name: &def.name,

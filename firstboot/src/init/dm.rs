@@ -11,6 +11,7 @@ const DM_IOCTL_SIZE: usize = 312;
 const DM_READONLY_FLAG: u32 = 1;
 
 const DM_DEV_CREATE: u8 = 3;
+const DM_DEV_REMOVE: u8 = 4;
 const DM_DEV_SUSPEND: u8 = 6;
 const DM_TABLE_LOAD: u8 = 9;
 
@@ -102,6 +103,17 @@ pub fn create_readonly(
     let mut b = ioctl_buffer(name, "", 0, None);
     call(fd, DM_DEV_SUSPEND, &mut b).map_err(|e| format!("resuming {name}: {e}"))?;
     Ok((major, minor))
+}
+
+/// Removes the device-mapper device `name` (the installer's verification maps).
+pub fn remove(name: &str) -> Result<(), String> {
+    let ctl = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+        .map_err(|e| format!("opening /dev/mapper/control (is dm-mod loaded?): {e}"))?;
+    let mut b = ioctl_buffer(name, "", 0, None);
+    call(ctl.as_raw_fd(), DM_DEV_REMOVE, &mut b).map_err(|e| format!("DM_DEV_REMOVE {name}: {e}"))
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ fn check_types(
     Ok(g)
 }
 
-fn sector_size(f: &File) -> u64 {
+pub fn sector_size(f: &File) -> u64 {
     nix::ioctl_read_bad!(blksszget, 0x1268, libc::c_int);
     let mut s: libc::c_int = 0;
     // SAFETY: BLKSSZGET writes one int.
@@ -223,7 +223,7 @@ fn sector_size(f: &File) -> u64 {
     }
 }
 
-fn device_bytes(f: &File) -> Result<u64, String> {
+pub fn device_bytes(f: &File) -> Result<u64, String> {
     nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
     let mut s: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64.

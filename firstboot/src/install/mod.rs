@@ -7,10 +7,17 @@
 //! 2. **Which disk** ([`target`]): candidates from sysfs and `/dev`, each checked against the
 //!    refusals (boot medium, multipath path, mounted, in use, read-only, existing data without
 //!    `wipe`, size range, removable for `auto`); exactly one disk or a stop with one message.
-//! 3. Later (not in this module yet): write the raw image's GPT, partitions and contents onto
-//!    the chosen disk, verify the written root against the root hash, then reboot or power off
-//!    as [`Then`] says. Step 3 must re-run [`target::select`] immediately before writing, so a
-//!    disk that changed since the operator's request is refused again.
+//! 3. **Write and verify** ([`write`]): the raw image's GPT (resized), ESP, root-a and
+//!    root-a-verity onto the chosen disk, verified through dm-verity with the running image's
+//!    root hash; then the edge (`rke2-firstboot run`, `main.rs`) adds a UEFI boot entry and
+//!    reboots or powers off as [`Then`] says. [`target::select`] is re-run immediately before
+//!    writing (in `main.rs`), so a disk that changed since the operator's request is refused.
+//!
+//! Where it hooks in: `agent::run` with `RunEnv::live_cmdline` set (a live boot, `rke2.root=iso`)
+//! returns [`crate::agent::RunOutcome::Install`] when a request exists, before anything is
+//! rendered: a node being installed never configures or starts RKE2 in the live system. A
+//! node booted from its disk has no `live_cmdline`, so the same configuration's `install:`
+//! section is ignored there.
 //!
 //! Precedence: the kernel command line overrides the configuration key by key. A
 //! `rke2.install=<spec>` replaces `install.target`, `rke2.install.wipe=0|1` replaces
@@ -20,7 +27,10 @@
 //! for an install with the configuration's target: that is the form a generic boot entry uses,
 //! so it never overrides a disk the configuration names. With neither, nothing is installed.
 
+pub mod efi;
+pub mod run;
 pub mod target;
+pub mod write;
 
 use rke2_image_contract::cmdline;
 use serde::Deserialize;
