@@ -34,15 +34,7 @@ fn run(cmd: &str, args: &[&str]) -> (i32, String) {
 
 /// Deterministic pseudo-random bytes (xorshift), so content mix-ups cannot go unnoticed.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    rke2_testsupport::noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, len)
 }
 
 fn opts() -> Options {

@@ -15,30 +15,10 @@ use rke2_image_contract::manifest::Manifest;
 use rke2_testsupport::prereq;
 
 mod common;
+use common::{ok, text};
 const STEM: &str = "iso-1.0";
 /// The EFI System partition type GUID as xorriso prints it (on-disk byte order).
 const ESP_TYPE: &str = "28732ac11ff8d211ba4b00a0c93ec93b";
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup-host installs it)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Builds the synthetic image with `--format formats` in a fresh directory (the definition is
 /// the same file every time, so the build seed is too); returns it.

@@ -7,12 +7,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use rke2_image_contract::manifest::Manifest;
 use rke2_testsupport::prereq;
 
 mod common;
+use common::ok;
 const STEM: &str = "pxe-1.0";
 const FILES: [&str; 4] = ["boot.ipxe", "initrd", "rootfs.img", "vmlinuz"];
 
@@ -22,19 +23,6 @@ fn base_tar() -> Vec<u8> {
         "opt/data.bin".into(),
         common::noise(0x2545_F491_4F6C_DD1D, 3_000_000),
     )])
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup-host installs it)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// Builds the synthetic image with `formats` in a fresh directory; returns it.

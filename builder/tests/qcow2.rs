@@ -19,19 +19,12 @@ use rke2_image_contract::manifest::Manifest;
 use rke2_testsupport::prereq;
 
 mod common;
+use common::text;
 const STEM: &str = "fmt-1.0";
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup-host installs it)"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn ok(cmd: &mut Command) -> Output {

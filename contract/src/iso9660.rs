@@ -249,15 +249,7 @@ mod tests {
     use std::path::Path;
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        rke2_testsupport::noise(seed | 1, n)
     }
 
     /// Oracle: xorriso writes the image; the extents must hold the files' bytes.

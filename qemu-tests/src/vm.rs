@@ -494,6 +494,24 @@ impl Vm {
         }
     }
 
+    /// [`Vm::wait_for`] `marker`, then the whole first console line that contains it (given
+    /// two seconds to be written out).
+    pub fn wait_line(
+        &mut self,
+        marker: &str,
+        forbidden: &[&str],
+        timeout: Duration,
+    ) -> Result<String, VmError> {
+        self.wait_for(marker, forbidden, timeout)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let console = self.console();
+        Ok(console
+            .lines()
+            .find(|l| l.contains(marker))
+            .unwrap_or_default()
+            .to_string())
+    }
+
     /// Waits for QEMU to exit (guest power-off or reboot with `-no-reboot`).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
         let start = Instant::now();

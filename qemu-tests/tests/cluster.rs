@@ -158,6 +158,20 @@ fn check_joined_node(r: &Report, hostname: &str, role: &str, addr: &str) {
     );
 }
 
+/// The agent `a` passed its join preflight, and its stand-in rke2 agent joined the server
+/// VM `s` (10.0.0.11) and pinned the CA that server created. Returns the joined record.
+fn check_agent_joined<'a>(a: &'a Report, s: &Report) -> &'a str {
+    assert!(a.console.contains("join preflight passed"), "{}", a.name);
+    let joined = a.fact("joined_agent");
+    assert!(joined.contains("server=https://10.0.0.11:9345"), "{joined}");
+    assert!(
+        joined.contains(&format!("ca-sha256={}", s.fact("server_ca"))),
+        "{joined} vs {}",
+        s.fact("server_ca")
+    );
+    joined
+}
+
 /// Prints each node's timings and appends them to `timings.log` next to the consoles
 /// (`scripts/test` shows that file: passing tests' output is captured).
 fn print_timings(reports: &[&Report]) {
@@ -272,15 +286,7 @@ fn server_and_agent_join_over_9345() {
     assert!(a
         .console
         .contains("join preflight against https://10.0.0.11:9345"));
-    assert!(a.console.contains("join preflight passed"));
-    // The stand-in agent joined the server VM and pinned the CA that server created.
-    let joined = a.fact("joined_agent");
-    assert!(joined.contains("server=https://10.0.0.11:9345"), "{joined}");
-    assert!(
-        joined.contains(&format!("ca-sha256={}", s.fact("server_ca"))),
-        "{joined} vs {}",
-        s.fact("server_ca")
-    );
+    let joined = check_agent_joined(&a, &s);
     // The air-gap tarballs the image preloaded were linked for the agent and checked readable.
     assert!(
         a.fact("agent_images").contains("rke2-images-core"),
@@ -466,14 +472,7 @@ fn mixed_media_server_installed_from_iso_agent_over_pxe_join() {
         "{:?}",
         a.facts
     );
-    assert!(a.console.contains("join preflight passed"));
-    let joined = a.fact("joined_agent");
-    assert!(joined.contains("server=https://10.0.0.11:9345"), "{joined}");
-    assert!(
-        joined.contains(&format!("ca-sha256={}", s.fact("server_ca"))),
-        "{joined} vs {}",
-        s.fact("server_ca")
-    );
+    check_agent_joined(&a, &s);
     let reqs = net.http.requests();
     assert!(
         reqs.iter().any(|r| r.starts_with("GET /rootfs.img ")),

@@ -259,19 +259,14 @@ fn iso_with_a_damaged_root_stops_in_rke2_init() {
     let mut cfg = Config::new(&disk, Boot::Uefi);
     cfg.log = Some(work_dir().join("damaged.console.log"));
     let mut vm = Vm::start(&cfg).unwrap();
-    vm.wait_for(
-        "rke2-init: FAILED",
-        &["handing off to /sbin/init"],
-        BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("damaged ISO root ({}): {e}", accel()));
-    std::thread::sleep(Duration::from_secs(2));
-    let console = vm.console();
+    let failed = vm
+        .wait_line(
+            "rke2-init: FAILED",
+            &["handing off to /sbin/init"],
+            BOOT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("damaged ISO root ({}): {e}", accel()));
     drop(vm);
-    let failed = console
-        .lines()
-        .find(|l| l.contains("rke2-init: FAILED"))
-        .unwrap();
     assert!(
         failed.contains("the medium's root does not match rke2.roothash"),
         "{failed}"
@@ -301,19 +296,14 @@ fn iso_root_without_a_medium_stops_naming_each_device() {
     );
     cfg.log = Some(work_dir().join("no-medium.console.log"));
     let mut vm = Vm::start(&cfg).unwrap();
-    vm.wait_for(
-        "rke2-init: FAILED",
-        &["handing off to /sbin/init"],
-        BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("no medium ({}): {e}", accel()));
-    std::thread::sleep(Duration::from_secs(2));
-    let console = vm.console();
+    let failed = vm
+        .wait_line(
+            "rke2-init: FAILED",
+            &["handing off to /sbin/init"],
+            BOOT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("no medium ({}): {e}", accel()));
     drop(vm);
-    let failed = console
-        .lines()
-        .find(|l| l.contains("rke2-init: FAILED"))
-        .unwrap();
     assert!(failed.contains("finding the boot medium"), "{failed}");
     assert!(
         failed.contains("/dev/vda: no ISO 9660 volume descriptor at 32 KiB"),

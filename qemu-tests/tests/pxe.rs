@@ -207,18 +207,13 @@ fn pxe_boot_through_ovmf_and_ipxe_reaches_probe_with_verified_root_and_ram_state
         "boot.ipxe",
         None,
     );
-    vm.wait_for(
-        "rke2-init: FAILED",
-        &["handing off to /sbin/init"],
-        BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("corrupted PXE root ({}): {e}", accel()));
-    std::thread::sleep(Duration::from_secs(2));
-    let console = vm.console();
-    let failed = console
-        .lines()
-        .find(|l| l.contains("rke2-init: FAILED"))
-        .unwrap();
+    let failed = vm
+        .wait_line(
+            "rke2-init: FAILED",
+            &["handing off to /sbin/init"],
+            BOOT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("corrupted PXE root ({}): {e}", accel()));
     assert!(
         failed.contains("rootfs.img does not match rke2.roothash"),
         "{failed}"

@@ -192,3 +192,17 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Deterministic pseudo-random bytes (xorshift64 from `state`, low byte of each step): test
+/// data whose mix-ups cannot go unnoticed. `state` must not be 0.
+pub fn noise(state: u64, n: usize) -> Vec<u8> {
+    let mut x = state;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

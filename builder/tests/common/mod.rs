@@ -1,6 +1,28 @@
 //! Shared by the builder's integration tests that build images from a synthetic base.
 
+use std::process::{Command, Output};
+
 use rke2_image_contract::paths;
+
+/// A command's standard output and error, for messages.
+#[allow(dead_code)] // not every test binary that includes this module runs commands
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `cmd`, which must succeed; its output.
+#[allow(dead_code)] // not every test binary that includes this module runs commands
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup-host installs it)"));
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out));
+    out
+}
 
 /// The kernel version of the synthetic base.
 pub const KVER: &str = "6.1.0-99-amd64";
@@ -78,13 +100,5 @@ pub fn base_tar(extra: Vec<(String, Vec<u8>)>) -> Vec<u8> {
 // Not every test binary that includes this module needs them.
 #[allow(dead_code)]
 pub fn noise(state: u64, n: usize) -> Vec<u8> {
-    let mut x = state;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    rke2_testsupport::noise(state, n)
 }
