@@ -31,8 +31,9 @@ pub fn load_option(description: &str, first_lba: u64, sectors: u64, guid: [u8; 1
     path.extend_from_slice(&first_lba.to_le_bytes());
     path.extend_from_slice(&sectors.to_le_bytes());
     path.extend_from_slice(&guid);
-    path.extend_from_slice(&[0x02, 0x02]); // GPT, GUID signature
-                                           // File Path media device path: type 4, subtype 4, UCS-2 with the NUL.
+    // Partition format GPT, signature type GUID.
+    path.extend_from_slice(&[0x02, 0x02]);
+    // File Path media device path: type 4, subtype 4, UCS-2 with the NUL.
     let file: Vec<u8> = LOADER
         .encode_utf16()
         .chain([0])
