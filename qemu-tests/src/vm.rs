@@ -104,6 +104,8 @@ pub struct Config {
     pub drives: Vec<PathBuf>,
     /// Writable raw disks attached after those (e.g. a diskless node's state disk).
     pub rw_drives: Vec<PathBuf>,
+    /// Let a guest reboot restart the machine (same firmware variables) instead of ending QEMU.
+    pub reboot: bool,
 }
 
 impl Config {
@@ -118,6 +120,7 @@ impl Config {
             fw_cfg: Vec::new(),
             drives: Vec::new(),
             rw_drives: Vec::new(),
+            reboot: false,
         }
     }
 }
@@ -228,14 +231,12 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
         // behave as on real hardware.
         c.args(["-cpu", "max"]);
     }
-    c.args([
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-    ]);
+    c.args(["-nodefaults", "-display", "none", "-serial", "stdio"]);
+    // A guest reboot ends QEMU unless the test wants the machine to come back up (the firmware
+    // then boots what its variables say: BootNext, BootOrder).
+    if !cfg.reboot {
+        c.arg("-no-reboot");
+    }
     if cfg.nics.is_empty() {
         c.args(["-nic", "none"]);
     }

@@ -364,11 +364,13 @@ fn ha_three_servers_and_an_agent() {
     assert!(a.fact("joined_agent").contains(&format!("ca-sha256={ca}")));
 }
 
-/// One cluster from mixed media (issue 11): the server is installed from the ISO (booted
-/// from a virtual CD-ROM, unattended `install:` onto its empty virtio disk, powered off), then
-/// boots from that disk alone; the agent boots diskless over PXE (OVMF PXE, iPXE, HTTP) with
-/// its state in RAM. Both get the same cluster configuration through fw_cfg; the agent joins
-/// the server over :9345.
+/// One cluster from mixed media (issue 11): the server's machine boots the ISO from a virtual
+/// CD-ROM, installs onto its empty virtio disk unattended (`install:` with `then: reboot`),
+/// and reboots — with the CD still first in the firmware's boot order, so coming up from the
+/// disk proves the installer's UEFI entry and `BootNext` — into the installed disk, where the
+/// same configuration makes it the server. The agent boots diskless over PXE (OVMF PXE, iPXE,
+/// HTTP) with its state in RAM. Both get the same cluster configuration through fw_cfg; the
+/// agent joins the server over :9345.
 #[test]
 fn mixed_media_server_installed_from_iso_agent_over_pxe_join() {
     let img = rke2_qemu_tests::need!(image());
@@ -383,61 +385,58 @@ fn mixed_media_server_installed_from_iso_agent_over_pxe_join() {
     let dir = test_dir("mixed");
     let config = cluster_config(1, 1).replace(
         "    role: server\n",
-        "    role: server\n    install:\n      target: /dev/vda\n      then: poweroff\n",
+        "    role: server\n    install:\n      target: /dev/vda\n      then: reboot\n",
     );
     assert!(config.contains("install:"), "{config}");
     let config = config.into_bytes();
     let hub = Hub::start(2).unwrap();
 
-    // The server's machine: the ISO on its CD drive, an empty disk to install onto.
+    // The server's machine: the ISO on its CD drive (first boot device), an empty disk.
     let disk = dir.join("cp-1.disk.raw");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(img.manifest.disk.size + (2 << 30))
         .unwrap();
-    let server_spec = NodeSpec::new(
-        "cp-1",
-        nic(mac(1, 1), hub.port(0)),
-        Delivery::FwCfg(config.clone()),
-    )
-    .hold();
-    let install_at = std::time::Instant::now();
-    {
-        let _slots = SLOTS.take(1);
-        let mut cfg = Config::new(iso, Boot::Cdrom);
-        cfg.rw_drives = vec![disk.clone()];
-        let mut installer = Node::start(
-            cfg,
-            &dir,
-            &NodeSpec {
-                name: "cp-1-install".into(),
-                ..server_spec.clone()
-            },
+    let _slots = SLOTS.take(2);
+    let mut cfg = Config::new(iso, Boot::Cdrom);
+    cfg.rw_drives = vec![disk.clone()];
+    cfg.reboot = true;
+    let mut server = Node::start(
+        cfg,
+        &dir,
+        &NodeSpec::new(
+            "cp-1",
+            nic(mac(1, 1), hub.port(0)),
+            Delivery::FwCfg(config.clone()),
         )
-        .unwrap();
-        installer
-            .vm
-            .wait_exit(TIMEOUT)
-            .unwrap_or_else(|e| panic!("install from the ISO ({}): {e}", accel()));
-        let console = installer.vm.console();
-        assert!(
-            !console.contains("RKE2-PROBE done=1"),
-            "the live system ran the payload"
-        );
-        assert!(
-            console.contains("rke2-install:") || console.contains("install"),
-            "no installer output:\n{}",
-            installer.vm.tail()
-        );
-    }
+        .hold(),
+    )
+    .unwrap();
+    let installed_at = server
+        .vm
+        .wait_for("rke2-install: done; reboot", &cluster::FATAL, TIMEOUT)
+        .unwrap_or_else(|e| panic!("cp-1: install from the ISO ({}): {e}", accel()));
     eprintln!(
-        "TIMING cp-1 install from the ISO ({}): {:.1} s from QEMU start to power-off",
+        "TIMING cp-1 install from the ISO ({}): done {:.1} s after QEMU start",
         accel(),
-        install_at.elapsed().as_secs_f64()
+        installed_at.as_secs_f64()
+    );
+    let console = server.vm.console();
+    assert!(
+        console.contains("rke2-install: installing onto /dev/vda"),
+        "{}",
+        server.vm.tail()
+    );
+    assert!(
+        console.contains("BootNext set to it"),
+        "{}",
+        server.vm.tail()
+    );
+    assert!(
+        !console.contains("RKE2-PROBE"),
+        "the live system ran the payload"
     );
 
-    let _slots = SLOTS.take(2);
-    let mut server = Node::boot_disk(&disk, &dir, &server_spec).unwrap();
     let net = Netboot::start(&dir, "worker-1", pxe, None).unwrap();
     let mut cfg = Config::new(dir.join("no-disk"), net.boot());
     cfg.nics = vec![net.nic("52:54:00:e2:ff:01").unwrap()];
