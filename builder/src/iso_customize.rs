@@ -167,10 +167,7 @@ pub fn customize(
         path: input.to_path_buf(),
         err,
     })?;
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = crate::publish::dir_of(out);
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

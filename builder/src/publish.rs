@@ -442,13 +442,18 @@ fn remove_stale(dir: &Path, stem: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The directory `path` is in (`.` for a bare file name).
+pub(crate) fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// The directory of `path` and a hidden name in it for this process's `.<name>.<tag>-<pid>`
 /// temporary.
 pub(crate) fn beside<'a>(path: &'a Path, tag: &str) -> (&'a Path, PathBuf) {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
