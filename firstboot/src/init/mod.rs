@@ -213,7 +213,7 @@ fn check_types(
     Ok(g)
 }
 
-pub fn sector_size(f: &File) -> u64 {
+fn sector_size(f: &File) -> u64 {
     nix::ioctl_read_bad!(blksszget, 0x1268, libc::c_int);
     let mut s: libc::c_int = 0;
     // SAFETY: BLKSSZGET writes one int.
@@ -384,6 +384,43 @@ pub fn whole_disks(class_block: &Path) -> Vec<(String, String)> {
 /// The dm-linear mapping of the root file on a live ISO medium (the agent's `medium` source
 /// finds the medium under it).
 pub const ISO_ROOT_MAPPING: &str = "rke2-iso-root";
+
+/// The devices under the dm device named `mapping` (`/sys/block/dm-*/dm/name`), sorted.
+fn mapping_slaves(sys: &Path, mapping: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sys.join("block")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = std::fs::read_to_string(e.path().join("dm/name")).unwrap_or_default();
+        if name.trim() != mapping {
+            continue;
+        }
+        if let Ok(slaves) = std::fs::read_dir(e.path().join("slaves")) {
+            out.extend(
+                slaves
+                    .flatten()
+                    .map(|s| s.file_name().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The devices (kernel names) that may be the live ISO's boot medium: the one under the
+/// [`ISO_ROOT_MAPPING`] this program made when it exists, else every whole block device.
+/// The agent's `medium` source and the installer look there.
+pub fn iso_medium_candidates(sys: &Path) -> Vec<String> {
+    let under = mapping_slaves(sys, ISO_ROOT_MAPPING);
+    if !under.is_empty() {
+        return under;
+    }
+    whole_disks(&sys.join("class/block"))
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
 
 /// A medium carrying the `iso` output's root: device name, `major:minor`, and where the root
 /// and its hash tree are on it.

@@ -54,7 +54,7 @@ struct Medium {
 fn find_medium(env: &Env) -> Result<Medium, String> {
     let mut found = Vec::new();
     let mut why = Vec::new();
-    for (name, _) in crate::init::whole_disks(&env.sys.join("class/block")) {
+    for name in crate::init::iso_medium_candidates(env.sys) {
         let node = env.dev.join(&name);
         let probe = || -> Result<Medium, String> {
             let file = File::open(&node).map_err(|e| e.to_string())?;

@@ -13,7 +13,6 @@ use rke2_image_contract::{cmdline, embed};
 
 use super::{Found, Source, SourceError};
 use crate::dialects::MAX_CONFIG_BYTES;
-use crate::init::ISO_ROOT_MAPPING;
 
 const NAME: &str = "embedded in the boot ISO";
 
@@ -42,29 +41,6 @@ fn fail(msg: String) -> SourceError {
         source_name: NAME,
         msg,
     }
-}
-
-/// The devices under the dm device named `mapping` (`/sys/block/dm-*/dm/name`), sorted.
-fn mapping_slaves(sys: &Path, mapping: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(sys.join("block")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let name = std::fs::read_to_string(e.path().join("dm/name")).unwrap_or_default();
-        if name.trim() != mapping {
-            continue;
-        }
-        if let Ok(slaves) = std::fs::read_dir(e.path().join("slaves")) {
-            out.extend(
-                slaves
-                    .flatten()
-                    .map(|s| s.file_name().to_string_lossy().into_owned()),
-            );
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The configuration in the embed area of the medium `dev` (`None`: no area, or empty).
@@ -103,14 +79,7 @@ impl Source for Medium {
         if cmdline::get(&self.cmdline, cmdline::ROOT_SOURCE) != Some(cmdline::ROOT_ISO) {
             return Ok(None);
         }
-        let mut devices = mapping_slaves(&self.sys, ISO_ROOT_MAPPING);
-        if devices.is_empty() {
-            devices = crate::init::whole_disks(&self.sys.join("class/block"))
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect();
-        }
-        for name in devices {
+        for name in crate::init::iso_medium_candidates(&self.sys) {
             let node = self.dev.join(&name);
             if let Some(bytes) = read_area(&node)? {
                 return Ok(Some(Found {
@@ -153,7 +122,11 @@ mod tests {
         if let Some(s) = slave_of_root {
             let d = t.join("sys/block/dm-0");
             fs::create_dir_all(d.join("dm")).unwrap();
-            fs::write(d.join("dm/name"), format!("{ISO_ROOT_MAPPING}\n")).unwrap();
+            fs::write(
+                d.join("dm/name"),
+                format!("{}\n", crate::init::ISO_ROOT_MAPPING),
+            )
+            .unwrap();
             fs::create_dir_all(d.join("slaves").join(s)).unwrap();
         }
         Medium {
