@@ -28,6 +28,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "policycoreutils",
     "selinux-policy-default",
     "systemd",
+    // systemd-bless-boot and its generator (A/B updates: boot-complete.target blesses a slot).
+    "systemd-boot",
     "systemd-boot-efi",
     "systemd-sysv",
     "udev",

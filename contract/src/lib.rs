@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod partitions;
 pub mod paths;
 pub mod release;
+pub mod update;
 pub mod verity;
