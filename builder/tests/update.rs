@@ -67,6 +67,10 @@ fn workspace(keys: &Path, extra: &str) -> tempfile::TempDir {
     )
     .unwrap();
     fs::write(p.join("init"), b"#!/bin/sh\n").unwrap();
+    // An overlay that tries to add a trusted key behind the definition's back.
+    let ov_keys = p.join("ov").join(update::KEYS_DIR);
+    fs::create_dir_all(&ov_keys).unwrap();
+    fs::copy(keys.join("other.pub"), ov_keys.join("sneaky.pem")).unwrap();
     for k in ["key.pem", "pub.pem", "release.pub", "other.pub"] {
         fs::copy(keys.join(k), p.join(k)).unwrap();
     }
@@ -84,7 +88,7 @@ fn workspace(keys: &Path, extra: &str) -> tempfile::TempDir {
     dir
 }
 
-const SIGNED: &str = "signing:\n  key: key.pem\nupdate:\n  trustedKeys: [release.pub]\n  tries: 2\n  healthTimeoutSeconds: 120\n";
+const SIGNED: &str = "overlays:\n  - source: ov\nsigning:\n  key: key.pem\nupdate:\n  trustedKeys: [release.pub]\n  tries: 2\n  healthTimeoutSeconds: 120\n";
 
 fn rke2_image(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rke2-image"));
@@ -278,6 +282,7 @@ fn bundle_members_signature_verity_and_reproducible() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
+    // Exactly the definition's keys: the overlay's sneaky.pem is gone.
     assert_eq!(names, ["image.pem", "trusted-1.pem"]);
     assert!(tree.join(update::ESP_MOUNT).is_dir());
     for unit in [
