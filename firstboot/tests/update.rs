@@ -735,3 +735,119 @@ fn health_run_blesses_and_fails_only_counted_boots() {
     );
     assert!(out[0].contains("rolled back"), "{out:?}");
 }
+
+#[test]
+fn health_never_fails_an_uncounted_boot_even_without_boot_facts() {
+    let n = node('a', "1.0", &["rke2-node-1.0-a.efi"]);
+    fs::remove_file(&n.roots.boot_info).unwrap();
+    let mut out = Vec::new();
+    let r = health::run(
+        &n.roots,
+        &fake(&[], vec![UnitState::Active], true),
+        &mut |m| out.push(m.to_string()),
+    );
+    assert_eq!(r, Ok(false));
+    assert!(
+        out[0].contains("boot.json") && out[0].contains("no reboot"),
+        "{out:?}"
+    );
+    fs::create_dir_all(&n.roots.efivars).unwrap();
+    fs::write(n.roots.efivars.join(BOOT_COUNT_EFIVAR), "x").unwrap();
+    let r = health::run(
+        &n.roots,
+        &fake(&[], vec![UnitState::Active], true),
+        &mut |_| {},
+    );
+    assert!(r.is_err());
+}
+
+/// An HTTPS server on 127.0.0.1 (certificate from a fresh rcgen CA, whose PEM is returned)
+/// answering every request with `body()` (its first `cut` bytes only, when given, then the
+/// connection drops: a download cut short).
+fn https(body: fn() -> Box<dyn std::io::Read + Send>, len: u64, cut: Option<u64>) -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::io::Write;
+    use std::sync::Arc;
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .unwrap();
+    let cfg = Arc::new(cfg);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(tcp) = conn else { continue };
+            let mut s =
+                rustls::StreamOwned::new(rustls::ServerConnection::new(cfg.clone()).unwrap(), tcp);
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match std::io::Read::read(&mut s, &mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(head.as_bytes());
+            let mut r = std::io::Read::take(body(), cut.unwrap_or(len));
+            let _ = std::io::copy(&mut r, &mut s);
+            let _ = s.flush();
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    });
+    (port, ca.pem())
+}
+
+/// 64 MiB of a fixed pattern, generated as it streams.
+fn big() -> Box<dyn std::io::Read + Send> {
+    Box::new(std::io::Read::take(std::io::repeat(0x5a), 64 << 20))
+}
+
+#[test]
+fn streams_a_large_body_over_https_against_a_ca_file() {
+    use rke2_firstboot::update::source;
+    let (port, pem) = https(big, 64 << 20, None);
+    let d = tmp();
+    let ca = d.path().join("ca.pem");
+    fs::write(&ca, pem).unwrap();
+    let url = format!("https://127.0.0.1:{port}/node-2.0.update");
+    let mut r = source::open(&url, Some(&ca)).unwrap();
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut r, &mut h).unwrap();
+    assert_eq!(n, 64 << 20);
+    let mut want = Sha256::new();
+    std::io::copy(&mut big(), &mut want).unwrap();
+    assert_eq!(h.finalize(), want.finalize());
+    // Another CA: refused.
+    let other = d.path().join("other.pem");
+    let (_, pem2) = https(big, 1, None);
+    fs::write(&other, pem2).unwrap();
+    let e = source::open(&url, Some(&other)).err().unwrap();
+    assert!(e.contains("TLS"), "{e}");
+    // Cut short: an error, not a short body.
+    let (port, pem) = https(big, 64 << 20, Some(1 << 20));
+    fs::write(&ca, pem).unwrap();
+    let url = format!("https://127.0.0.1:{port}/node-2.0.update");
+    let mut r = source::open(&url, Some(&ca)).unwrap();
+    let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
+    assert!(e.to_string().contains("bytes before the end"), "{e}");
+}
