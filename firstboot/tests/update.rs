@@ -851,3 +851,38 @@ fn streams_a_large_body_over_https_against_a_ca_file() {
     let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
     assert!(e.to_string().contains("bytes before the end"), "{e}");
 }
+
+#[test]
+fn the_command_answers_as_rke2_update_and_as_a_subcommand() {
+    let n = node(
+        'a',
+        "1.0.0",
+        &["rke2-node-1.0.0-a.efi", "rke2-node-1.1.0-b+2-1.efi"],
+    );
+    let d = tmp();
+    let link = d.path().join("rke2-update");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_rke2-firstboot"), &link).unwrap();
+    let root = n.roots.root.to_str().unwrap();
+    let out = Command::new(&link)
+        .args(["status", "--json", "--root", root])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["slots"][1]["entry"], "rke2-node-1.1.0-b+2-1.efi");
+    assert_eq!(j["slots"][1]["triesLeft"], 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_rke2-firstboot"))
+        .args(["update", "rollback", "--root", root])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.starts_with("rke2-update: error: slot b (1.1.0) is pending"),
+        "{e}"
+    );
+}
