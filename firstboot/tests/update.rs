@@ -886,3 +886,57 @@ fn the_command_answers_as_rke2_update_and_as_a_subcommand() {
         "{e}"
     );
 }
+
+#[test]
+fn health_unit_passes_systemd_analyze_and_is_enabled_both_ways() {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays/firstboot/usr/lib/systemd/system");
+    let unit = dir.join("rke2-update-health.service");
+    let text = fs::read_to_string(&unit).unwrap();
+    for l in [
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "Before=boot-complete.target",
+        "FailureAction=reboot",
+        "ExecStart=/usr/bin/rke2-update health",
+        "After=rke2-firstboot.service rke2-server.service rke2-agent.service network-online.target",
+    ] {
+        assert!(text.lines().any(|x| x == l), "unit lacks {l}");
+    }
+    // multi-user.target wants it (and so orders after it): it must not order after that target.
+    assert!(!text
+        .lines()
+        .any(|l| l.starts_with("After=") && l.contains("multi-user")));
+    for link in [
+        "boot-complete.target.requires/rke2-update-health.service",
+        "multi-user.target.wants/rke2-update-health.service",
+    ] {
+        assert_eq!(
+            fs::read_link(dir.join(link)).unwrap(),
+            Path::new("../rke2-update-health.service"),
+            "{link}"
+        );
+    }
+    assert_eq!(
+        fs::read_link(dir.join("../../../bin/rke2-update")).unwrap(),
+        Path::new("rke2-firstboot")
+    );
+    if !rke2_testsupport::prereq::program("systemd-analyze", "systemd") {
+        return;
+    }
+    // With the overlay's units on the unit path, so the ordering against the first-boot agent
+    // is checked too (a cycle would be reported).
+    let o = Command::new("systemd-analyze")
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .arg(dir.join("rke2-firstboot.service"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let bad: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("is not executable: No such file or directory"))
+        .collect();
+    assert!(bad.is_empty(), "systemd-analyze verify: {err}");
+}
