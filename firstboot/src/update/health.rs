@@ -229,17 +229,17 @@ impl System for Systemd {
             .is_ok_and(|s| s.success())
     }
     fn unit_state(&self, unit: &str) -> UnitState {
-        let out = std::process::Command::new("systemctl")
-            .args(["show", "--property=ActiveState,Result", "--value", unit])
-            .output();
-        let text = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let mut l = text.lines();
-        let (state, result) = (l.next().unwrap_or(""), l.next().unwrap_or(""));
-        match state {
+        // One property per call: `systemctl show` prints several in its own order.
+        let prop = |p: &str| {
+            std::process::Command::new("systemctl")
+                .args(["show", "--value", "--property", p, unit])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        match prop("ActiveState").as_str() {
             "active" => UnitState::Active,
-            "failed" => UnitState::Failed(result.to_string()),
+            "failed" => UnitState::Failed(prop("Result")),
             s => UnitState::Other(s.to_string()),
         }
     }
