@@ -145,8 +145,10 @@ fn node(slot: char, version: &str, entries: &[&str]) -> Node {
     };
     w(
         "usr/share/rke2-image/image-info.json",
-        format!(r#"{{"name":"{IMAGE}","version":"{version}","epoch":1,"file":"x.raw","size":1}}"#)
-            .as_bytes(),
+        format!(
+            "{{\n  \"name\": \"{IMAGE}\",\n  \"version\": \"{version}\",\n  \"epoch\": 1\n}}\n"
+        )
+        .as_bytes(),
     );
     w(
         &format!("{}/image.pem", contract::KEYS_DIR),
@@ -717,7 +719,7 @@ fn health_run_blesses_and_fails_only_counted_boots() {
     .unwrap();
     fs::write(
         n.roots.root.join("usr/share/rke2-image/image-info.json"),
-        format!(r#"{{"name":"{IMAGE}","version":"1.0","epoch":1,"file":"x.raw","size":1}}"#),
+        format!(r#"{{"name":"{IMAGE}","version":"1.0","prettyName":"x","epoch":1}}"#),
     )
     .unwrap();
     let mut out = Vec::new();
