@@ -168,7 +168,12 @@ fn gate(
     let slot = running_slot(&b)?;
     let ii = roots.image_info()?;
     let policy = roots.policy()?;
-    let entries = esp::list(&roots.esp, &ii.name)?;
+    // Without the ESP (efi.mount failed) the check still runs; only the record cannot be
+    // reconciled with the entries (and systemd-bless-boot cannot bless either).
+    let entries = esp::list(&roots.esp, &ii.name).unwrap_or_else(|e| {
+        say(&format!("warning: {e}"));
+        Vec::new()
+    });
     let st = state::update(&roots.state, |s| reconcile(s, slot, &entries))?;
     if let Some(l) = &st.last {
         if l.result == state::ROLLED_BACK {
