@@ -942,3 +942,26 @@ fn health_unit_passes_systemd_analyze_and_is_enabled_both_ways() {
         .collect();
     assert!(bad.is_empty(), "systemd-analyze verify: {err}");
 }
+
+#[test]
+fn an_uncounted_boot_takes_one_look_without_waiting() {
+    let n = node('a', "1.0", &["rke2-node-1.0-a.efi"]);
+    stamped(&n.roots.root);
+    let sys = fake(
+        &[health::SERVER_UNIT],
+        vec![UnitState::Other("activating".into())],
+        true,
+    );
+    assert!(!health::run(&n.roots, &sys, &mut |_| {}).unwrap());
+    assert_eq!(sys.t.get(), 0, "waited on an uncounted boot");
+    let h = &state::load(&n.roots.state).unwrap().health["a"];
+    assert!(
+        !h.healthy && !h.counted && h.reason.contains("activating"),
+        "{h:?}"
+    );
+    // Counted: it waits for the policy's deadline (5 s in these nodes).
+    fs::create_dir_all(&n.roots.efivars).unwrap();
+    fs::write(n.roots.efivars.join(BOOT_COUNT_EFIVAR), "x").unwrap();
+    assert!(health::run(&n.roots, &sys, &mut |_| {}).is_err());
+    assert!(sys.t.get() >= 5);
+}

@@ -17,8 +17,9 @@
 //!
 //! Before checking, the update record is reconciled with what booted ([`reconcile`]). On a
 //! counted boot (systemd-boot's `LoaderBootCountPath` efivar exists) a failure exits 1, so the
-//! unit's `FailureAction=reboot` moves on to the next try; on an uncounted boot the failure is
-//! only recorded (never a reboot loop).
+//! unit's `FailureAction=reboot` moves on to the next try; on an uncounted boot the check takes
+//! one look without waiting and its result is only recorded (never a reboot loop, and
+//! multi-user.target, which orders after the unit, is not held up).
 
 use std::path::Path;
 use std::time::Duration;
@@ -180,7 +181,13 @@ fn gate(
             say(&format!("last update rolled back: {}", l.reason));
         }
     }
-    let deadline = Duration::from_secs(policy.health_timeout_seconds);
+    // Only a counted boot waits: an uncounted one (no update to judge) records one look, so
+    // multi-user.target (which orders after this unit) is not held up for the deadline.
+    let deadline = if counted {
+        Duration::from_secs(policy.health_timeout_seconds)
+    } else {
+        Duration::ZERO
+    };
     let r = check(&roots.root, sys, deadline);
     let (healthy, reason) = match &r {
         Ok(why) => (true, why.clone()),
