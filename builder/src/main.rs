@@ -289,19 +289,12 @@ fn run() -> Result<()> {
         }
         Command::Verify { image, key, json } if inspect::is_bundle(&image) => {
             let k = rke2_image::sign::load_public(&key, "--key")?;
-            let report = inspect::inspect_bundle(&image, Some(&k))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", inspect::render_bundle(&report));
-            }
-            if !report.problems.is_empty() {
-                anyhow::bail!(
-                    "{}: {} problem(s); the bundle does not match its signed update.json",
-                    image.display(),
-                    report.problems.len()
-                );
-            }
+            bundle_report(
+                &image,
+                Some(&k),
+                json,
+                "; the bundle does not match its signed update.json",
+            )?;
         }
         Command::Verify { image, key, json } => {
             let k = rke2_image::sign::load_public(&key, "--key")?;
@@ -327,19 +320,7 @@ fn run() -> Result<()> {
         }
         Command::Iso(c) => iso(c)?,
         Command::Inspect { image, json } if inspect::is_bundle(&image) => {
-            let report = inspect::inspect_bundle(&image, None)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", inspect::render_bundle(&report));
-            }
-            if !report.problems.is_empty() {
-                anyhow::bail!(
-                    "{}: {} problem(s) found",
-                    image.display(),
-                    report.problems.len()
-                );
-            }
+            bundle_report(&image, None, json, " found")?;
         }
         Command::Inspect { image, json } => {
             let report = inspect::inspect(&image)?;
@@ -419,4 +400,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `inspect`/`verify` of an update bundle: prints the report (JSON or text); fails when it
+/// found problems (`tail` ends the message).
+fn bundle_report(
+    image: &Path,
+    key: Option<&ed25519_dalek::VerifyingKey>,
+    json: bool,
+    tail: &str,
+) -> Result<()> {
+    let report = inspect::inspect_bundle(image, key)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", inspect::render_bundle(&report));
+    }
+    if !report.problems.is_empty() {
+        anyhow::bail!(
+            "{}: {} problem(s){tail}",
+            image.display(),
+            report.problems.len()
+        );
+    }
+    Ok(())
 }
