@@ -104,8 +104,19 @@ pub struct Config {
     pub drives: Vec<PathBuf>,
     /// Writable raw disks attached after those (e.g. a diskless node's state disk).
     pub rw_drives: Vec<PathBuf>,
+    /// Disks with a serial the guest sees as `/dev/disk/by-id/virtio-<serial>` (stable
+    /// whatever the attach order), attached after the others.
+    pub named_drives: Vec<NamedDrive>,
     /// Let a guest reboot restart the machine (same firmware variables) instead of ending QEMU.
     pub reboot: bool,
+}
+
+/// A virtio disk with a serial (at most 20 characters, virtio-blk's limit).
+#[derive(Debug, Clone)]
+pub struct NamedDrive {
+    pub serial: String,
+    pub path: PathBuf,
+    pub writable: bool,
 }
 
 impl Config {
@@ -120,6 +131,7 @@ impl Config {
             fw_cfg: Vec::new(),
             drives: Vec::new(),
             rw_drives: Vec::new(),
+            named_drives: Vec::new(),
             reboot: false,
         }
     }
@@ -307,6 +319,19 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             d.display()
         ));
     }
+    for d in &cfg.named_drives {
+        let access = if d.writable {
+            "cache=unsafe"
+        } else {
+            "readonly=on"
+        };
+        c.arg("-drive").arg(format!(
+            "file={},format={},if=virtio,serial={},{access}",
+            d.path.display(),
+            disk_format(&d.path),
+            d.serial
+        ));
+    }
     match &cfg.boot {
         Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } | Boot::Cdrom => {
             let code = if !matches!(cfg.boot, Boot::SecureUefi { .. }) {
@@ -424,6 +449,23 @@ impl Vm {
         let end = find(&c.bytes, marker.as_bytes())? + marker.len();
         let i = c.arrivals.partition_point(|(e, _)| *e < end);
         c.arrivals.get(i).map(|(_, t)| *t)
+    }
+
+    /// When (since QEMU started) the console showed `marker` for the first time after `after`
+    /// (a later boot of the same machine).
+    pub fn seen_after(&self, marker: &str, after: Duration) -> Option<Duration> {
+        let c = self.console.lock().ok()?;
+        let mut from = 0;
+        while let Some(i) = find(&c.bytes[from..], marker.as_bytes()) {
+            let end = from + i + marker.len();
+            let k = c.arrivals.partition_point(|(e, _)| *e < end);
+            match c.arrivals.get(k) {
+                Some((_, t)) if *t > after => return Some(*t),
+                Some(_) => from = end,
+                None => return None,
+            }
+        }
+        None
     }
 
     /// Kills QEMU at once: a power cut (nothing the guest has not written reaches the disk).
