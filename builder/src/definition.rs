@@ -152,6 +152,35 @@ struct RawDefinition {
     /// Sign the manifest with this ed25519 key (PKCS#8 PEM).
     #[serde(default)]
     signing: Option<RawSigning>,
+    /// A/B updates: extra trusted keys and the boot-counting policy (issue 13).
+    #[serde(default)]
+    update: Option<Spanned<RawUpdate>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawUpdate {
+    #[serde(default)]
+    trusted_keys: Vec<Spanned<String>>,
+    #[serde(default)]
+    tries: Option<Spanned<u64>>,
+    #[serde(default)]
+    health_timeout_seconds: Option<Spanned<u64>>,
+}
+
+/// Bounds of `update.tries` (systemd-boot counts tries in the file name; more than a handful
+/// only delays the fallback) and `update.healthTimeoutSeconds` (ten seconds to a day).
+pub const UPDATE_TRIES: std::ops::RangeInclusive<u64> = 1..=10;
+pub const UPDATE_HEALTH_TIMEOUT: std::ops::RangeInclusive<u64> = 10..=86400;
+
+/// The `update:` section: what every image bakes in for `rke2-update` (see
+/// `rke2_image_contract::update`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpdateSpec {
+    /// Extra ed25519 public keys (SPKI PEM) a bundle may be signed with, in definition order;
+    /// each checked at load.
+    pub trusted_keys: Vec<PathBuf>,
+    pub policy: rke2_image_contract::update::Policy,
 }
 
 #[derive(Deserialize)]
@@ -358,17 +387,20 @@ pub enum OutputFormat {
     Iso,
     /// `<name>-<version>.pxe/`: network boot artifacts.
     Pxe,
+    /// `<name>-<version>.update`: the signed A/B update bundle (needs `signing.key`).
+    Update,
 }
 
 impl OutputFormat {
-    pub const ALL: [OutputFormat; 4] = [
+    pub const ALL: [OutputFormat; 5] = [
         OutputFormat::Raw,
         OutputFormat::Qcow2,
         OutputFormat::Iso,
         OutputFormat::Pxe,
+        OutputFormat::Update,
     ];
     /// The accepted values, for messages.
-    pub const ACCEPTED: &'static str = "raw, qcow2, iso, pxe";
+    pub const ACCEPTED: &'static str = "raw, qcow2, iso, pxe, update";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -376,6 +408,7 @@ impl OutputFormat {
             OutputFormat::Qcow2 => "qcow2",
             OutputFormat::Iso => "iso",
             OutputFormat::Pxe => "pxe",
+            OutputFormat::Update => "update",
         }
     }
 
@@ -464,6 +497,8 @@ pub struct Definition {
     /// `signing.key`: ed25519 private key (PKCS#8 PEM) that signs the manifest; read and
     /// checked by the build before it writes anything.
     pub signing: Option<PathBuf>,
+    /// `update:` (defaults when absent): baked into every image.
+    pub update: UpdateSpec,
     pub rke2: Option<crate::payload::Rke2Spec>,
     pub esp_size: u64,
     pub root_size: u64,
@@ -866,6 +901,21 @@ impl Definition {
                 })?
             }
         };
+        let signing = raw.signing.map(|s| resolve(&s.key));
+        if formats.contains(&OutputFormat::Update) && signing.is_none() {
+            let line = raw
+                .output
+                .formats
+                .as_ref()
+                .and_then(|l| l.iter().find(|v| v.value == "update"))
+                .and_then(|v| line_of(&v.referenced));
+            return Err(err(line, "signing.key", update_needs_key()));
+        }
+        let update = match &raw.update {
+            None => UpdateSpec::default(),
+            Some(u) => parse_update(&u.value, &resolve)
+                .map_err(|(l, k, m)| err(l.or_else(|| line_of(&u.referenced)), &k, m))?,
+        };
         let compression = match &raw.rootfs.compression {
             None => DEFAULT_COMPRESSION,
             Some(c) => parse_compression(&c.value).ok_or_else(|| {
@@ -902,7 +952,8 @@ impl Definition {
                     cert: resolve(&sb.cert),
                 }),
             rke2,
-            signing: raw.signing.map(|s| resolve(&s.key)),
+            signing,
+            update,
             esp_size: raw.disk.esp_size.value.0,
             root_size: raw.disk.root_size.value.0,
             state_size: raw.disk.state_size.value.0,
@@ -914,6 +965,73 @@ impl Definition {
             source_len: text.len() as u64,
         })
     }
+}
+
+/// Why an `update` output cannot be built without `signing.key`, and the fix.
+pub fn update_needs_key() -> String {
+    "an `update` output is signed with signing.key, which is not set; make a key with `openssl genpkey -algorithm ed25519 -out KEY.pem` and set `signing: {key: KEY.pem}` (or drop `update` from the formats)".into()
+}
+
+type KeyError = (Option<u64>, String, String);
+
+/// Checks the `update:` section: every trusted key an ed25519 public key, the numbers in range.
+fn parse_update(u: &RawUpdate, resolve: &dyn Fn(&str) -> PathBuf) -> Result<UpdateSpec, KeyError> {
+    let mut out = UpdateSpec::default();
+    for (i, k) in u.trusted_keys.iter().enumerate() {
+        let key = format!("update.trustedKeys[{i}]");
+        let p = resolve(&k.value);
+        if !p.is_file() {
+            return Err((
+                line_of(&k.referenced),
+                key,
+                format!(
+                    "{} {} (resolved to {}); give an ed25519 public key (SPKI PEM, `openssl pkey -in KEY.pem -pubout -out PUB.pem`)",
+                    k.value,
+                    not_a_file(&p),
+                    p.display()
+                ),
+            ));
+        }
+        crate::sign::load_public(&p, "update.trustedKeys").map_err(|_| {
+            (
+                line_of(&k.referenced),
+                key.clone(),
+                format!("{} is not an ed25519 public key in PEM (SubjectPublicKeyInfo); derive one with `openssl pkey -in KEY.pem -pubout -out PUB.pem`", k.value),
+            )
+        })?;
+        out.trusted_keys.push(p);
+    }
+    if let Some(t) = &u.tries {
+        if !UPDATE_TRIES.contains(&t.value) {
+            return Err((
+                line_of(&t.referenced),
+                "update.tries".into(),
+                format!(
+                    "{} is out of range; give {} to {} (boot tries a new slot gets before systemd-boot falls back)",
+                    t.value,
+                    UPDATE_TRIES.start(),
+                    UPDATE_TRIES.end()
+                ),
+            ));
+        }
+        out.policy.tries = t.value as u32;
+    }
+    if let Some(t) = &u.health_timeout_seconds {
+        if !UPDATE_HEALTH_TIMEOUT.contains(&t.value) {
+            return Err((
+                line_of(&t.referenced),
+                "update.healthTimeoutSeconds".into(),
+                format!(
+                    "{} is out of range; give {} to {} seconds",
+                    t.value,
+                    UPDATE_HEALTH_TIMEOUT.start(),
+                    UPDATE_HEALTH_TIMEOUT.end()
+                ),
+            ));
+        }
+        out.policy.health_timeout_seconds = t.value;
+    }
+    Ok(out)
 }
 
 /// Size of the whole disk for these partition sizes (see `pipeline`'s layout: 1 MiB GPT, the
@@ -1118,6 +1236,105 @@ mod tests {
             assert!(e.message.contains(says), "{e}");
             assert!(e.to_string().starts_with("images/t.yaml"), "{e}");
         }
+    }
+
+    #[test]
+    fn update_section() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.tar"), b"").unwrap();
+        std::fs::create_dir(dir.path().join("ov")).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+        std::fs::write(
+            dir.path().join("release.pub.pem"),
+            crate::sign::public_pem(&key.verifying_key()),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("junk.pem"),
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let parse = |t: &str| Definition::parse(t, Path::new("images/t.yaml"), dir.path());
+
+        let d = parse(GOOD).unwrap();
+        assert_eq!(d.update, UpdateSpec::default());
+        assert_eq!(
+            (
+                d.update.policy.tries,
+                d.update.policy.health_timeout_seconds
+            ),
+            (3, 900)
+        );
+        let d = parse(&format!(
+            "{GOOD}update:\n  trustedKeys: [release.pub.pem]\n  tries: 5\n  healthTimeoutSeconds: 600\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            d.update.trusted_keys,
+            vec![dir.path().join("release.pub.pem")]
+        );
+        assert_eq!(
+            (
+                d.update.policy.tries,
+                d.update.policy.health_timeout_seconds
+            ),
+            (5, 600)
+        );
+
+        for (tail, key, line, says) in [
+            ("update:\n  tries: 0\n", "update.tries", 19, "1 to 10"),
+            ("update:\n  tries: 11\n", "update.tries", 19, "1 to 10"),
+            (
+                "update:\n  healthTimeoutSeconds: 5\n",
+                "update.healthTimeoutSeconds",
+                19,
+                "10 to 86400",
+            ),
+            (
+                "update:\n  trustedKeys: [junk.pem]\n",
+                "update.trustedKeys[0]",
+                19,
+                "openssl pkey",
+            ),
+            (
+                "update:\n  trustedKeys:\n    - release.pub.pem\n    - base.tar\n",
+                "update.trustedKeys[1]",
+                21,
+                "not an ed25519 public key",
+            ),
+            (
+                "update:\n  trustedKeys: [missing.pem]\n",
+                "update.trustedKeys[0]",
+                19,
+                "does not exist",
+            ),
+            (
+                "update:\n  tries: 3\n  retries: 2\n",
+                "retries",
+                20,
+                "unknown field",
+            ),
+            (
+                "output:\n  formats: [raw, update]\n",
+                "signing.key",
+                19,
+                "openssl genpkey -algorithm ed25519 -out KEY.pem",
+            ),
+        ] {
+            let e = parse(&format!("{GOOD}{tail}")).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line), (key, Some(line)), "{e}");
+            assert!(e.message.contains(says), "{e}");
+            assert!(e.to_string().starts_with("images/t.yaml:"), "{e}");
+        }
+        // With a signing key the update output is accepted.
+        let d = parse(&format!(
+            "{GOOD}signing:\n  key: base.tar\noutput:\n  formats: [update, raw]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            d.output.formats,
+            vec![OutputFormat::Raw, OutputFormat::Update]
+        );
     }
 
     #[test]

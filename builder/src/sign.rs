@@ -77,6 +77,15 @@ pub fn load_public(path: &Path, key: &'static str) -> Result<VerifyingKey, SignE
     })
 }
 
+/// `key` as SubjectPublicKeyInfo PEM, byte for byte what `openssl pkey -pubout` writes.
+pub fn public_pem(key: &VerifyingKey) -> Vec<u8> {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+    // Encoding 32 bytes into a fixed DER structure cannot fail.
+    key.to_public_key_pem(LineEnding::LF)
+        .map(String::into_bytes)
+        .unwrap_or_default()
+}
+
 pub fn sign(key: &SigningKey, data: &[u8]) -> [u8; SIGNATURE_LEN] {
     key.sign(data).to_bytes()
 }

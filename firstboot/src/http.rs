@@ -192,6 +192,112 @@ pub fn get(
     timeout: Duration,
     limit: usize,
 ) -> Result<Response, HttpError> {
+    let mut s = send(url, tls, auth, timeout)?;
+    let raw = read_all(&mut s, url, limit)?;
+    parse_response(url, &raw, limit)
+}
+
+/// A streamed response body (the header already read).
+pub struct Body {
+    pub status: u16,
+    /// Content-Length, when the server sent one.
+    pub length: Option<u64>,
+    reader: Box<dyn Read + Send>,
+    left: Option<u64>,
+    host: String,
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = match self.left {
+            Some(0) => return Ok(0),
+            Some(n) => buf.len().min(n.min(usize::MAX as u64) as usize),
+            None => buf.len(),
+        };
+        let n = match self.reader.read(&mut buf[..want]) {
+            // Servers that close without close_notify: what arrived is what we have.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            r => r?,
+        };
+        if let Some(l) = self.left.as_mut() {
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{}: connection closed {l} bytes before the end", self.host),
+                ));
+            }
+            *l -= n as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// One GET request whose body is streamed, not held in memory (an update bundle of gigabytes).
+/// Chunked responses are refused (static file servers send a Content-Length).
+pub fn open(url: &Url, tls: &Tls, timeout: Duration) -> Result<Body, HttpError> {
+    let mut s = send(url, tls, None, timeout)?;
+    let proto = |msg: String| HttpError::Protocol {
+        host: url.authority(),
+        msg,
+    };
+    // The header, byte by byte (it is small), so nothing of the body is consumed.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 * 1024 {
+            return Err(proto("response header larger than 64 KiB".into()));
+        }
+        match s.read(&mut b) {
+            Ok(0) => return Err(proto("connection closed inside the response header".into())),
+            Ok(_) => head.push(b[0]),
+            Err(source) => {
+                return Err(HttpError::Tls {
+                    host: url.authority(),
+                    source,
+                })
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| proto("bad status line".into()))?;
+    let mut length = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("transfer-encoding") && !v.eq_ignore_ascii_case("identity") {
+                return Err(proto(format!(
+                    "Transfer-Encoding {v} is not supported for a streamed download"
+                )));
+            }
+            if k.eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| proto("bad Content-Length".into()))?,
+                );
+            }
+        }
+    }
+    Ok(Body {
+        status,
+        length,
+        reader: s,
+        left: length,
+        host: url.authority(),
+    })
+}
+
+/// Connects, sends the GET request and returns the connection to read the response from.
+fn send(
+    url: &Url,
+    tls: &Tls,
+    auth: Option<&str>,
+    timeout: Duration,
+) -> Result<Box<dyn Read + Send>, HttpError> {
     let addrs = resolve(url)?;
     let mut last = None;
     let mut stream = None;
@@ -237,13 +343,13 @@ pub fn get(
             .map_err(|e| host_err(std::io::Error::other(e)))?;
         let mut s = rustls::StreamOwned::new(conn, tcp);
         s.write_all(req.as_bytes()).map_err(host_err)?;
-        read_all(&mut s, url, limit)?
+        Box::new(s) as Box<dyn Read + Send>
     } else {
         let mut s = tcp;
         s.write_all(req.as_bytes()).map_err(host_err)?;
-        read_all(&mut s, url, limit)?
+        Box::new(s)
     };
-    parse_response(url, &raw, limit)
+    Ok(raw)
 }
 
 fn read_all(r: &mut impl Read, url: &Url, limit: usize) -> Result<Vec<u8>, HttpError> {

@@ -21,4 +21,5 @@ pub mod render;
 pub mod rke2;
 pub mod role;
 pub mod sources;
+pub mod update;
 pub mod users;

@@ -63,7 +63,14 @@ enum Cmd {
         #[arg(long, default_value = "/", hide = true)]
         root: PathBuf,
     },
+    /// A/B updates (the same as `rke2-update <verb>`).
+    Update {
+        #[command(subcommand)]
+        verb: update_cli::Verb,
+    },
 }
+
+mod update_cli;
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
     // Outside systemd (no NOTIFY_SOCKET) this is a no-op.
@@ -84,8 +91,17 @@ fn read_config(path: &PathBuf) -> Result<Vec<u8>, String> {
 }
 
 fn main() -> ExitCode {
+    // Installed as /usr/bin/rke2-update -> rke2-firstboot too.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "rke2-update")
+    {
+        return update_cli::main(update_cli::UpdateCli::parse().verb);
+    }
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Update { verb } => update_cli::main(verb),
         Cmd::Validate { file, root } => {
             let bytes = match read_config(&file) {
                 Ok(b) => b,

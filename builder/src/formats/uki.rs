@@ -329,7 +329,16 @@ pub fn checksum_offset(d: &[u8], what: &str) -> Result<usize, PeError> {
 
 /// A Type #2 entry's place on the ESP.
 pub fn esp_path(name: &str, version: &str, slot: char) -> String {
-    format!("EFI/Linux/{name}-{version}-{slot}.efi")
+    // The contract's entry name (no boot counter: a built image's entry is good), so the
+    // builder and `rke2-update` cannot disagree about it.
+    rke2_image_contract::update::Entry {
+        name: name.into(),
+        version: version.into(),
+        slot,
+        tries_left: None,
+        tries_done: None,
+    }
+    .esp_path()
 }
 
 #[cfg(test)]

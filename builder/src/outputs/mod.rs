@@ -27,3 +27,4 @@ pub mod iso;
 pub mod pxe;
 pub mod qcow2;
 pub mod raw;
+pub mod update;

@@ -98,22 +98,9 @@ pub(super) fn esp_content(
 ) -> Result<EspPieces, BuildError> {
     let def = ctx.def;
     let slot = 'a';
-    let cmdline = esp::command_line(
-        &root.root_hash_hex(),
-        slot,
-        def.fips,
-        def.selinux,
-        &def.cmdline,
-    );
-    // Checked at load for the longest root hash and slot; again for this line, which goes
-    // into the UKI's `.cmdline` as the kernel will receive it.
-    esp::check_length(&cmdline)
-        .map_err(|m| invalid("esp", format!("{}: kernel.cmdline: {m}", ctx.file())))?;
     let uki_start = Instant::now();
-    // One unified kernel image per slot: the command line (and the root hash in it) is inside
-    // the signed PE file, not in an editable loader entry.
     let entry = uki::esp_path(&def.name, &def.version, slot);
-    let uki_bytes = build_uki(ctx, boot, &cmdline, &entry, "esp")?;
+    let (cmdline, uki_bytes) = slot_uki(ctx, root, boot, slot)?;
     let sdboot_blob = match &def.secure_boot {
         None => boot.systemd_boot.clone(),
         Some(keys) => {
@@ -161,6 +148,32 @@ pub(super) fn esp_content(
         initrd_size: boot.initrd.bytes.len() as u64,
         initrd_sha256: sha256_hex(&boot.initrd.bytes),
     })
+}
+
+/// The command line and unified kernel image (signed when Secure Boot keys are given) of
+/// `slot`. One UKI per slot: the command line (the root hash, the slot) is inside the signed
+/// PE file, not in an editable loader entry.
+pub(super) fn slot_uki(
+    ctx: &BuildContext,
+    root: &Root,
+    boot: &BootFiles,
+    slot: char,
+) -> Result<(String, Vec<u8>), BuildError> {
+    let def = ctx.def;
+    let cmdline = esp::command_line(
+        &root.root_hash_hex(),
+        slot,
+        def.fips,
+        def.selinux,
+        &def.cmdline,
+    );
+    // Checked at load for the longest root hash and slot; again for this line, which goes
+    // into the UKI's `.cmdline` as the kernel will receive it.
+    esp::check_length(&cmdline)
+        .map_err(|m| invalid("esp", format!("{}: kernel.cmdline: {m}", ctx.file())))?;
+    let entry = uki::esp_path(&def.name, &def.version, slot);
+    let bytes = build_uki(ctx, boot, &cmdline, &entry, "esp")?;
+    Ok((cmdline, bytes))
 }
 
 /// A unified kernel image of the boot files with `cmdline`, signed for `entry` when Secure

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::definition::{Definition, SelinuxMode};
 use crate::tree::{Blob, Inode, Kind, Tree};
-use crate::{compose, payload};
+use crate::{compose, payload, sign};
 use rke2_image_contract::manifest;
 
 /// What later stages need from composition besides the tree.
@@ -109,6 +109,7 @@ pub(super) fn run(ctx: &mut BuildContext) -> Result<Composed, BuildError> {
     for note in compose::add_generated(&mut ctx.tree, &identity, epoch).map_err(stage("compose"))? {
         ctx.log(&format!("compose: {note}"));
     }
+    add_update_files(ctx)?;
     set_selinux_config(&mut ctx.tree, def.selinux, epoch).map_err(stage("compose"))?;
     ctx.tree.clamp_mtimes(epoch);
     Ok(Composed {
@@ -118,6 +119,66 @@ pub(super) fn run(ctx: &mut BuildContext) -> Result<Composed, BuildError> {
         },
         rke2,
     })
+}
+
+/// Units that would write the ESP at runtime: `bootctl update` replaces our (possibly Secure
+/// Boot signed) systemd-boot and the token service drops a random seed there. Only
+/// `rke2-update` and `systemd-bless-boot` may touch the ESP.
+pub const MASKED_UNITS: [&str; 2] = [
+    "systemd-boot-system-token.service",
+    "systemd-boot-update.service",
+];
+
+/// What every image carries for A/B updates (`rke2_image_contract::update`): the policy, the
+/// public keys a bundle may be signed with, the ESP mount point and the masks of the units
+/// that would write the ESP.
+fn add_update_files(ctx: &mut BuildContext) -> Result<(), BuildError> {
+    use rke2_image_contract::update;
+    let (def, epoch) = (ctx.def, ctx.epoch);
+    let file = |data: Vec<u8>| Inode::new(Kind::File(Blob::bytes(data)), 0o644, 0, 0, epoch);
+    let mut policy = serde_json::to_vec_pretty(&def.update.policy).map_err(stage("compose"))?;
+    policy.push(b'\n');
+    ctx.tree
+        .insert_resolved(update::POLICY.as_bytes(), file(policy))
+        .map_err(stage("compose"))?;
+    let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(k) = &def.signing {
+        let private = sign::load_private(k, "signing.key")
+            .map_err(|e| invalid("compose", format!("{}: {e}", ctx.file())))?;
+        keys.push((
+            "image.pem".into(),
+            sign::public_pem(&private.verifying_key()),
+        ));
+    }
+    for (i, p) in def.update.trusted_keys.iter().enumerate() {
+        let public = sign::load_public(p, "update.trustedKeys")
+            .map_err(|e| invalid("compose", format!("{}: {e}", ctx.file())))?;
+        let (sha, len) = file_sha256(p).map_err(stage("compose"))?;
+        ctx.add_input("trusted-key", p, sha, len);
+        keys.push((format!("trusted-{}.pem", i + 1), sign::public_pem(&public)));
+    }
+    for (name, pem) in keys {
+        let path = format!("{}/{name}", update::KEYS_DIR);
+        ctx.tree
+            .insert_resolved(path.as_bytes(), file(pem))
+            .map_err(stage("compose"))?;
+    }
+    ctx.tree
+        .insert_resolved(update::ESP_MOUNT.as_bytes(), Inode::dir(0o755, epoch))
+        .map_err(stage("compose"))?;
+    for unit in MASKED_UNITS {
+        let link = Inode::new(Kind::Symlink(b"/dev/null".to_vec()), 0o777, 0, 0, epoch);
+        ctx.tree
+            .insert_resolved(format!("etc/systemd/system/{unit}").as_bytes(), link)
+            .map_err(stage("compose"))?;
+    }
+    ctx.log(&format!(
+        "compose: update policy {} tries, health timeout {}s; {} trusted key(s)",
+        def.update.policy.tries,
+        def.update.policy.health_timeout_seconds,
+        def.update.trusted_keys.len() + usize::from(def.signing.is_some())
+    ));
+    Ok(())
 }
 
 /// `/etc/selinux/config` must agree with the command line: systemd loads the policy only when

@@ -19,6 +19,7 @@
 //! | `qcow2`   | `outputs/qcow2.rs`       | compressed qcow2 of the finished disk (`output.formats` has `qcow2`)              |
 //! | `iso`     | `outputs/iso.rs`         | `output.formats: [iso]`: hybrid ISO (El Torito + GPT ESP), root/verity as files   |
 //! | `pxe`     | `outputs/pxe.rs`         | `output.formats: [pxe]`: kernel, initrd, root as a second initrd, `boot.ipxe`      |
+//! | `update`  | `outputs/update.rs`      | `output.formats: [update]`: the signed A/B update bundle (root, verity, both UKIs)  |
 //! | `outputs` | `outputs/raw.rs`         | fsync, rename into place, published manifest                                       |
 //!
 //! Everything is written into a temporary file in the output directory that is renamed to
@@ -169,6 +170,22 @@ impl BuildContext<'_> {
     }
 }
 
+/// The bytes of the ESP file at `path`.
+fn esp_bytes(content: &esp::EspContent, path: &str) -> Result<Vec<u8>, BuildError> {
+    let blob = content
+        .files
+        .iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, b)| b)
+        .ok_or_else(|| invalid("update", format!("the ESP has no {path}")))?;
+    let mut out = Vec::new();
+    Tree::read_blobs(&[(0usize, blob)], &mut |_, r| {
+        r.read_to_end(&mut out).map(|_| ())
+    })
+    .map_err(stage("update"))?;
+    Ok(out)
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -250,6 +267,17 @@ pub fn build(
                 "{}: output.formats: is empty; list at least one of {}",
                 def.file.display(),
                 OutputFormat::ACCEPTED
+            ),
+        ));
+    }
+    // `build --format update` bypasses the load's check.
+    if def.output.formats.contains(&OutputFormat::Update) && def.signing.is_none() {
+        return Err(invalid(
+            "load",
+            format!(
+                "{}: signing.key: {}",
+                def.file.display(),
+                crate::definition::update_needs_key()
             ),
         ));
     }
@@ -352,6 +380,12 @@ pub fn build(
     } else {
         None
     };
+    // The update bundle's slot b UKI: the same boot files, its own (signed) command line.
+    let uki_b = if def.output.formats.contains(&OutputFormat::Update) {
+        Some(boot::slot_uki(&ctx, &root, &boot_files, 'b')?)
+    } else {
+        None
+    };
     let partitions = layout.partitions(&seed, &root, esp.used);
     let pieces = manifest::Pieces {
         layout: &layout,
@@ -387,6 +421,15 @@ pub fn build(
                 .collect();
             Some((esp_files, extra))
         }
+        None => None,
+    };
+    // The bundle takes the embedded manifest and slot a's UKI from the ESP's content.
+    let update_files = match uki_b {
+        Some(b) => Some((
+            esp_bytes(&esp.content, rke2_image_contract::paths::ESP_MANIFEST)?,
+            esp_bytes(&esp.content, &esp.entry)?,
+            b,
+        )),
         None => None,
     };
     boot::write_esp(&ctx, esp.content, &seed, out, layout.esp)?;
@@ -452,6 +495,33 @@ pub fn build(
         )?;
         lap("pxe", &mut timings);
         published.push(staged.final_path(outputs::pxe::SUFFIX));
+    }
+    if let (Some((manifest_bytes, uki_a, (cmdline_b, uki_b))), Some(key)) =
+        (&update_files, manifest_key.as_ref())
+    {
+        // Its own handle: the emitter stages a file while it reads the raw temporary.
+        let raw = File::open(staged.temp_path()).map_err(stage("update"))?;
+        let q = outputs::update::emit(
+            &mut staged,
+            &outputs::update::Pieces {
+                raw: &raw,
+                name: &def.name,
+                version: &def.version,
+                epoch: ctx.epoch,
+                root_hash: &root.root_hash_hex(),
+                manifest: manifest_bytes,
+                uki_a: (&esp.cmdline, uki_a),
+                uki_b: (cmdline_b, uki_b),
+                verity: (
+                    layout.verity_a.offset,
+                    outputs::pxe::verity_len(&root.params),
+                ),
+                root: (layout.root_a.offset, root.written.size),
+                key,
+            },
+        )?;
+        lap("update", &mut timings);
+        published.push(q);
     }
     let (image, manifest_path) =
         outputs::raw::publish(staged, &manifest, manifest_key.as_ref(), &mut |l| {

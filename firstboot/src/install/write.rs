@@ -401,7 +401,6 @@ pub fn verify_root(
     p: &Payload,
     root_hash: &[u8; 32],
 ) -> Result<(), WriteError> {
-    use crate::init::dm;
     let verr = |why: String| WriteError::Verify {
         disk: name.to_string(),
         why,
@@ -414,50 +413,65 @@ pub fn verify_root(
             err,
         })?;
     let params = verity::Superblock::parse(&sb).map_err(|e| verr(format!("verity.img: {e}")))?;
+    verify_verity(
+        "rke2-install",
+        (dev, l.root, p.root.len),
+        (dev, l.verity, p.verity.len),
+        &params,
+        root_hash,
+        "root-a does not match the running image's root hash",
+    )
+    .map_err(verr)
+}
+
+/// Maps the data region `data` and the hash region `hash` (each `major:minor`, byte offset,
+/// length) with dm-linear, opens them through dm-verity with `root_hash` and reads the whole
+/// data through the kernel: the kernel is the oracle, any EIO fails with `mismatch`. Device-mapper
+/// names start with `prefix`; every map made is removed again.
+pub fn verify_verity(
+    prefix: &str,
+    data: (&str, u64, u64),
+    hash: (&str, u64, u64),
+    params: &verity::Params,
+    root_hash: &[u8; 32],
+    mismatch: &str,
+) -> Result<(), String> {
+    use crate::init::dm;
+    let up = prefix.to_ascii_uppercase();
     let maps = [
-        ("rke2-install-root", l.root, p.root.len),
-        ("rke2-install-hash", l.verity, p.verity.len),
+        (format!("{prefix}-root"), data),
+        (format!("{prefix}-hash"), hash),
     ];
-    let mut made = Vec::new();
+    let mut made: Vec<String> = Vec::new();
     let r = (|| {
         let mut nodes = Vec::new();
-        for (map, off, len) in maps {
+        for (map, (dev, off, len)) in &maps {
             let (ma, mi) = dm::create_readonly(
                 map,
-                &format!("RKE2-INSTALL-{map}"),
+                &format!("{up}-{map}"),
                 len / SECTOR,
                 "linear",
                 &format!("{dev} {}", off / SECTOR),
-            )
-            .map_err(verr)?;
-            made.push(map);
+            )?;
+            made.push(map.clone());
             nodes.push(format!("{ma}:{mi}"));
         }
-        let line = verity::table(&params, &nodes[0], &nodes[1], root_hash);
+        let line = verity::table(params, &nodes[0], &nodes[1], root_hash);
         let (sectors, ttype, args) = crate::init::split_table(&line)
-            .ok_or_else(|| verr(format!("bad dm-verity table {line:?}")))?;
-        let (ma, mi) = dm::create_readonly(
-            "rke2-install-verity",
-            "RKE2-INSTALL-VERITY",
-            sectors,
-            ttype,
-            args,
-        )
-        .map_err(verr)?;
-        made.push("rke2-install-verity");
+            .ok_or_else(|| format!("bad dm-verity table {line:?}"))?;
+        let vname = format!("{prefix}-verity");
+        let (ma, mi) = dm::create_readonly(&vname, &format!("{up}-VERITY"), sectors, ttype, args)?;
+        made.push(vname);
         let node = format!("/dev/dm-{mi}");
-        wait_node(&node).map_err(|e| verr(format!("{node} ({ma}:{mi}): {e}")))?;
-        let f = File::open(&node).map_err(|e| verr(format!("opening {node}: {e}")))?;
+        wait_node(&node).map_err(|e| format!("{node} ({ma}:{mi}): {e}"))?;
+        let f = File::open(&node).map_err(|e| format!("opening {node}: {e}"))?;
         let mut buf = vec![0u8; CHUNK];
         let mut done = 0;
         let total = params.data_size();
         while done < total {
             let n = (total - done).min(CHUNK as u64) as usize;
-            f.read_exact_at(&mut buf[..n], done).map_err(|e| {
-                verr(format!(
-                    "root-a does not match the running image's root hash at byte {done} ({e})"
-                ))
-            })?;
+            f.read_exact_at(&mut buf[..n], done)
+                .map_err(|e| format!("{mismatch} at byte {done} ({e})"))?;
             done += n as u64;
         }
         Ok(())
