@@ -225,6 +225,20 @@ fn wait_fact(node: &mut Node, key: &str, forbidden: &[&str], timeout: Duration) 
     node.report()
 }
 
+/// A fact holding `rke2-update status --json` (its lines joined).
+fn status(r: &Report, key: &str) -> serde_json::Value {
+    let t = r.fact(key);
+    serde_json::from_str(t).unwrap_or_else(|e| panic!("{key} is not status JSON ({e}): {t}"))
+}
+
+/// `slots[]` of a status by slot letter.
+fn slot<'a>(st: &'a serde_json::Value, s: &str) -> &'a serde_json::Value {
+    st["slots"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["slot"] == s))
+        .unwrap_or_else(|| panic!("no slot {s} in {st}"))
+}
+
 fn entries(r: &Report, key: &str) -> Vec<String> {
     let mut v: Vec<String> = r.fact(key).split_whitespace().map(String::from).collect();
     v.sort();
@@ -350,28 +364,48 @@ fn upgrade_refusals_then_rollback_on_failed_health() {
         .vm
         .seen_after("rke2-standin: supervisor ready", reboot_at)
         .expect("v2's supervisor ready on the console");
-    // Refusals: each non-zero, and the entries as they were (v2 blessed, v1 in the other slot).
+    // Before the refusals: v2 good and running in b, v1 good in a, the update recorded good.
+    let st = status(&r, "s2.status");
+    assert_eq!(st["running"]["slot"], "b", "{st}");
+    assert_eq!(st["running"]["version"], "2", "{st}");
+    assert_eq!(slot(&st, "b")["state"], "good", "{st}");
+    assert_eq!(slot(&st, "a")["version"], "1", "{st}");
+    assert_eq!(slot(&st, "a")["state"], "good", "{st}");
+    assert_eq!(st["last"]["result"], "good", "{st}");
+    // Refusals: each non-zero with the reason, nothing activated.
     for (c, what, why) in [
-        (1, "another key's bundle", "signature"),
-        (2, "a tampered bundle", "sha256"),
-        (3, "a downgrade", "downgrade"),
+        (1, "another key's bundle", "signed with another key"),
+        (2, "a tampered bundle", "altered after signing"),
+        (3, "a downgrade", "--allow-downgrade"),
         (4, "another image's bundle", "qemu-other"),
     ] {
         let rc = r.fact(&format!("s2.c{c}.rc"));
         let out = r.fact(&format!("s2.c{c}.out"));
         assert_ne!(rc, "0", "{what} was accepted: {out}");
         assert!(
-            out.to_lowercase().contains(why),
-            "{what}: the refusal should mention {why:?}: {out}"
+            out.contains(why),
+            "{what}: the refusal should say {why:?}: {out}"
         );
     }
+    // The tampered bundle got as far as writing slot a before its root.img failed its
+    // sha256, so v1's entry there is gone (its partitions were overwritten); nothing new is
+    // bootable and v2 stays the only entry.
     assert_eq!(
         r.fact("s2.c5.out").split_whitespace().collect::<Vec<_>>(),
-        ["qemu-test-1-a.efi", "qemu-test-2-b.efi"],
+        ["qemu-test-2-b.efi"],
         "after the refusals"
     );
-    let status = r.fact("s2.c6.out");
-    assert!(status.contains("\"good\""), "v2 good: {status}");
+    let st = status(&r, "s2.c6.out");
+    assert_eq!(st["running"]["slot"], "b", "{st}");
+    assert_eq!(slot(&st, "a")["state"], "empty", "{st}");
+    assert_eq!(st["last"]["result"], "failed", "{st}");
+    assert!(
+        st["last"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("root.img"),
+        "{st}"
+    );
     assert_eq!(
         r.fact("s2.c7.start"),
         format!("apply {} --reboot", dev("v3"))
@@ -386,12 +420,15 @@ fn upgrade_refusals_then_rollback_on_failed_health() {
     );
     assert_eq!(r.fact("s3.version"), "2");
     assert_eq!(r.fact("s3.slot"), "b");
-    let status = r.fact("s3.c1.out");
-    assert!(status.contains("rolled-back"), "{status}");
+    let st = status(&r, "s3.c1.out");
+    assert_eq!(st["last"]["result"], "rolled-back", "{st}");
+    assert_eq!(st["last"]["toVersion"], "3", "{st}");
+    let reason = st["last"]["reason"].as_str().unwrap_or("");
     assert!(
-        status.contains("rke2-server"),
-        "the reason names the unit: {status}"
+        reason.contains("health check") && reason.contains("rke2-server"),
+        "the reason names the gate and the unit: {st}"
     );
+    assert_eq!(slot(&st, "a")["state"], "bad", "{st}");
     let es = entries(&r, "s3.entries");
     assert!(es.contains(&"qemu-test-2-b.efi".to_string()), "{es:?}");
     assert!(
@@ -447,8 +484,10 @@ fn new_slot_that_cannot_boot_falls_back() {
     assert_eq!(fails as u32, TRIES, "one failed boot per try");
     assert_eq!(r.fact("s2.version"), "1");
     assert_eq!(r.fact("s2.slot"), "a");
-    let status = r.fact("s2.c1.out");
-    assert!(status.contains("rolled-back"), "{status}");
+    let st = status(&r, "s2.c1.out");
+    assert_eq!(st["last"]["result"], "rolled-back", "{st}");
+    let reason = st["last"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("never reached its health check"), "{st}");
     let es = entries(&r, "s2.entries");
     assert!(es.contains(&"qemu-test-1-a.efi".to_string()), "{es:?}");
     assert!(
@@ -501,8 +540,8 @@ fn power_cut_while_writing_the_slot_then_apply_again() {
         "nothing of the cut update is bootable: {}",
         r.fact("s2.entries")
     );
-    let status = r.fact("s2.c1.out");
-    assert!(status.contains("interrupted"), "{status}");
+    let st = status(&r, "s2.c1.out");
+    assert_eq!(st["last"]["result"], "interrupted", "{st}");
     assert_eq!(r.fact("s2.c2.rc"), "0", "{}", r.fact("s2.c2.out"));
     let es = r.fact("s2.c3.out");
     assert!(es.contains(&format!("qemu-test-2-b+{TRIES}.efi")), "{es}");
