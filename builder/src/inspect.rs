@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+mod bundle;
+pub use bundle::{inspect_bundle, is_bundle, render_bundle, BundleReport, MemberView};
+
 use rke2_image_contract::gpt::Table;
 use rke2_image_contract::manifest::Manifest;
 use rke2_image_contract::{cmdline, embed, iso9660, partitions, paths, verity};

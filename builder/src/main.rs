@@ -29,7 +29,7 @@ enum Command {
         /// Overrides the definition's output.directory.
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Outputs to publish, comma-separated (raw, qcow2, iso, pxe);
+        /// Outputs to publish, comma-separated (raw, qcow2, iso, pxe, update);
         /// replaces the definition's output.formats.
         #[arg(long, value_name = "FORMATS")]
         format: Option<String>,
@@ -74,7 +74,8 @@ enum Command {
         #[arg(long)]
         epoch: Option<u64>,
     },
-    /// Show an image's partition table, root hash, loader entries and embedded manifest.
+    /// Show an image's partition table, root hash, loader entries and embedded manifest,
+    /// or an update bundle's header and members (each checked against update.json).
     Inspect {
         image: PathBuf,
         #[arg(long)]
@@ -91,7 +92,8 @@ enum Command {
         key: PathBuf,
     },
     /// Check an image offline against its signed manifest: GPT, dm-verity tree and root
-    /// hash, ESP files, UKI command lines, signature. Exit 1 with one line per finding.
+    /// hash, ESP files, UKI command lines, signature; or an update bundle: its signature and
+    /// every member. Exit 1 with one line per finding.
     Verify {
         image: PathBuf,
         /// ed25519 public key, PEM (`openssl pkey -pubout`).
@@ -285,6 +287,22 @@ fn run() -> Result<()> {
                 eprintln!("wrote {} and {}", m.display(), s.display());
             }
         }
+        Command::Verify { image, key, json } if inspect::is_bundle(&image) => {
+            let k = rke2_image::sign::load_public(&key, "--key")?;
+            let report = inspect::inspect_bundle(&image, Some(&k))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", inspect::render_bundle(&report));
+            }
+            if !report.problems.is_empty() {
+                anyhow::bail!(
+                    "{}: {} problem(s); the bundle does not match its signed update.json",
+                    image.display(),
+                    report.problems.len()
+                );
+            }
+        }
         Command::Verify { image, key, json } => {
             let k = rke2_image::sign::load_public(&key, "--key")?;
             let report = rke2_image::verify::verify_path(&image, Some(&k))
@@ -308,6 +326,21 @@ fn run() -> Result<()> {
             }
         }
         Command::Iso(c) => iso(c)?,
+        Command::Inspect { image, json } if inspect::is_bundle(&image) => {
+            let report = inspect::inspect_bundle(&image, None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", inspect::render_bundle(&report));
+            }
+            if !report.problems.is_empty() {
+                anyhow::bail!(
+                    "{}: {} problem(s) found",
+                    image.display(),
+                    report.problems.len()
+                );
+            }
+        }
         Command::Inspect { image, json } => {
             let report = inspect::inspect(&image)?;
             if json {

@@ -5,6 +5,7 @@
 //! writable overlays and persistent directories, then switches root to `/sbin/init`.
 //! Pure logic lives in the submodules and is unit-tested; [`run`] is the thin syscall glue.
 
+pub mod bootinfo;
 pub mod cmdline;
 pub mod disk;
 pub mod dm;
@@ -1108,6 +1109,14 @@ fn switch_root() -> Failure {
     }
 }
 
+/// Writes the boot facts into the new root's /run; a failure only warns (the node boots, and
+/// `rke2-update` says boot.json is missing).
+fn write_boot_facts(info: &rke2_image_contract::update::BootInfo) {
+    if let Err(e) = bootinfo::write(&Path::new(SYSROOT).join("run"), info) {
+        say(&format!("warning: boot facts for rke2-update: {e}"));
+    }
+}
+
 /// The whole boot; returns only on failure.
 pub fn run() -> Failure {
     let steps = || -> Result<(), Failure> {
@@ -1124,6 +1133,22 @@ pub fn run() -> Failure {
                 let (root, mut g) = open_root(&params)?;
                 move_api()?;
                 setup_state(&root, &mut g)?;
+                let parts: Vec<(String, String, String)> =
+                    disk::list_partitions(Path::new(&format!("{SYSROOT}/sys/class/block")))
+                        .into_iter()
+                        .filter(|p| p.disk == root.disk)
+                        .map(|p| {
+                            let guid = g.get(p.number).map(|e| e.guid.to_string());
+                            (p.label, devnode(&p.name), guid.unwrap_or_default())
+                        })
+                        .collect();
+                write_boot_facts(&bootinfo::boot_info(
+                    "disk",
+                    params.slot,
+                    &params.root_hash,
+                    &devnode(&root.disk),
+                    &parts,
+                ));
             }
             cmdline::RootSource::Initramfs { state } | cmdline::RootSource::Iso { state } => {
                 if matches!(params.root, cmdline::RootSource::Iso { .. }) {
@@ -1138,6 +1163,17 @@ pub fn run() -> Failure {
                 };
                 move_api()?;
                 setup_state_diskless(state, ram, params.device_timeout)?;
+                let source = match params.root {
+                    cmdline::RootSource::Iso { .. } => "iso",
+                    _ => "initramfs",
+                };
+                write_boot_facts(&bootinfo::boot_info(
+                    source,
+                    params.slot,
+                    &params.root_hash,
+                    "",
+                    &[],
+                ));
             }
         }
         Ok(())

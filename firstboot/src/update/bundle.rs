@@ -168,6 +168,13 @@ pub fn read<R: Read>(
             what: format!("reading member {name}"),
             err,
         })?;
+        if v.len() as u64 != e.size() {
+            return Err(BundleError::Format(format!(
+                "it ends inside member {name} ({} of {} bytes; truncated)",
+                v.len(),
+                e.size()
+            )));
+        }
         Ok(v)
     };
     let info_bytes = {

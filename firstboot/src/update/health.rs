@@ -137,9 +137,26 @@ pub fn reconcile(st: &mut state::State, slot: char, entries: &[Entry]) {
     };
 }
 
-/// The whole gate. Ok(true): healthy; Ok(false): unhealthy on an uncounted boot (recorded,
-/// exit 0); Err: unhealthy on a counted boot (exit 1 → reboot) or an error.
+/// The whole gate. Ok(true): healthy; Ok(false): unhealthy (or the check itself failed) on an
+/// uncounted boot (printed, recorded when possible, exit 0: never a reboot there); Err:
+/// unhealthy or failed on a counted boot (exit 1 → reboot → the next try).
 pub fn run(roots: &Roots, sys: &dyn System, say: &mut dyn FnMut(&str)) -> Result<bool, String> {
+    let counted = roots.counted_boot();
+    match gate(roots, sys, counted, say) {
+        Err(e) if !counted => {
+            say(&format!("{e} (an uncounted boot: no reboot)"));
+            Ok(false)
+        }
+        r => r,
+    }
+}
+
+fn gate(
+    roots: &Roots,
+    sys: &dyn System,
+    counted: bool,
+    say: &mut dyn FnMut(&str),
+) -> Result<bool, String> {
     let b = roots.boot_info()?;
     if b.source != "disk" {
         say(&format!(
@@ -152,7 +169,6 @@ pub fn run(roots: &Roots, sys: &dyn System, say: &mut dyn FnMut(&str)) -> Result
     let ii = roots.image_info()?;
     let policy = roots.policy()?;
     let entries = esp::list(&roots.esp, &ii.name)?;
-    let counted = roots.counted_boot();
     let st = state::update(&roots.state, |s| reconcile(s, slot, &entries))?;
     if let Some(l) = &st.last {
         if l.result == state::ROLLED_BACK {
