@@ -319,18 +319,20 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             d.display()
         ));
     }
-    for d in &cfg.named_drives {
+    // `serial` is a property of the virtio-blk device, not of the drive.
+    for (i, d) in cfg.named_drives.iter().enumerate() {
         let access = if d.writable {
             "cache=unsafe"
         } else {
             "readonly=on"
         };
         c.arg("-drive").arg(format!(
-            "file={},format={},if=virtio,serial={},{access}",
+            "file={},format={},if=none,id=named{i},{access}",
             d.path.display(),
-            disk_format(&d.path),
-            d.serial
+            disk_format(&d.path)
         ));
+        c.arg("-device")
+            .arg(format!("virtio-blk-pci,drive=named{i},serial={}", d.serial));
     }
     match &cfg.boot {
         Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } | Boot::Cdrom => {
@@ -694,6 +696,34 @@ mod tests {
         ));
         assert!(joined.contains("virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02"));
         assert!(joined.contains("-fw_cfg name=opt/x,file=/c.yaml"));
+    }
+
+    #[test]
+    fn named_drives_carry_their_serial_on_the_device() {
+        let mut cfg = Config::new("/d.img", Boot::Uefi);
+        cfg.named_drives = vec![
+            NamedDrive {
+                serial: "v2".into(),
+                path: "/b.update".into(),
+                writable: false,
+            },
+            NamedDrive {
+                serial: "scratch".into(),
+                path: "/s.qcow2".into(),
+                writable: true,
+            },
+        ];
+        let joined = command(&cfg, None)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains(
+            "-drive file=/b.update,format=raw,if=none,id=named0,readonly=on -device virtio-blk-pci,drive=named0,serial=v2"
+        ), "{joined}");
+        assert!(joined.contains(
+            "-drive file=/s.qcow2,format=qcow2,if=none,id=named1,cache=unsafe -device virtio-blk-pci,drive=named1,serial=scratch"
+        ), "{joined}");
     }
 
     #[test]
