@@ -96,8 +96,56 @@ fn tar_member(bundle: &Path, name: &str) -> (u64, u64) {
     }
 }
 
-/// Builds once per test binary: five builds (v1 raw + bundle, v2, v3 broken, v2 under another
-/// key, another image's v2) and a tampered copy of v2.
+/// The image name of the bundle derived from v2 for another image (as long as `qemu-test`, so
+/// update.json keeps its size and the tar its layout).
+const OTHER_IMAGE: &str = "other-img";
+
+/// Copies bundle `src` to `dst`, optionally claiming image `rename` in update.json, and signs
+/// update.json again with `key` (`openssl pkeyutl -sign -rawin`, ed25519), in place.
+fn derive(src: &Path, dst: &Path, key: &Path, rename: Option<&str>) {
+    use rke2_image_contract::update::{UpdateInfo, INFO, SIGNATURE};
+    use std::io::{Seek, SeekFrom, Write};
+    std::fs::copy(src, dst).unwrap();
+    rke2_testsupport::scratch::remove_at_exit(dst);
+    let bytes = std::fs::read(dst).unwrap();
+    let (off, len) = tar_member(dst, INFO);
+    let mut info = bytes[off as usize..(off + len) as usize].to_vec();
+    if let Some(name) = rename {
+        let from = b"\"qemu-test\"";
+        let to = format!("\"{name}\"");
+        assert_eq!(from.len(), to.len());
+        let at = info.windows(from.len()).position(|w| w == from).unwrap();
+        info[at..at + from.len()].copy_from_slice(to.as_bytes());
+        let parsed: UpdateInfo = serde_json::from_slice(&info).unwrap();
+        assert_eq!(parsed.image, name, "the rename hit the image field");
+    }
+    let info_file = dst.with_extension("json");
+    let sig_file = dst.with_extension("sig");
+    std::fs::write(&info_file, &info).unwrap();
+    built::run(
+        std::process::Command::new("openssl")
+            .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+            .arg(key)
+            .arg("-in")
+            .arg(&info_file)
+            .arg("-out")
+            .arg(&sig_file),
+    )
+    .unwrap();
+    let sig = std::fs::read(&sig_file).unwrap();
+    let (sig_off, sig_len) = tar_member(dst, SIGNATURE);
+    assert_eq!(sig.len() as u64, sig_len);
+    let mut f = std::fs::OpenOptions::new().write(true).open(dst).unwrap();
+    f.seek(SeekFrom::Start(off)).unwrap();
+    f.write_all(&info).unwrap();
+    f.seek(SeekFrom::Start(sig_off)).unwrap();
+    f.write_all(&sig).unwrap();
+    let _ = std::fs::remove_file(info_file);
+    let _ = std::fs::remove_file(sig_file);
+}
+
+/// Builds once per test binary: three builds (v1 raw + bundle, v2, v3 broken) and copies of v2
+/// signed with another key, claiming another image, and tampered.
 fn built() -> Option<&'static Built> {
     static B: OnceLock<Built> = OnceLock::new();
     let (base, programs) = rke2_qemu_tests::test_inputs()?;
@@ -140,8 +188,12 @@ fn built() -> Option<&'static Built> {
         let mut v3v = variant("qemu-test", "3");
         v3v.overlays.push(broken);
         let v3_broken = bundle_of(&build("v3", &v3v, &key, "update"));
-        let other_key = bundle_of(&build("other-key", &variant("qemu-test", "2"), &other, "update"));
-        let other_image = bundle_of(&build("other-image", &variant("qemu-other", "2"), &key, "update"));
+        // Refused for what update.json says, so derived from v2 rather than built: v2 re-signed
+        // with another key, and v2 claiming another image, properly signed with the trusted key.
+        let other_key = w.join("other-key.update");
+        derive(&v2, &other_key, &other, None);
+        let other_image = w.join("other-image.update");
+        derive(&v2, &other_image, &key, Some(OTHER_IMAGE));
         // A copy of v2 with one byte of root.img's data flipped (signature and header intact).
         let tampered = w.join("tampered.update");
         std::fs::copy(&v2, &tampered).unwrap();
@@ -377,7 +429,7 @@ fn upgrade_refusals_then_rollback_on_failed_health() {
         (1, "another key's bundle", "signed with another key"),
         (2, "a tampered bundle", "altered after signing"),
         (3, "a downgrade", "--allow-downgrade"),
-        (4, "another image's bundle", "qemu-other"),
+        (4, "another image's bundle", OTHER_IMAGE),
     ] {
         let rc = r.fact(&format!("s2.c{c}.rc"));
         let out = r.fact(&format!("s2.c{c}.out"));
