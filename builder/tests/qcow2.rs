@@ -304,12 +304,12 @@ fn unknown_formats_fail_and_leave_nothing() {
         (
             "output:\n  directory: out\n  formats: [raw, vmdk]\n",
             &[][..],
-            "image.yaml:20: output.formats[1]: \"vmdk\" is not an output format: use one or more of raw, qcow2, iso, pxe",
+            "image.yaml:20: output.formats[1]: \"vmdk\" is not an output format: use one or more of raw, qcow2, iso, pxe, update",
         ),
         (
             "output:\n  directory: out\n",
             &["--format", "qcow"][..],
-            "\"qcow\" is not an output format: use one or more of raw, qcow2, iso, pxe",
+            "\"qcow\" is not an output format: use one or more of raw, qcow2, iso, pxe, update",
         ),
     ] {
         let Some(ws) = workspace(extra) else { return };

@@ -1,7 +1,8 @@
 //! Secure Boot keys: `keys generate` output checked with openssl and efitools, the key
 //! checks the build runs before writing anything (missing, encrypted, mismatched), and signing
 //! that gives the same bytes for the same key (checked with `sbverify`, which hashes PE files
-//! the way EDK2 firmware does, and with `cmp` on two whole signed image builds).
+//! the way EDK2 firmware does, and with `cmp` on two whole signed image builds and their update
+//! bundles, whose slot b UKI is signed too).
 
 #![allow(clippy::unwrap_used)]
 
@@ -190,7 +191,9 @@ fn build(exe: &Path, def: &Path, out: &Path) -> PathBuf {
         .arg("--output")
         .arg(out)
         .env_remove("SOURCE_DATE_EPOCH"));
-    PathBuf::from(String::from_utf8(stdout).unwrap().trim())
+    // One line per published output, the image first.
+    let text = String::from_utf8(stdout).unwrap();
+    PathBuf::from(text.lines().next().unwrap_or_default().trim())
 }
 
 #[test]
@@ -211,11 +214,15 @@ fn signed_image_builds_are_identical_and_verify() {
         fs::copy(env!("CARGO_BIN_EXE_rke2-image"), &exe).unwrap();
     }
     secureboot::generate(&d.join("keys"), "test").unwrap();
+    // The update bundle (its slot b UKI is signed like slot a's) needs an ed25519 signing key.
+    ok(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(d.join("keys/update.pem")));
     let def = d.join("image.yaml");
     fs::write(
         &def,
         format!(
-            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: sb\nversion: 1.0.0\nepoch: {EPOCH}\nbase:\n  archive: {}\nkernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: out\nsecurity:\n  secureBoot:\n    key: keys/db.key\n    cert: keys/db.crt\n",
+            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: sb\nversion: 1.0.0\nepoch: {EPOCH}\nbase:\n  archive: {}\nkernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: out\n  formats: [raw, update]\nsigning:\n  key: keys/update.pem\nsecurity:\n  secureBoot:\n    key: keys/db.key\n    cert: keys/db.crt\n",
             base.display(),
             Path::new(&progs).join("rke2-init").display()
         ),
@@ -224,6 +231,20 @@ fn signed_image_builds_are_identical_and_verify() {
     let a = build(&exe, &def, &d.join("out-a"));
     let b = build(&exe, &def, &d.join("out-b"));
     ok(Command::new("cmp").arg(&a).arg(&b));
+    let bundle = |img: &Path| img.with_file_name("sb-1.0.0.update");
+    ok(Command::new("cmp").arg(bundle(&a)).arg(bundle(&b)));
+    ok(Command::new("tar")
+        .arg("-xf")
+        .arg(bundle(&a))
+        .args(["-C"])
+        .arg(d)
+        .args(["uki-a.efi", "uki-b.efi"]));
+    for uki in ["uki-a.efi", "uki-b.efi"] {
+        ok(Command::new("sbverify")
+            .arg("--cert")
+            .arg(d.join("keys/db.crt"))
+            .arg(d.join(uki)));
+    }
     let manifest: rke2_image_contract::manifest::Manifest =
         serde_json::from_slice(&fs::read(a.with_file_name("sb-1.0.0.manifest.json")).unwrap())
             .unwrap();

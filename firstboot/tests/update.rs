@@ -145,8 +145,10 @@ fn node(slot: char, version: &str, entries: &[&str]) -> Node {
     };
     w(
         "usr/share/rke2-image/image-info.json",
-        format!(r#"{{"name":"{IMAGE}","version":"{version}","epoch":1,"file":"x.raw","size":1}}"#)
-            .as_bytes(),
+        format!(
+            "{{\n  \"name\": \"{IMAGE}\",\n  \"version\": \"{version}\",\n  \"epoch\": 1\n}}\n"
+        )
+        .as_bytes(),
     );
     w(
         &format!("{}/image.pem", contract::KEYS_DIR),
@@ -717,7 +719,7 @@ fn health_run_blesses_and_fails_only_counted_boots() {
     .unwrap();
     fs::write(
         n.roots.root.join("usr/share/rke2-image/image-info.json"),
-        format!(r#"{{"name":"{IMAGE}","version":"1.0","epoch":1,"file":"x.raw","size":1}}"#),
+        format!(r#"{{"name":"{IMAGE}","version":"1.0","prettyName":"x","epoch":1}}"#),
     )
     .unwrap();
     let mut out = Vec::new();
@@ -850,4 +852,116 @@ fn streams_a_large_body_over_https_against_a_ca_file() {
     let mut r = source::open(&url, Some(&ca)).unwrap();
     let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
     assert!(e.to_string().contains("bytes before the end"), "{e}");
+}
+
+#[test]
+fn the_command_answers_as_rke2_update_and_as_a_subcommand() {
+    let n = node(
+        'a',
+        "1.0.0",
+        &["rke2-node-1.0.0-a.efi", "rke2-node-1.1.0-b+2-1.efi"],
+    );
+    let d = tmp();
+    let link = d.path().join("rke2-update");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_rke2-firstboot"), &link).unwrap();
+    let root = n.roots.root.to_str().unwrap();
+    let out = Command::new(&link)
+        .args(["status", "--json", "--root", root])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["slots"][1]["entry"], "rke2-node-1.1.0-b+2-1.efi");
+    assert_eq!(j["slots"][1]["triesLeft"], 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_rke2-firstboot"))
+        .args(["update", "rollback", "--root", root])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.starts_with("rke2-update: error: slot b (1.1.0) is pending"),
+        "{e}"
+    );
+}
+
+#[test]
+fn health_unit_passes_systemd_analyze_and_is_enabled_both_ways() {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays/firstboot/usr/lib/systemd/system");
+    let unit = dir.join("rke2-update-health.service");
+    let text = fs::read_to_string(&unit).unwrap();
+    for l in [
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "Before=boot-complete.target",
+        "FailureAction=reboot",
+        "ExecStart=/usr/bin/rke2-update health",
+        "After=rke2-firstboot.service rke2-server.service rke2-agent.service network-online.target",
+    ] {
+        assert!(text.lines().any(|x| x == l), "unit lacks {l}");
+    }
+    // multi-user.target wants it (and so orders after it): it must not order after that target.
+    assert!(!text
+        .lines()
+        .any(|l| l.starts_with("After=") && l.contains("multi-user")));
+    for link in [
+        "boot-complete.target.requires/rke2-update-health.service",
+        "multi-user.target.wants/rke2-update-health.service",
+    ] {
+        assert_eq!(
+            fs::read_link(dir.join(link)).unwrap(),
+            Path::new("../rke2-update-health.service"),
+            "{link}"
+        );
+    }
+    assert_eq!(
+        fs::read_link(dir.join("../../../bin/rke2-update")).unwrap(),
+        Path::new("rke2-firstboot")
+    );
+    if !rke2_testsupport::prereq::program("systemd-analyze", "systemd") {
+        return;
+    }
+    // With the overlay's units on the unit path, so the ordering against the first-boot agent
+    // is checked too (a cycle would be reported).
+    let o = Command::new("systemd-analyze")
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .arg(dir.join("rke2-firstboot.service"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let bad: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("is not executable: No such file or directory"))
+        .collect();
+    assert!(bad.is_empty(), "systemd-analyze verify: {err}");
+}
+
+#[test]
+fn an_uncounted_boot_takes_one_look_without_waiting() {
+    let n = node('a', "1.0", &["rke2-node-1.0-a.efi"]);
+    stamped(&n.roots.root);
+    let sys = fake(
+        &[health::SERVER_UNIT],
+        vec![UnitState::Other("activating".into())],
+        true,
+    );
+    assert!(!health::run(&n.roots, &sys, &mut |_| {}).unwrap());
+    assert_eq!(sys.t.get(), 0, "waited on an uncounted boot");
+    let h = &state::load(&n.roots.state).unwrap().health["a"];
+    assert!(
+        !h.healthy && !h.counted && h.reason.contains("activating"),
+        "{h:?}"
+    );
+    // Counted: it waits for the policy's deadline (5 s in these nodes).
+    fs::create_dir_all(&n.roots.efivars).unwrap();
+    fs::write(n.roots.efivars.join(BOOT_COUNT_EFIVAR), "x").unwrap();
+    assert!(health::run(&n.roots, &sys, &mut |_| {}).is_err());
+    assert!(sys.t.get() >= 5);
 }

@@ -345,6 +345,16 @@ pub fn esp_path(name: &str, version: &str, slot: char) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn esp_path_is_the_contracts_good_entry() {
+        use rke2_image_contract::update::{Entry, EntryState};
+        let p = esp_path("rke2-node", "1.2.0", 'a');
+        assert_eq!(p, "EFI/Linux/rke2-node-1.2.0-a.efi");
+        let file = p.strip_prefix("EFI/Linux/").unwrap();
+        let e = Entry::parse("rke2-node", file).unwrap();
+        assert_eq!((e.slot, e.state()), ('a', EntryState::Good));
+    }
+
     fn fake_stub() -> Vec<u8> {
         rke2_testsupport::pe::stub_like_252()
     }

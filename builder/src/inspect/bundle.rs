@@ -295,3 +295,90 @@ pub fn render_bundle(r: &BundleReport) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outputs::update::{write, Pieces};
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+
+    /// A bundle of small pieces, and the key that signed it.
+    fn bundle() -> (Vec<u8>, ed25519_dalek::SigningKey) {
+        let raw = tempfile::tempfile().unwrap();
+        raw.write_all_at(&[7u8; 8192], 0).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+        let mut out = Vec::new();
+        write(
+            &Pieces {
+                raw: &raw,
+                name: "n",
+                version: "1",
+                epoch: 0,
+                root_hash: "ab",
+                manifest: b"{}\n",
+                uki_a: ("a", b"MZa"),
+                uki_b: ("b", b"MZb"),
+                verity: (4096, 4096),
+                root: (0, 4096),
+                key: &key,
+            },
+            &mut out,
+        )
+        .unwrap();
+        (out, key)
+    }
+
+    fn read(bytes: &[u8], key: Option<&VerifyingKey>) -> BundleReport {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        assert!(is_bundle(f.path()));
+        inspect_bundle(f.path(), key).unwrap()
+    }
+
+    #[test]
+    fn reads_checks_and_names_what_is_wrong() {
+        let (good, key) = bundle();
+        let r = read(&good, Some(&key.verifying_key()));
+        assert_eq!((r.signature.as_str(), r.problems.len()), ("verified", 0));
+        assert!(r.members.iter().all(|m| m.ok && m.mode == 0o444));
+        let other = ed25519_dalek::SigningKey::from_bytes(&[6u8; 32]);
+        let r = read(&good, Some(&other.verifying_key()));
+        assert_eq!(r.signature, "does not verify");
+
+        // update.json edited (same length): the signature no longer verifies.
+        let mut edited = good.clone();
+        let at = edited
+            .windows(10)
+            .position(|w| w == b"\"image\": \"")
+            .unwrap();
+        edited[at + 10] = b'm';
+        let r = read(&edited, Some(&key.verifying_key()));
+        assert_eq!(r.signature, "does not verify", "{:?}", r.problems);
+
+        // A byte of uki-b.efi changed: the member is named.
+        let mut bad = good.clone();
+        let at = bad.windows(3).position(|w| w == b"MZb").unwrap();
+        bad[at + 2] = b'c';
+        let r = read(&bad, None);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.starts_with("member uki-b.efi: sha256")),
+            "{:?}",
+            r.problems
+        );
+
+        // Not a bundle: a tar whose first member is something else.
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("other").unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        t.append(&h, &[][..]).unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&t.into_inner().unwrap()).unwrap();
+        assert!(!is_bundle(f.path()));
+        assert!(inspect_bundle(f.path(), None).is_err());
+    }
+}

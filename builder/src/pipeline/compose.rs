@@ -157,6 +157,18 @@ fn add_update_files(ctx: &mut BuildContext) -> Result<(), BuildError> {
         ctx.add_input("trusted-key", p, sha, len);
         keys.push((format!("trusted-{}.pem", i + 1), sign::public_pem(&public)));
     }
+    // Exactly the keys the definition names: a key an overlay or the base put there would be
+    // trusted by every node without appearing in the definition.
+    let dir = update::KEYS_DIR.as_bytes();
+    if let Ok(real) = ctx.tree.resolve(dir, false) {
+        if ctx.tree.lookup(&real).is_some() {
+            ctx.tree.remove(&real);
+            ctx.log(&format!(
+                "compose: replaced /{} with the keys the definition names",
+                update::KEYS_DIR
+            ));
+        }
+    }
     for (name, pem) in keys {
         let path = format!("{}/{name}", update::KEYS_DIR);
         ctx.tree

@@ -17,8 +17,9 @@
 //!
 //! Before checking, the update record is reconciled with what booted ([`reconcile`]). On a
 //! counted boot (systemd-boot's `LoaderBootCountPath` efivar exists) a failure exits 1, so the
-//! unit's `FailureAction=reboot` moves on to the next try; on an uncounted boot the failure is
-//! only recorded (never a reboot loop).
+//! unit's `FailureAction=reboot` moves on to the next try; on an uncounted boot the check takes
+//! one look without waiting and its result is only recorded (never a reboot loop, and
+//! multi-user.target, which orders after the unit, is not held up).
 
 use std::path::Path;
 use std::time::Duration;
@@ -168,14 +169,25 @@ fn gate(
     let slot = running_slot(&b)?;
     let ii = roots.image_info()?;
     let policy = roots.policy()?;
-    let entries = esp::list(&roots.esp, &ii.name)?;
+    // Without the ESP (efi.mount failed) the check still runs; only the record cannot be
+    // reconciled with the entries (and systemd-bless-boot cannot bless either).
+    let entries = esp::list(&roots.esp, &ii.name).unwrap_or_else(|e| {
+        say(&format!("warning: {e}"));
+        Vec::new()
+    });
     let st = state::update(&roots.state, |s| reconcile(s, slot, &entries))?;
     if let Some(l) = &st.last {
         if l.result == state::ROLLED_BACK {
             say(&format!("last update rolled back: {}", l.reason));
         }
     }
-    let deadline = Duration::from_secs(policy.health_timeout_seconds);
+    // Only a counted boot waits: an uncounted one (no update to judge) records one look, so
+    // multi-user.target (which orders after this unit) is not held up for the deadline.
+    let deadline = if counted {
+        Duration::from_secs(policy.health_timeout_seconds)
+    } else {
+        Duration::ZERO
+    };
     let r = check(&roots.root, sys, deadline);
     let (healthy, reason) = match &r {
         Ok(why) => (true, why.clone()),
@@ -229,17 +241,17 @@ impl System for Systemd {
             .is_ok_and(|s| s.success())
     }
     fn unit_state(&self, unit: &str) -> UnitState {
-        let out = std::process::Command::new("systemctl")
-            .args(["show", "--property=ActiveState,Result", "--value", unit])
-            .output();
-        let text = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let mut l = text.lines();
-        let (state, result) = (l.next().unwrap_or(""), l.next().unwrap_or(""));
-        match state {
+        // One property per call: `systemctl show` prints several in its own order.
+        let prop = |p: &str| {
+            std::process::Command::new("systemctl")
+                .args(["show", "--value", "--property", p, unit])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        match prop("ActiveState").as_str() {
             "active" => UnitState::Active,
-            "failed" => UnitState::Failed(result.to_string()),
+            "failed" => UnitState::Failed(prop("Result")),
             s => UnitState::Other(s.to_string()),
         }
     }

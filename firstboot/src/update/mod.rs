@@ -20,12 +20,19 @@ pub mod status;
 
 use std::path::{Path, PathBuf};
 
-use rke2_image_contract::manifest::ImageInfo;
 use rke2_image_contract::paths;
 use rke2_image_contract::update::{self as contract, BootInfo, Policy};
 
 /// The efivar systemd-boot sets when the booted entry has a boot counter (a counted boot).
 pub const BOOT_COUNT_EFIVAR: &str = "LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// What the node programs read of `usr/share/rke2-image/image-info.json` (the builder's
+/// compose step writes `name`, `version`, `epoch` and maybe `prettyName`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    pub version: String,
+}
 
 /// Where everything lives; [`Roots::system`] gives a node's paths.
 #[derive(Debug, Clone)]
