@@ -194,9 +194,10 @@ fn built() -> Option<&'static Built> {
         derive(&v2, &other_key, &other, None);
         let other_image = w.join("other-image.update");
         derive(&v2, &other_image, &key, Some(OTHER_IMAGE));
-        // A copy of v2 with one byte of root.img's data flipped (signature and header intact).
+        // A copy of v3 (newer than the v2 node it is applied on, so the version check passes and
+        // the node starts writing) with one byte of root.img's data flipped.
         let tampered = w.join("tampered.update");
-        std::fs::copy(&v2, &tampered).unwrap();
+        std::fs::copy(&v3_broken, &tampered).unwrap();
         rke2_testsupport::scratch::remove_at_exit(&tampered);
         let (off, size) = tar_member(&tampered, rke2_image_contract::update::ROOT);
         {
@@ -398,8 +399,9 @@ fn upgrade_refusals_then_rollback_on_failed_health() {
     let apply_secs: f64 = r.fact("s1.c2.secs").parse().unwrap();
     let reboot_at = node.vm.seen_at("RKE2-PROBE s1.rebooting=1").unwrap();
 
-    // 2. v2 runs from slot b, blessed, with v1's /etc and /var.
-    let r = wait_fact(&mut node, "s2.after.var_counter", &fatal, BOOT);
+    // 2. v2 runs from slot b, blessed, with v1's /etc and /var. (The step ends in
+    // `apply --reboot`, which cuts its last facts short: wait for the status before it.)
+    let r = wait_fact(&mut node, "s2.c6.out", &fatal, BOOT);
     assert_eq!(r.fact("s2.version"), "2");
     assert_eq!(r.fact("s2.slot"), "b");
     assert_eq!(r.fact("s2.role_active"), "active");
