@@ -62,17 +62,61 @@ pub fn build_formats(
     extra: &str,
     formats: &str,
 ) -> Result<Image> {
+    let def = Variant::default();
+    let published = build_published(base, programs, work, &def, extra, formats)?;
+    image_from(work, &def, &published)
+}
+
+/// What sets one test image apart from the default: its `name:` and `version:`, and overlays
+/// layered over the probe's (e.g. a drop-in that breaks a unit).
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: String,
+    pub version: String,
+    pub overlays: Vec<PathBuf>,
+}
+
+impl Default for Variant {
+    fn default() -> Variant {
+        Variant {
+            name: "qemu-test".into(),
+            version: "1".into(),
+            overlays: Vec::new(),
+        }
+    }
+}
+
+/// Runs `rke2-image build --format formats` on the test definition of `variant` (with `extra`
+/// appended) in `work`; returns the published outputs (one per line of the build's stdout).
+pub fn build_published(
+    base: &Path,
+    programs: &Path,
+    work: &Path,
+    variant: &Variant,
+    extra: &str,
+    formats: &str,
+) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(work)?;
     let ws = workspace();
     let def = work.join("test-image.yaml");
+    let mut overlays = String::new();
+    for o in [
+        ws.join("overlays/base"),
+        ws.join("overlays/firstboot"),
+        ws.join("overlays/qemu-test"),
+    ]
+    .iter()
+    .chain(&variant.overlays)
+    {
+        overlays.push_str(&format!("  - source: {}\n", o.display()));
+    }
     fs::write(
         &def,
         format!(
-            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: qemu-test\nversion: \"1\"\nepoch: 1767225600\nbase:\n  archive: {}\noverlays:\n  - source: {}\n  - source: {}\n  - source: {}\nkernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: {}\n{extra}",
+            "apiVersion: rke2-image.io/v1alpha1\nkind: Image\nname: {}\nversion: \"{}\"\nepoch: 1767225600\nbase:\n  archive: {}\noverlays:\n{overlays}kernel:\n  cmdline:\n    - console=ttyS0,115200\ninitrd:\n  init: {}\noutput:\n  directory: {}\n{extra}",
+            variant.name,
+            variant.version,
             base.display(),
-            ws.join("overlays/base").display(),
-            ws.join("overlays/firstboot").display(),
-            ws.join("overlays/qemu-test").display(),
             programs.join("rke2-init").display(),
             work.join("out").display()
         ),
@@ -82,23 +126,33 @@ pub fn build_formats(
         .arg(&def)
         .args(["--format", formats])
         .env_remove("SOURCE_DATE_EPOCH"))?;
+    rke2_testsupport::scratch::remove_at_exit(work.join("out"));
     // One published output per line.
-    let published: Vec<PathBuf> = String::from_utf8_lossy(&out)
+    Ok(String::from_utf8_lossy(&out)
         .lines()
         .map(PathBuf::from)
-        .collect();
-    let with_ext = |e: &str| {
-        published
-            .iter()
-            .find(|p| p.extension().is_some_and(|x| x == e))
-            .cloned()
-    };
+        .collect())
+}
+
+/// The published output with extension `ext`, if any.
+pub fn published_with(published: &[PathBuf], ext: &str) -> Option<PathBuf> {
+    published
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == ext))
+        .cloned()
+}
+
+/// The [`Image`] of a build that published a raw disk.
+pub fn image_from(work: &Path, variant: &Variant, published: &[PathBuf]) -> Result<Image> {
+    let with_ext = |e: &str| published_with(published, e);
     let disk = with_ext("raw").context("the build published no .raw (--format must list raw)")?;
     let qcow2 = with_ext("qcow2");
     let iso = with_ext("iso");
     let pxe = with_ext("pxe");
-    let manifest: Manifest =
-        serde_json::from_slice(&fs::read(work.join("out/qemu-test-1.manifest.json"))?)?;
+    let manifest: Manifest = serde_json::from_slice(&fs::read(work.join(format!(
+        "out/{}-{}.manifest.json",
+        variant.name, variant.version
+    )))?)?;
     let part = |label: &str| -> Result<(u64, u64)> {
         let p = manifest
             .disk
@@ -130,7 +184,6 @@ pub fn build_formats(
     // The image and what was copied off it live as long as this test process (every run
     // builds afresh); the definition and logs stay for a look after a failure.
     for p in [
-        work.join("out"),
         uki,
         kernel.clone(),
         initrd.clone(),

@@ -296,8 +296,15 @@ pub fn payload_image(
     version: &str,
     formats: &str,
 ) -> Result<Image> {
-    let release = work.join("release");
     let _ = std::fs::remove_dir_all(work);
+    let section = payload_release(work, version)?;
+    built::build_formats(base, programs, work, &section, formats)
+}
+
+/// Writes the generated RKE2 release around the stand-in supervisor to `<work>/release` and
+/// returns the definition sections that put it in an image (`rke2:`, with the CIS profile).
+pub fn payload_release(work: &Path, version: &str) -> Result<String> {
+    let release = work.join("release");
     std::fs::create_dir_all(&release)?;
     let bin = rke2_testsupport::stand_in_binary()?;
     rke2_testsupport::fixture::write_release(
@@ -305,14 +312,8 @@ pub fn payload_image(
         &bin,
         &rke2_testsupport::fixture::FixtureOptions::new(version),
     )?;
-    built::build_formats(
-        base,
-        programs,
-        work,
-        &format!(
-            "rke2:\n  artifacts: {}\n  version: {version}\nsecurity:\n  cis: true\n",
-            release.display()
-        ),
-        formats,
-    )
+    Ok(format!(
+        "rke2:\n  artifacts: {}\n  version: {version}\nsecurity:\n  cis: true\n",
+        release.display()
+    ))
 }

@@ -104,8 +104,19 @@ pub struct Config {
     pub drives: Vec<PathBuf>,
     /// Writable raw disks attached after those (e.g. a diskless node's state disk).
     pub rw_drives: Vec<PathBuf>,
+    /// Disks with a serial the guest sees as `/dev/disk/by-id/virtio-<serial>` (stable
+    /// whatever the attach order), attached after the others.
+    pub named_drives: Vec<NamedDrive>,
     /// Let a guest reboot restart the machine (same firmware variables) instead of ending QEMU.
     pub reboot: bool,
+}
+
+/// A virtio disk with a serial (at most 20 characters, virtio-blk's limit).
+#[derive(Debug, Clone)]
+pub struct NamedDrive {
+    pub serial: String,
+    pub path: PathBuf,
+    pub writable: bool,
 }
 
 impl Config {
@@ -120,6 +131,7 @@ impl Config {
             fw_cfg: Vec::new(),
             drives: Vec::new(),
             rw_drives: Vec::new(),
+            named_drives: Vec::new(),
             reboot: false,
         }
     }
@@ -307,6 +319,21 @@ pub fn command(cfg: &Config, vars: Option<&Path>) -> Command {
             d.display()
         ));
     }
+    // `serial` is a property of the virtio-blk device, not of the drive.
+    for (i, d) in cfg.named_drives.iter().enumerate() {
+        let access = if d.writable {
+            "cache=unsafe"
+        } else {
+            "readonly=on"
+        };
+        c.arg("-drive").arg(format!(
+            "file={},format={},if=none,id=named{i},{access}",
+            d.path.display(),
+            disk_format(&d.path)
+        ));
+        c.arg("-device")
+            .arg(format!("virtio-blk-pci,drive=named{i},serial={}", d.serial));
+    }
     match &cfg.boot {
         Boot::Uefi | Boot::SecureUefi { .. } | Boot::Pxe { .. } | Boot::Cdrom => {
             let code = if !matches!(cfg.boot, Boot::SecureUefi { .. }) {
@@ -424,6 +451,23 @@ impl Vm {
         let end = find(&c.bytes, marker.as_bytes())? + marker.len();
         let i = c.arrivals.partition_point(|(e, _)| *e < end);
         c.arrivals.get(i).map(|(_, t)| *t)
+    }
+
+    /// When (since QEMU started) the console showed `marker` for the first time after `after`
+    /// (a later boot of the same machine).
+    pub fn seen_after(&self, marker: &str, after: Duration) -> Option<Duration> {
+        let c = self.console.lock().ok()?;
+        let mut from = 0;
+        while let Some(i) = find(&c.bytes[from..], marker.as_bytes()) {
+            let end = from + i + marker.len();
+            let k = c.arrivals.partition_point(|(e, _)| *e < end);
+            match c.arrivals.get(k) {
+                Some((_, t)) if *t > after => return Some(*t),
+                Some(_) => from = end,
+                None => return None,
+            }
+        }
+        None
     }
 
     /// Kills QEMU at once: a power cut (nothing the guest has not written reaches the disk).
@@ -652,6 +696,34 @@ mod tests {
         ));
         assert!(joined.contains("virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02"));
         assert!(joined.contains("-fw_cfg name=opt/x,file=/c.yaml"));
+    }
+
+    #[test]
+    fn named_drives_carry_their_serial_on_the_device() {
+        let mut cfg = Config::new("/d.img", Boot::Uefi);
+        cfg.named_drives = vec![
+            NamedDrive {
+                serial: "v2".into(),
+                path: "/b.update".into(),
+                writable: false,
+            },
+            NamedDrive {
+                serial: "scratch".into(),
+                path: "/s.qcow2".into(),
+                writable: true,
+            },
+        ];
+        let joined = command(&cfg, None)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains(
+            "-drive file=/b.update,format=raw,if=none,id=named0,readonly=on -device virtio-blk-pci,drive=named0,serial=v2"
+        ), "{joined}");
+        assert!(joined.contains(
+            "-drive file=/s.qcow2,format=qcow2,if=none,id=named1,cache=unsafe -device virtio-blk-pci,drive=named1,serial=scratch"
+        ), "{joined}");
     }
 
     #[test]
