@@ -142,9 +142,7 @@ fn add_update_files(ctx: &mut BuildContext) -> Result<(), BuildError> {
         .insert_resolved(update::POLICY.as_bytes(), file(policy))
         .map_err(stage("compose"))?;
     let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
-    if let Some(k) = &def.signing {
-        let private = sign::load_private(k, "signing.key")
-            .map_err(|e| invalid("compose", format!("{}: {e}", ctx.file())))?;
+    if let Some(private) = ctx.signing_key {
         keys.push((
             "image.pem".into(),
             sign::public_pem(&private.verifying_key()),
@@ -188,7 +186,7 @@ fn add_update_files(ctx: &mut BuildContext) -> Result<(), BuildError> {
         "compose: update policy {} tries, health timeout {}s; {} trusted key(s)",
         def.update.policy.tries,
         def.update.policy.health_timeout_seconds,
-        def.update.trusted_keys.len() + usize::from(def.signing.is_some())
+        def.update.trusted_keys.len() + usize::from(ctx.signing_key.is_some())
     ));
     Ok(())
 }

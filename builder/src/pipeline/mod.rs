@@ -139,6 +139,9 @@ pub struct BuildContext<'a> {
     pub inputs: Vec<Input>,
     /// The manifest's checks (RKE2 payload gates, kernel configuration).
     pub checks: Vec<Check>,
+    /// `signing.key`, loaded once before any stage: it signs the manifest and the update
+    /// bundle, and its public half is baked into the root (`compose`).
+    pub signing_key: Option<&'a ed25519_dalek::SigningKey>,
     log: &'a mut dyn FnMut(&str),
 }
 
@@ -299,6 +302,7 @@ pub fn build(
         tree: Tree::new(0),
         inputs: Vec::new(),
         checks: Vec::new(),
+        signing_key: manifest_key.as_ref(),
         log,
     };
     ctx.add_input(
