@@ -11,7 +11,7 @@
 //! leaves the node booting what it runs now.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rke2_image_contract::update::{
@@ -158,15 +158,11 @@ pub fn check_info(
 }
 
 fn stream_to(dst: &Path, src: &mut dyn Read) -> Result<u64, String> {
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .open(dst)
         .map_err(|e| format!("opening {} for writing: {e}", dst.display()))?;
-    let n = std::io::copy(src, &mut f).map_err(|e| format!("writing {}: {e}", dst.display()))?;
-    f.flush()
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("syncing {}: {e}", dst.display()))?;
-    Ok(n)
+    esp::copy_synced(f, dst, src)
 }
 
 /// Applies the bundle read from `src` (`what` names it in messages).
@@ -301,12 +297,7 @@ pub fn apply(
     if downgrade {
         // Make the new (lower) version win: the running entry sorts last with zero tries.
         if let Some(run) = &running {
-            let bad = Entry {
-                tries_left: Some(0),
-                tries_done: None,
-                ..run.clone()
-            };
-            esp::rename(&roots.esp, run, &bad).map_err(fail)?;
+            esp::mark_bad(&roots.esp, run).map_err(fail)?;
         }
     }
     record(state::PENDING, "", &info.version)?;

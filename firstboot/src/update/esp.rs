@@ -55,6 +55,16 @@ pub fn rename(esp: &Path, from: &Entry, to: &Entry) -> Result<(), String> {
     sync_dir(&d)
 }
 
+/// Marks `e` bad (a zero counter: systemd-boot sorts it last, so the other slot boots next).
+pub fn mark_bad(esp: &Path, e: &Entry) -> Result<(), String> {
+    let bad = Entry {
+        tries_left: Some(0),
+        tries_done: None,
+        ..e.clone()
+    };
+    rename(esp, e, &bad)
+}
+
 /// Removes `e` and makes the removal durable.
 pub fn remove(esp: &Path, e: &Entry) -> Result<(), String> {
     let d = dir(esp);
@@ -72,11 +82,16 @@ pub fn temp_path(esp: &Path, slot: char) -> PathBuf {
 pub fn write_temp(esp: &Path, slot: char, src: &mut dyn Read) -> Result<u64, String> {
     let p = temp_path(esp, slot);
     let _ = fs::remove_file(&p);
-    let mut f = File::create(&p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-    let n = std::io::copy(src, &mut f).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    let f = File::create(&p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+    copy_synced(f, &p, src)
+}
+
+/// Copies `src` into `f` (the file or device at `path`) and fsyncs it; returns the bytes.
+pub fn copy_synced(mut f: File, path: &Path, src: &mut dyn Read) -> Result<u64, String> {
+    let n = std::io::copy(src, &mut f).map_err(|e| format!("writing {}: {e}", path.display()))?;
     f.flush()
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("syncing {}: {e}", p.display()))?;
+        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
     Ok(n)
 }
 

@@ -2,7 +2,7 @@
 //! (`+0`: systemd-boot sorts it last). Only when the other slot holds a good (blessed) entry:
 //! a pending one has never proven it boots, and a bad one already failed.
 
-use rke2_image_contract::update::{Entry, EntryState};
+use rke2_image_contract::update::EntryState;
 
 use super::{esp, other, running_slot, state, Roots};
 
@@ -42,12 +42,7 @@ pub fn rollback(roots: &Roots) -> Result<String, String> {
             roots.esp.display()
         )
     })?;
-    let bad = Entry {
-        tries_left: Some(0),
-        tries_done: None,
-        ..run.clone()
-    };
-    esp::rename(&roots.esp, run, &bad)?;
+    esp::mark_bad(&roots.esp, run)?;
     let (from_v, to_v) = (ii.version.clone(), to.version.clone());
     state::update(&roots.state, |s| {
         s.last = Some(state::Record {
